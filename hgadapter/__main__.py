@@ -1,0 +1,3 @@
+from hgadapter.cli import main
+
+raise SystemExit(main())

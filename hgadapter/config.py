@@ -1,0 +1,525 @@
+"""Configuration: YAML -> frozen dataclasses. The only module that parses YAML.
+
+Precedence, lowest first: dataclass defaults < meta-path variant file (``metapaths/NAME.yaml``)
+< experiment config file (``--config``) < command-line overrides (``--set train.lr=0.01``).
+Every error is a :class:`ConfigError` naming the file (or ``--set``), the key path and the
+valid choices; nothing is asserted.
+"""
+
+from __future__ import annotations
+
+import copy
+import dataclasses
+import math
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from hgadapter.metapaths import (
+    ACTIVATIONS,
+    CANONICAL_ETYPES,
+    CONTRAST_MODES,
+    DEFAULT_WEIGHT_KIND,
+    ETYPES,
+    NORMS,
+    NTYPES,
+    STAGE_MODES,
+    WEIGHT_KINDS,
+    MetaPath,
+)
+
+__all__ = [
+    "ConfigError",
+    "GraphConfig",
+    "StageConfig",
+    "VariantConfig",
+    "TrainConfig",
+    "EvalConfig",
+    "RunConfig",
+    "load_config",
+    "load_variant",
+    "list_variants",
+    "variant_path",
+    "metapaths_dir",
+    "config_to_dict",
+]
+
+CLASSIFIERS: tuple[str, ...] = ("zero_shot", "text", "text_cache")
+ENGINES: tuple[str, ...] = ("auto", "torch", "dgl")
+INITS: tuple[str, ...] = ("identity", "zeros", "xavier")
+VARIANT_KEYS: tuple[str, ...] = ("name", "description", "classifier", "graph", "stages")
+
+
+class ConfigError(ValueError):
+    """A configuration value is unknown, of the wrong type or impossible."""
+
+
+# --------------------------------------------------------------------------------------------
+# Dataclasses. One field per line, each with its meaning and unit.
+
+
+@dataclass(frozen=True)
+class GraphConfig:
+    """How the heterograph's edges and weights are built from the initial node features."""
+
+    relations: tuple[str, ...] = ETYPES  # relations present in the graph
+    weights: dict[str, str] = field(default_factory=lambda: dict(DEFAULT_WEIGHT_KIND))  # relation -> cosine|contrast
+    contrast: str = "one_minus_cos"  # same-class contrast weight: one_minus_cos (1 - cos) | neg_cos (-cos)
+    topk: int | None = None  # keep each destination's top-k sources by weight; None = dense (all C sources)
+    self_loops: bool = False  # keep the i -> i edge on p2p and v2v
+    clamp_negative: bool = False  # clamp negative edge weights to 0 (GraphAdapter does)
+
+
+@dataclass(frozen=True)
+class StageConfig:
+    """One stage of the hierarchical aggregation (negative -> positive -> visual)."""
+
+    target: str  # node type renewed (residual) or biased (bias) by this stage
+    metapaths: tuple[MetaPath, ...]  # meta-paths aggregated into the target, fused by their betas
+    mode: str = "residual"  # residual: h' = h + sum beta z ; bias: b = gamma * sum beta z
+    norm: str = "gcn"  # per-destination normalisation of incoming weights: gcn | row
+    activation: str = "tanh"  # applied to each meta-path's aggregate before fusion
+    gamma: float = 1.0  # scale of the visual bias (bias mode only)
+
+
+@dataclass(frozen=True)
+class VariantConfig:
+    """A meta-path variant: the graph, its aggregation stages and the classifier used."""
+
+    name: str  # registry name (file stem under metapaths/)
+    description: str = ""  # one line shown by `hgadapter variants`
+    classifier: str = "text_cache"  # zero_shot | text | text_cache
+    graph: GraphConfig = field(default_factory=GraphConfig)  # edge construction
+    stages: tuple[StageConfig, ...] = ()  # in order; node features are renewed between stages
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """Optimisation of the stage projections (AdamW, warmup, cosine decay)."""
+
+    lr: float = 1e-3  # peak learning rate after warmup
+    epochs: int = 30  # passes over the C x K training images
+    batch_size: int = 256  # training images per step
+    weight_decay: float = 0.01  # AdamW weight decay
+    warmup_epochs: int = 1  # linear warmup length, in epochs
+    warmup_lr: float = 1e-5  # learning rate at the first warmup step
+    cache_loss_weight: float = 0.1  # lambda in CE_text + lambda * CE_cache
+    cache_beta: float = 5.5  # cache sharpness used during training
+    init: str = "identity"  # initial stage projections: identity | zeros | xavier
+
+
+@dataclass(frozen=True)
+class EvalConfig:
+    """Choice of the cache weight alpha and sharpness beta on the validation split."""
+
+    alpha_grid: tuple[float, ...] = (0.0, 0.1, 0.25, 0.5, 0.75, 1.0, 1.5, 2.0, 3.0, 4.0, 5.0)  # candidate alphas
+    beta_grid: tuple[float, ...] = (1.0, 2.0, 3.0, 4.0, 5.5, 7.0, 9.0, 12.0)  # candidate cache sharpness values
+    alpha: float | None = None  # fix alpha instead of searching
+    beta: float | None = None  # fix beta instead of searching
+
+
+@dataclass(frozen=True)
+class RunConfig:
+    """Everything that determines one training run besides the data."""
+
+    variant: VariantConfig  # graph, stages and classifier
+    train: TrainConfig = field(default_factory=TrainConfig)  # optimisation
+    eval: EvalConfig = field(default_factory=EvalConfig)  # alpha/beta selection on validation
+    engine: str = "auto"  # message-passing engine: auto | torch | dgl
+    device: str = "auto"  # auto | cpu | cuda | cuda:N
+
+
+# --------------------------------------------------------------------------------------------
+# Variant registry: metapaths/*.yaml
+
+
+def metapaths_dir() -> Path:
+    """The directory of shipped variants (``$HGADAPTER_METAPATHS`` or ``<repo>/metapaths``)."""
+    env = os.environ.get("HGADAPTER_METAPATHS")
+    if env:
+        return Path(env)
+    return Path(__file__).resolve().parent.parent / "metapaths"
+
+
+def list_variants() -> list[str]:
+    """Names of the shipped meta-path variants (the values ``--variant`` takes)."""
+    root = metapaths_dir()
+    if not root.is_dir():
+        return []
+    return sorted(p.stem for p in root.glob("*.yaml"))
+
+
+def variant_path(name_or_path: str | os.PathLike) -> Path:
+    """Resolve a variant name (``full``) or a YAML path to a file; unknown names list the choices."""
+    text = str(name_or_path)
+    if text.endswith((".yaml", ".yml")) or os.sep in text:
+        path = Path(text)
+        if not path.is_file():
+            raise ConfigError(f"variant file {text} does not exist")
+        return path
+    path = metapaths_dir() / f"{text}.yaml"
+    if not path.is_file():
+        raise ConfigError(f"unknown variant {text!r}; available: {list_variants()}")
+    return path
+
+
+# --------------------------------------------------------------------------------------------
+# Raw-tree loading with provenance, so that errors can name the file that set a key.
+
+
+def _read_yaml(path: Path) -> dict[str, Any]:
+    try:
+        data = yaml.safe_load(path.read_text())
+    except OSError as exc:
+        raise ConfigError(f"{path}: cannot read: {exc.strerror or exc}") from None
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f" (line {mark.line + 1})" if mark is not None else ""
+        raise ConfigError(f"{path}: not valid YAML{where}") from None
+    if data is None:
+        return {}
+    if not isinstance(data, dict):
+        raise ConfigError(f"{path}: the top level must be a mapping, got {type(data).__name__}")
+    return data
+
+
+class _Tree:
+    """A merged raw config tree plus, for every key path set, the source that set it."""
+
+    def __init__(self) -> None:
+        self.data: dict[str, Any] = {}
+        self.source: dict[tuple[str, ...], str] = {}
+
+    def merge(self, layer: dict[str, Any], source: str) -> None:
+        self._merge(self.data, layer, source, ())
+
+    def _merge(self, base: dict[str, Any], layer: dict[str, Any], source: str, path: tuple[str, ...]) -> None:
+        for key, value in layer.items():
+            key_path = (*path, str(key))
+            if isinstance(value, dict) and isinstance(base.get(key), dict):
+                self._merge(base[key], value, source, key_path)
+            else:
+                base[key] = copy.deepcopy(value)
+                self._forget(key_path)
+                self.source[key_path] = source
+
+    def _forget(self, prefix: tuple[str, ...]) -> None:
+        for key in [k for k in self.source if k[: len(prefix)] == prefix and k != prefix]:
+            del self.source[key]
+
+    def set_path(self, dotted: str, value: Any, source: str) -> None:
+        parts = dotted.split(".")
+        node: Any = self.data
+        for i, part in enumerate(parts[:-1]):
+            node = self._child(node, part, parts[: i + 1], source, create=True)
+        last = parts[-1]
+        if isinstance(node, list):
+            index = self._index(node, last, parts, source)
+            node[index] = value
+        elif isinstance(node, dict):
+            node[last] = value
+        else:
+            raise ConfigError(f"{source}: {dotted}: {'.'.join(parts[:-1])} is not a mapping or list")
+        self._forget(tuple(parts))
+        self.source[tuple(parts)] = source
+
+    def _child(self, node: Any, part: str, parts: list[str], source: str, *, create: bool) -> Any:
+        if isinstance(node, list):
+            return node[self._index(node, part, parts, source)]
+        if not isinstance(node, dict):
+            raise ConfigError(f"{source}: {'.'.join(parts)}: parent is not a mapping or list")
+        if part not in node and create:
+            node[part] = {}
+        return node[part]
+
+    @staticmethod
+    def _index(node: list, part: str, parts: list[str], source: str) -> int:
+        try:
+            index = int(part)
+        except ValueError:
+            raise ConfigError(f"{source}: {'.'.join(parts)}: {part!r} is not a list index") from None
+        if not -len(node) <= index < len(node):
+            raise ConfigError(f"{source}: {'.'.join(parts)}: index {index} out of range (list has {len(node)} items)")
+        return index
+
+    def where(self, path: tuple[str, ...]) -> str:
+        for n in range(len(path), 0, -1):
+            if path[:n] in self.source:
+                return self.source[path[:n]]
+        return "defaults"
+
+
+def _parse_override(text: str) -> tuple[str, Any]:
+    key, sep, raw = text.partition("=")
+    key = key.strip()
+    if not sep or not key:
+        raise ConfigError(f"--set {text!r}: expected key=value, e.g. train.lr=0.01")
+    try:
+        value = yaml.safe_load(raw) if raw.strip() else None
+    except yaml.YAMLError:
+        value = raw
+    return key, value
+
+
+# --------------------------------------------------------------------------------------------
+# Typed parsing with precise errors.
+
+
+class _Parser:
+    def __init__(self, tree: _Tree) -> None:
+        self.tree = tree
+
+    def fail(self, path: tuple[str, ...], message: str) -> ConfigError:
+        return ConfigError(f"{self.tree.where(path)}: {'.'.join(path) or '<top level>'}: {message}")
+
+    def mapping(self, value: Any, path: tuple[str, ...], allowed: tuple[str, ...]) -> dict[str, Any]:
+        if value is None:
+            return {}
+        if not isinstance(value, dict):
+            raise self.fail(path, f"expected a mapping with keys {list(allowed)}, got {type(value).__name__}")
+        for key in value:
+            if key not in allowed:
+                raise self.fail((*path, str(key)), f"unknown key; valid keys: {list(allowed)}")
+        return value
+
+    def choice(self, value: Any, path: tuple[str, ...], choices: tuple[str, ...]) -> str:
+        if not isinstance(value, str) or value not in choices:
+            raise self.fail(path, f"{value!r} is not valid; choose one of {list(choices)}")
+        return value
+
+    def number(self, value: Any, path: tuple[str, ...], *, low: float | None = 0.0, positive: bool = False) -> float:
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+            raise self.fail(path, f"expected a finite number, got {value!r}")
+        if positive and value <= 0:
+            raise self.fail(path, f"must be > 0, got {value}")
+        if low is not None and value < low:
+            raise self.fail(path, f"must be >= {low}, got {value}")
+        return float(value)
+
+    def integer(self, value: Any, path: tuple[str, ...], *, low: int = 1) -> int:
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise self.fail(path, f"expected an integer, got {value!r}")
+        if value < low:
+            raise self.fail(path, f"must be >= {low}, got {value}")
+        return value
+
+    def boolean(self, value: Any, path: tuple[str, ...]) -> bool:
+        if not isinstance(value, bool):
+            raise self.fail(path, f"expected true or false, got {value!r}")
+        return value
+
+    def string(self, value: Any, path: tuple[str, ...]) -> str:
+        if not isinstance(value, str):
+            raise self.fail(path, f"expected a string, got {value!r}")
+        return value
+
+    def number_list(self, value: Any, path: tuple[str, ...]) -> tuple[float, ...]:
+        if not isinstance(value, (list, tuple)) or not value:
+            raise self.fail(path, f"expected a non-empty list of numbers, got {value!r}")
+        return tuple(self.number(v, (*path, str(i))) for i, v in enumerate(value))
+
+    # -- sections ----------------------------------------------------------------------------
+
+    def graph(self, raw: Any, path: tuple[str, ...]) -> GraphConfig:
+        names = tuple(f.name for f in dataclasses.fields(GraphConfig))
+        raw = self.mapping(raw, path, names)
+        kwargs: dict[str, Any] = {}
+        if "relations" in raw:
+            rels = raw["relations"]
+            if not isinstance(rels, list):
+                raise self.fail((*path, "relations"), f"expected a list of relations from {list(ETYPES)}")
+            seen = []
+            for i, r in enumerate(rels):
+                name = self.choice(r, (*path, "relations", str(i)), ETYPES)
+                if name in seen:
+                    raise self.fail((*path, "relations", str(i)), f"relation {name!r} listed twice")
+                seen.append(name)
+            kwargs["relations"] = tuple(seen)
+        if "weights" in raw:
+            weights = dict(DEFAULT_WEIGHT_KIND)
+            given = self.mapping(raw["weights"], (*path, "weights"), ETYPES)
+            for k, v in given.items():
+                weights[k] = self.choice(v, (*path, "weights", k), WEIGHT_KINDS)
+            kwargs["weights"] = weights
+        if "contrast" in raw:
+            kwargs["contrast"] = self.choice(raw["contrast"], (*path, "contrast"), CONTRAST_MODES)
+        if "topk" in raw and raw["topk"] is not None:
+            kwargs["topk"] = self.integer(raw["topk"], (*path, "topk"))
+        for key in ("self_loops", "clamp_negative"):
+            if key in raw:
+                kwargs[key] = self.boolean(raw[key], (*path, key))
+        return GraphConfig(**kwargs)
+
+    def metapath(self, raw: Any, path: tuple[str, ...], target: str, relations: tuple[str, ...]) -> MetaPath:
+        raw = self.mapping(raw, path, ("path", "beta", "beta_test"))
+        if "path" not in raw:
+            raise self.fail((*path, "path"), "missing; give a list of relations, e.g. [v2p]")
+        hops = raw["path"]
+        if isinstance(hops, str):
+            hops = [hops]
+        if not isinstance(hops, list) or not hops:
+            raise self.fail((*path, "path"), f"expected a non-empty list of relations from {list(ETYPES)}")
+        for i, hop in enumerate(hops):
+            self.choice(hop, (*path, "path", str(i)), ETYPES)
+            if hop not in relations:
+                raise self.fail((*path, "path", str(i)), f"relation {hop!r} is not in graph.relations {list(relations)}")
+        for i in range(1, len(hops)):
+            if CANONICAL_ETYPES[hops[i - 1]][2] != CANONICAL_ETYPES[hops[i]][0]:
+                raise self.fail(
+                    (*path, "path", str(i)),
+                    f"hops do not chain: {hops[i - 1]} ends at {CANONICAL_ETYPES[hops[i - 1]][2]!r} but "
+                    f"{hops[i]} starts at {CANONICAL_ETYPES[hops[i]][0]!r}",
+                )
+        end = CANONICAL_ETYPES[hops[-1]][2]
+        if end != target:
+            raise self.fail((*path, "path"), f"ends at {end!r} but the stage's target is {target!r}")
+        if "beta" not in raw:
+            raise self.fail((*path, "beta"), "missing; give the fusion weight (a number >= 0)")
+        beta = self.number(raw["beta"], (*path, "beta"))
+        beta_test = None
+        if raw.get("beta_test") is not None:
+            beta_test = self.number(raw["beta_test"], (*path, "beta_test"))
+        return MetaPath(relations=tuple(hops), beta=beta, beta_test=beta_test)
+
+    def stage(self, raw: Any, path: tuple[str, ...], relations: tuple[str, ...]) -> StageConfig:
+        names = tuple(f.name for f in dataclasses.fields(StageConfig))
+        raw = self.mapping(raw, path, names)
+        if "target" not in raw:
+            raise self.fail((*path, "target"), f"missing; choose one of {list(NTYPES)}")
+        target = self.choice(raw["target"], (*path, "target"), NTYPES)
+        mps = raw.get("metapaths")
+        if not isinstance(mps, list) or not mps:
+            raise self.fail((*path, "metapaths"), "expected a non-empty list of {path: [...], beta: ...}")
+        metapaths = tuple(
+            self.metapath(m, (*path, "metapaths", str(i)), target, relations) for i, m in enumerate(mps)
+        )
+        kwargs: dict[str, Any] = {"target": target, "metapaths": metapaths}
+        if "mode" in raw:
+            kwargs["mode"] = self.choice(raw["mode"], (*path, "mode"), STAGE_MODES)
+        if "norm" in raw:
+            kwargs["norm"] = self.choice(raw["norm"], (*path, "norm"), NORMS)
+        if "activation" in raw:
+            kwargs["activation"] = self.choice(raw["activation"], (*path, "activation"), ACTIVATIONS)
+        if "gamma" in raw:
+            kwargs["gamma"] = self.number(raw["gamma"], (*path, "gamma"))
+        if kwargs.get("mode") == "bias" and target != "vis":
+            raise self.fail((*path, "mode"), f"bias stages shift image features, so their target must be 'vis', not {target!r}")
+        return StageConfig(**kwargs)
+
+    def variant(self, raw: dict[str, Any], default_name: str) -> VariantConfig:
+        name = self.string(raw.get("name", default_name), ("name",))
+        description = self.string(raw.get("description", ""), ("description",))
+        classifier = self.choice(raw.get("classifier", "text_cache"), ("classifier",), CLASSIFIERS)
+        graph = self.graph(raw.get("graph"), ("graph",))
+        stages_raw = raw.get("stages") or []
+        if not isinstance(stages_raw, list):
+            raise self.fail(("stages",), "expected a list of stages")
+        stages = tuple(self.stage(s, ("stages", str(i)), graph.relations) for i, s in enumerate(stages_raw))
+        if classifier != "zero_shot" and not stages:
+            raise self.fail(("stages",), f"classifier {classifier!r} needs at least one stage; use 'zero_shot' for none")
+        if classifier == "text_cache" and not any(s.mode == "bias" for s in stages):
+            raise self.fail(("classifier",), "'text_cache' needs a bias stage (mode: bias, target: vis) to adapt the cache keys")
+        return VariantConfig(name=name, description=description, classifier=classifier, graph=graph, stages=stages)
+
+    def simple(self, cls: type, raw: Any, path: tuple[str, ...]) -> Any:
+        """Parse a flat dataclass section whose fields are numbers, ints, strings or number lists."""
+        fields = {f.name: f for f in dataclasses.fields(cls)}
+        raw = self.mapping(raw, path, tuple(fields))
+        kwargs: dict[str, Any] = {}
+        for key, value in raw.items():
+            kpath = (*path, key)
+            default = getattr(cls(), key) if cls is not RunConfig else None
+            ftype = str(fields[key].type)
+            if key == "init":
+                kwargs[key] = self.choice(value, kpath, INITS)
+            elif ftype.startswith("tuple"):
+                kwargs[key] = self.number_list(value, kpath)
+            elif ftype == "int":
+                kwargs[key] = self.integer(value, kpath, low=0 if key == "warmup_epochs" else 1)
+            elif "None" in ftype:
+                kwargs[key] = None if value is None else self.number(value, kpath)
+            elif isinstance(default, float):
+                positive = key in ("lr", "warmup_lr", "cache_beta")
+                kwargs[key] = self.number(value, kpath, positive=positive)
+            else:  # pragma: no cover - every field is covered above
+                raise self.fail(kpath, "unsupported field")
+        return cls(**kwargs)
+
+
+def load_variant(name_or_path: str | os.PathLike) -> VariantConfig:
+    """Load and validate one meta-path variant file (a registry name or a path)."""
+    path = variant_path(name_or_path)
+    tree = _Tree()
+    tree.merge(_read_yaml(path), str(path))
+    parser = _Parser(tree)
+    parser.mapping(tree.data, (), VARIANT_KEYS)
+    return parser.variant(tree.data, path.stem)
+
+
+def load_config(
+    variant: str | os.PathLike | None = None,
+    *,
+    config_file: str | os.PathLike | None = None,
+    overrides: list[str] | tuple[str, ...] = (),
+) -> RunConfig:
+    """Resolve a :class:`RunConfig` from a variant, an experiment file and ``key=value`` overrides.
+
+    Args:
+        variant: a name from :func:`list_variants` or a YAML path; overrides the experiment
+            file's ``variant`` key. Defaults to ``full``.
+        config_file: experiment YAML with sections ``train``, ``eval``, ``engine``, ``device``,
+            optionally ``variant`` and any variant key (``graph``, ``stages``, ...) to override.
+        overrides: ``dotted.key=value`` strings (values parsed as YAML), applied last.
+    """
+    tree = _Tree()
+    file_data: dict[str, Any] = {}
+    if config_file is not None:
+        file_data = _read_yaml(Path(config_file))
+    if variant is None:
+        variant = file_data.get("variant", "full")
+        if not isinstance(variant, str):
+            raise ConfigError(f"{config_file}: variant: expected a variant name or path, got {variant!r}")
+    vpath = variant_path(variant)
+    tree.merge(_read_yaml(vpath), str(vpath))
+    _Parser(tree).mapping(tree.data, (), VARIANT_KEYS)
+    file_data = {k: v for k, v in file_data.items() if k != "variant"}
+    tree.merge(file_data, str(config_file))
+    for text in overrides:
+        key, value = _parse_override(text)
+        tree.set_path(key, value, f"--set {key}")
+    parser = _Parser(tree)
+    run_keys = ("train", "eval", "engine", "device")
+    parser.mapping(tree.data, (), VARIANT_KEYS + run_keys)
+    variant_cfg = parser.variant({k: tree.data[k] for k in VARIANT_KEYS if k in tree.data}, vpath.stem)
+    train = parser.simple(TrainConfig, tree.data.get("train"), ("train",))
+    eval_cfg = parser.simple(EvalConfig, tree.data.get("eval"), ("eval",))
+    engine = parser.choice(tree.data.get("engine", "auto"), ("engine",), ENGINES)
+    device = parser.string(tree.data.get("device", "auto"), ("device",))
+    if device != "auto" and device != "cpu" and not device.startswith("cuda"):
+        raise parser.fail(("device",), f"{device!r} is not valid; choose auto, cpu, cuda or cuda:N")
+    return RunConfig(variant=variant_cfg, train=train, eval=eval_cfg, engine=engine, device=device)
+
+
+def config_to_dict(cfg: RunConfig) -> dict[str, Any]:
+    """A plain, YAML-serialisable view of a resolved config (the form runs write to config.yaml)."""
+
+    def plain(obj: Any) -> Any:
+        if isinstance(obj, MetaPath):
+            out: dict[str, Any] = {"path": list(obj.relations), "beta": obj.beta}
+            if obj.beta_test is not None:
+                out["beta_test"] = obj.beta_test
+            return out
+        if dataclasses.is_dataclass(obj):
+            return {f.name: plain(getattr(obj, f.name)) for f in dataclasses.fields(obj)}
+        if isinstance(obj, (list, tuple)):
+            return [plain(v) for v in obj]
+        if isinstance(obj, dict):
+            return {k: plain(v) for k, v in obj.items()}
+        return obj
+
+    data = plain(cfg)
+    variant = data.pop("variant")
+    return {**variant, **data}

@@ -1,0 +1,165 @@
+"""Building the heterograph (paper Sec. 3.1.1): node features and typed, weighted edges.
+
+Pure ``build_*`` functions: (node features, graph options) -> graph. Edge weights are computed
+once from the initial node features (they are frozen CLIP features), so a graph is built once per
+run and only the message passing is recomputed at every training step.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+
+from hgadapter.features import FeatureCache, FewShotSet
+from hgadapter.metapaths import CANONICAL_ETYPES, DEFAULT_WEIGHT_KIND, NTYPES
+
+__all__ = ["RelationGraph", "build_node_features", "build_edge_weights", "build_relation_graph", "build_heterograph"]
+
+
+@dataclass(frozen=True)
+class RelationGraph:
+    """Engine-independent heterograph: per relation, the edge list and its weights.
+
+    Attributes:
+        num_nodes_dict: number of nodes per node type (C for each).
+        edges_dict: relation name -> ``(src, dst, weight)``; int64 ``(E,)``, int64 ``(E,)``,
+            float ``(E,)``. A relation with no edges has empty tensors.
+    """
+
+    num_nodes_dict: dict[str, int]
+    edges_dict: dict[str, tuple[torch.Tensor, torch.Tensor, torch.Tensor]]
+
+    @property
+    def etypes(self) -> tuple[str, ...]:
+        return tuple(self.edges_dict)
+
+    def num_edges(self, etype: str) -> int:
+        return int(self.edges_dict[etype][0].numel())
+
+    def dense_weights(self, etype: str) -> torch.Tensor:
+        """The weighted adjacency of one relation as a dense ``(n_dst, n_src)`` matrix."""
+        src_t, _, dst_t = CANONICAL_ETYPES[etype]
+        src, dst, w = self.edges_dict[etype]
+        out = w.new_zeros(self.num_nodes_dict[dst_t], self.num_nodes_dict[src_t])
+        return out.index_put_((dst, src), w, accumulate=True)
+
+    def to(self, device: torch.device | str) -> "RelationGraph":
+        return RelationGraph(
+            num_nodes_dict=dict(self.num_nodes_dict),
+            edges_dict={k: tuple(t.to(device) for t in v) for k, v in self.edges_dict.items()},  # type: ignore[misc]
+        )
+
+
+def _mean_direction(x: torch.Tensor) -> torch.Tensor:
+    """L2-normalised mean of L2-normalised rows along dim 1: ``(C, P, d) -> (C, d)``."""
+    return F.normalize(F.normalize(x, dim=-1).mean(dim=1), dim=-1)
+
+
+def build_node_features(cache: FeatureCache, train_set: FewShotSet) -> dict[str, torch.Tensor]:
+    """Initial node features (METHOD.md "Nodes"): per-class mean directions, each ``(C, d)``.
+
+    ``pos``/``neg``: mean of the class's normalised prompt features, renormalised.
+    ``vis``: mean of the class's normalised few-shot image features over all images and views.
+    """
+    num_classes, dim = cache.num_classes, cache.dim
+    views = F.normalize(train_set.features.float(), dim=-1)  # (N, V, d)
+    per_image = views.mean(dim=1)  # (N, d)
+    sums = per_image.new_zeros(num_classes, dim).index_add_(0, train_set.labels, per_image)  # (C, d)
+    counts = torch.bincount(train_set.labels, minlength=num_classes)
+    if bool((counts == 0).any()):
+        missing = torch.nonzero(counts == 0).flatten().tolist()[:5]
+        raise ValueError(f"training set (shots={train_set.shots}, seed={train_set.seed}) has no image of classes {missing}")
+    return {
+        "pos": _mean_direction(cache.pos_text.float()),
+        "neg": _mean_direction(cache.neg_text.float()),
+        "vis": F.normalize(sums, dim=-1),
+    }
+
+
+def build_edge_weights(
+    feat_dict: dict[str, torch.Tensor],
+    etype: str,
+    *,
+    kind: str | None = None,
+    contrast: str = "one_minus_cos",
+    self_loops: bool = False,
+    clamp_negative: bool = False,
+) -> torch.Tensor:
+    """Dense edge weights of one relation, ``(n_dst, n_src)``, row i = destination node i.
+
+    cosine: ``w_ij = cos(x_i, x_j)``. contrast: the same-class edge (i == j) gets ``1 - cos``
+    (``one_minus_cos``) or ``-cos`` (``neg_cos``), other edges ``cos``. On p2p/v2v the diagonal
+    is removed unless ``self_loops``; entries that are not edges are returned as NaN.
+    """
+    src_t, _, dst_t = CANONICAL_ETYPES[etype]
+    kind = kind or DEFAULT_WEIGHT_KIND[etype]
+    src = F.normalize(feat_dict[src_t].float(), dim=-1)
+    dst = F.normalize(feat_dict[dst_t].float(), dim=-1)
+    cos = dst @ src.T  # (n_dst, n_src)
+    weights = cos.clone()
+    n = min(weights.shape)
+    diag = torch.arange(n, device=weights.device)
+    if kind == "contrast":
+        same = cos[diag, diag]
+        weights[diag, diag] = 1.0 - same if contrast == "one_minus_cos" else -same
+    if clamp_negative:
+        weights = weights.clamp_min(0.0)
+    if src_t == dst_t and not self_loops:
+        weights[diag, diag] = float("nan")
+    return weights
+
+
+def build_relation_graph(
+    feat_dict: dict[str, torch.Tensor],
+    *,
+    relations: tuple[str, ...],
+    weights: dict[str, str] | None = None,
+    contrast: str = "one_minus_cos",
+    topk: int | None = None,
+    self_loops: bool = False,
+    clamp_negative: bool = False,
+) -> RelationGraph:
+    """Build the typed, weighted edge lists of every relation in ``relations``.
+
+    Dense by default (every source -> every destination); with ``topk`` each destination keeps
+    its ``topk`` highest-weight sources. All inputs are frozen, so nothing here needs gradients.
+    """
+    weights = weights or DEFAULT_WEIGHT_KIND
+    num_nodes_dict = {ntype: int(feat_dict[ntype].shape[0]) for ntype in NTYPES if ntype in feat_dict}
+    edges_dict = {}
+    with torch.no_grad():
+        for etype in relations:
+            w = build_edge_weights(
+                feat_dict,
+                etype,
+                kind=weights.get(etype),
+                contrast=contrast,
+                self_loops=self_loops,
+                clamp_negative=clamp_negative,
+            )  # (n_dst, n_src), NaN where no edge may exist
+            valid = ~torch.isnan(w)
+            if topk is not None and topk < w.shape[1]:
+                scores = w.masked_fill(~valid, float("-inf"))
+                keep = torch.zeros_like(valid)
+                idx = scores.topk(topk, dim=1).indices  # (n_dst, k)
+                keep.scatter_(1, idx, True)
+                valid = valid & keep
+            dst, src = torch.nonzero(valid, as_tuple=True)
+            edges_dict[etype] = (src, dst, w[dst, src])
+    return RelationGraph(num_nodes_dict=num_nodes_dict, edges_dict=edges_dict)
+
+
+def build_heterograph(graph: RelationGraph):
+    """The DGL heterograph of ``graph``: node types pos/neg/vis, one edge type per relation, and
+    the edge weights in ``edata["w"]``. Raises ``DGLUnavailableError`` when dgl cannot be imported.
+    """
+    from hgadapter._dgl import import_dgl
+
+    dgl = import_dgl()
+    data = {CANONICAL_ETYPES[etype]: (src, dst) for etype, (src, dst, _) in graph.edges_dict.items()}
+    g = dgl.heterograph(data, num_nodes_dict=dict(graph.num_nodes_dict))
+    for etype, (_, _, w) in graph.edges_dict.items():
+        g.edges[etype].data["w"] = w
+    return g

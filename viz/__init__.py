@@ -1,0 +1,1 @@
+"""Plotting for hgadapter runs: only reads arrays and files that runs saved."""
