@@ -1,0 +1,165 @@
+"""Config loading: shipped YAML, precedence, precise errors, and fuzzed malformed variants."""
+
+from pathlib import Path
+
+import pytest
+import yaml
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from hgadapter.config import (
+    ConfigError,
+    RunConfig,
+    config_to_dict,
+    list_variants,
+    load_config,
+    load_variant,
+    metapaths_dir,
+)
+
+ROOT = Path(__file__).resolve().parent.parent
+EXPERIMENT_YAMLS = sorted((ROOT / "experiments").rglob("*.yaml"))
+
+
+def test_shipped_variants():
+    assert set(list_variants()) >= {"full", "t", "t_n", "t_p", "base"}
+    full = load_variant("full")
+    assert [s.target for s in full.stages] == ["neg", "pos", "vis"]
+    assert full.stages[1].metapaths[0].relations == ("n2p",)
+    assert full.stages[1].metapaths[0].weight(training=True) == 0.2
+    assert full.stages[1].metapaths[0].weight(training=False) == 0.1
+    assert load_variant("t_p").graph.relations == ("v2p", "p2p")
+    assert "neg" not in {m.src_ntype for s in load_variant("t_p").stages for m in s.metapaths}
+    assert load_variant("base").classifier == "zero_shot"
+
+
+@pytest.mark.parametrize("path", sorted(metapaths_dir().glob("*.yaml")), ids=lambda p: p.name)
+def test_every_metapath_yaml_loads(path):
+    assert load_variant(path).name == path.stem
+
+
+@pytest.mark.parametrize("path", EXPERIMENT_YAMLS, ids=lambda p: str(p.relative_to(ROOT)))
+def test_every_experiment_yaml_loads(path):
+    assert isinstance(load_config("full", config_file=path), RunConfig)
+
+
+def test_precedence_defaults_variant_file_cli(tmp_path):
+    assert load_config("full").train.lr == 1e-3  # dataclass default
+    exp = tmp_path / "exp.yaml"
+    exp.write_text("train: {lr: 0.02, epochs: 7}\ngraph: {topk: 8}\n")
+    cfg = load_config("full", config_file=exp)
+    assert (cfg.train.lr, cfg.train.epochs, cfg.variant.graph.topk) == (0.02, 7, 8)
+    assert cfg.variant.graph.relations == load_variant("full").graph.relations  # untouched keys survive
+    cfg = load_config("full", config_file=exp, overrides=["train.lr=0.5", "stages.1.metapaths.1.beta=0.3"])
+    assert cfg.train.lr == 0.5 and cfg.train.epochs == 7
+    assert cfg.variant.stages[1].metapaths[1].beta == 0.3
+
+
+def test_config_file_may_name_the_variant(tmp_path):
+    exp = tmp_path / "exp.yaml"
+    exp.write_text("variant: t_p\n")
+    assert load_config(config_file=exp).variant.name == "t_p"
+    assert load_config("t", config_file=exp).variant.name == "t"  # the command line wins
+
+
+def test_resolved_config_round_trips(tmp_path):
+    cfg = load_config("full", overrides=["train.lr=0.003", "graph.topk=4", "eval.alpha=1.0"])
+    path = tmp_path / "config.yaml"
+    path.write_text(yaml.safe_dump(config_to_dict(cfg)))
+    assert load_config("full", config_file=path) == cfg
+
+
+@pytest.mark.parametrize(
+    "override, match",
+    [
+        ("train.lrr=1", r"--set train\.lrr: train\.lrr: unknown key; valid keys: \['lr'"),
+        ("stages.0.target=foo", r"stages\.0\.target: 'foo' is not valid; choose one of \['pos', 'neg', 'vis'\]"),
+        ("stages.1.metapaths.0.path=[v2n]", r"ends at 'neg' but the stage's target is 'pos'"),
+        ("stages.1.metapaths.0.path=[v2p, n2p]", r"hops do not chain: v2p ends at 'pos' but n2p starts at 'neg'"),
+        ("stages.0.norm=sym", r"'sym' is not valid; choose one of \['gcn', 'row'\]"),
+        ("stages.0.metapaths.0.beta=-1", r"beta: must be >= 0.0, got -1"),
+        ("stages.0.metapaths.0.beta=lots", r"beta: expected a finite number, got 'lots'"),
+        ("stages.0.metapaths.0.path=[x2y]", r"'x2y' is not valid; choose one of \['n2p', 'v2p'"),
+        ("graph.relations=[n2p, v2p]", r"relation 'p2n' is not in graph.relations \['n2p', 'v2p'\]"),
+        ("train.epochs=0", r"train\.epochs: must be >= 1, got 0"),
+        ("engine=cuda", r"engine: 'cuda' is not valid; choose one of \['auto', 'torch', 'dgl'\]"),
+        ("stages.9.target=pos", r"index 9 out of range"),
+        ("train", r"expected key=value"),
+    ],
+)
+def test_bad_values_raise_config_error_naming_the_key(override, match):
+    with pytest.raises(ConfigError, match=match):
+        load_config("full", overrides=[override])
+
+
+def test_errors_name_the_file(tmp_path):
+    bad = tmp_path / "mine.yaml"
+    bad.write_text("name: mine\nclassifier: text\nstages:\n  - target: pos\n    metapaths: [{path: [v2p], beta: 0.1}]\n    activation: gelu\n")
+    with pytest.raises(ConfigError, match=r"mine\.yaml: stages\.0\.activation: 'gelu' is not valid"):
+        load_variant(bad)
+    with pytest.raises(ConfigError, match=r"unknown variant 'nope'; available: \['base'"):
+        load_variant("nope")
+    broken = tmp_path / "broken.yaml"
+    broken.write_text("stages: [\n")
+    with pytest.raises(ConfigError, match=r"broken\.yaml: not valid YAML"):
+        load_variant(broken)
+
+
+def test_new_variant_is_a_new_file(tmp_path):
+    path = tmp_path / "vnp.yaml"
+    path.write_text(
+        "name: vnp\nclassifier: text\ngraph: {relations: [v2n, n2p, p2p]}\n"
+        "stages:\n  - target: pos\n    metapaths:\n      - {path: [v2n, n2p], beta: 0.2}\n      - {path: [p2p], beta: 0.05}\n"
+    )
+    variant = load_variant(path)
+    assert variant.stages[0].metapaths[0].relations == ("v2n", "n2p")
+    assert variant.stages[0].metapaths[0].src_ntype == "vis"
+
+
+def test_text_cache_needs_a_bias_stage():
+    with pytest.raises(ConfigError, match=r"classifier: 'text_cache' needs a bias stage"):
+        load_config("t", overrides=["classifier=text_cache"])
+
+
+# ---- fuzzing: any malformed variant file raises ConfigError and nothing else -----------------
+
+_scalars = st.one_of(
+    st.none(), st.booleans(), st.integers(-5, 5), st.floats(allow_nan=True, allow_infinity=True),
+    st.sampled_from(["pos", "neg", "vis", "n2p", "v2p", "p2p", "p2n", "v2n", "v2v", "gcn", "row", "tanh", "bias", "x"]),
+)
+_values = st.recursive(_scalars, lambda inner: st.one_of(st.lists(inner, max_size=3), st.dictionaries(st.sampled_from(["path", "beta", "target", "metapaths", "norm", "zzz"]), inner, max_size=3)), max_leaves=6)
+
+
+def _paths(data, prefix=()):
+    yield prefix
+    if isinstance(data, dict):
+        for k, v in data.items():
+            yield from _paths(v, (*prefix, k))
+    elif isinstance(data, list):
+        for i, v in enumerate(data):
+            yield from _paths(v, (*prefix, i))
+
+
+@settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(data=st.data())
+def test_fuzzed_variant_files_raise_only_config_error(tmp_path, data):
+    raw = yaml.safe_load((metapaths_dir() / "full.yaml").read_text())
+    for _ in range(data.draw(st.integers(1, 3))):
+        paths = [p for p in _paths(raw) if p]
+        path = data.draw(st.sampled_from(paths))
+        parent = raw
+        for key in path[:-1]:
+            parent = parent[key]
+        action = data.draw(st.sampled_from(["replace", "delete", "add"]))
+        if action == "replace":
+            parent[path[-1]] = data.draw(_values)
+        elif action == "delete":
+            del parent[path[-1]]
+        elif isinstance(parent, dict):
+            parent[data.draw(st.sampled_from(["extra", "beta", "gamma", "mode"]))] = data.draw(_values)
+    file = tmp_path / "fuzz.yaml"
+    file.write_text(yaml.safe_dump(raw))
+    try:
+        load_variant(file)
+    except ConfigError:
+        pass

@@ -1,0 +1,111 @@
+"""Heterograph construction: hand-computed edge weights and one hand-computed aggregation step."""
+
+import math
+
+import pytest
+import torch
+
+from hgadapter.config import StageConfig
+from hgadapter.engines import create_engine
+from hgadapter.graph import RelationGraph, build_edge_weights, build_heterograph, build_node_features, build_relation_graph
+from hgadapter.metapaths import CANONICAL_ETYPES, ETYPES, MetaPath
+from hgadapter.adapter import HeteroGraphAdapter
+
+# Two classes in 2-D, chosen so every cosine is a short decimal.
+FEATS = {
+    "pos": torch.tensor([[1.0, 0.0], [0.0, 1.0]]),
+    "neg": torch.tensor([[0.6, 0.8], [0.8, 0.6]]),
+    "vis": torch.tensor([[1.0, 0.0], [0.6, 0.8]]),
+}
+
+
+def test_contrast_weights_by_hand():
+    # dst pos i, src neg j: cos = [[0.6, 0.8], [0.8, 0.6]]; the diagonal is the class and its negation.
+    w = build_edge_weights(FEATS, "n2p", contrast="one_minus_cos")
+    torch.testing.assert_close(w, torch.tensor([[0.4, 0.8], [0.8, 0.4]]))
+    w = build_edge_weights(FEATS, "n2p", contrast="neg_cos")
+    torch.testing.assert_close(w, torch.tensor([[-0.6, 0.8], [0.8, -0.6]]))
+    w = build_edge_weights(FEATS, "n2p", contrast="neg_cos", clamp_negative=True)
+    torch.testing.assert_close(w, torch.tensor([[0.0, 0.8], [0.8, 0.0]]))
+
+
+def test_cosine_weights_by_hand():
+    torch.testing.assert_close(build_edge_weights(FEATS, "v2p"), torch.tensor([[1.0, 0.6], [0.0, 0.8]]))
+    # p2p / v2v drop the diagonal unless self-loops are asked for.
+    w = build_edge_weights(FEATS, "v2v")
+    assert math.isnan(w[0, 0]) and math.isnan(w[1, 1])
+    assert w[0, 1] == pytest.approx(0.6) and w[1, 0] == pytest.approx(0.6)
+    torch.testing.assert_close(build_edge_weights(FEATS, "v2v", self_loops=True), torch.tensor([[1.0, 0.6], [0.6, 1.0]]))
+
+
+def test_relation_graph_edges_and_topk():
+    g = build_relation_graph(FEATS, relations=ETYPES)
+    assert g.num_edges("v2p") == 4 and g.num_edges("p2p") == 2 and g.num_edges("v2v") == 2
+    torch.testing.assert_close(g.dense_weights("v2p"), torch.tensor([[1.0, 0.6], [0.0, 0.8]]))
+    top1 = build_relation_graph(FEATS, relations=("v2p", "n2p"), topk=1)
+    # each destination keeps its single highest-weight source
+    torch.testing.assert_close(top1.dense_weights("v2p"), torch.tensor([[1.0, 0.0], [0.0, 0.8]]))
+    torch.testing.assert_close(top1.dense_weights("n2p"), torch.tensor([[0.0, 0.8], [0.8, 0.0]]))
+
+
+def test_dgl_heterograph_schema():
+    hg = build_heterograph(build_relation_graph(FEATS, relations=ETYPES))
+    assert sorted(hg.ntypes) == ["neg", "pos", "vis"]
+    assert sorted(hg.canonical_etypes) == sorted(CANONICAL_ETYPES.values())
+    for etype in ETYPES:
+        assert hg.num_nodes(CANONICAL_ETYPES[etype][0]) == 2
+    src, dst = hg.edges(etype="v2p")
+    torch.testing.assert_close(hg.edges["v2p"].data["w"], build_edge_weights(FEATS, "v2p")[dst, src])
+
+
+# One hop of v2p by hand. In-degrees of pos (row sums of |w|): 1.6, 0.8; out-degrees of vis
+# (column sums): 1.0, 1.4.
+GCN_V2P = torch.tensor(
+    [
+        [1.0 / math.sqrt(2.6 * 2.0) * 1.0 + 0.6 / math.sqrt(2.6 * 2.4) * 0.6 + 1.0 / 2.6, 0.6 / math.sqrt(2.6 * 2.4) * 0.8],
+        [0.8 / math.sqrt(1.8 * 2.4) * 0.6, 0.8 / math.sqrt(1.8 * 2.4) * 0.8 + 1.0 / 1.8],
+    ]
+)
+ROW_V2P = torch.tensor([[(1.0 + 0.6 * 0.6) / 1.6, 0.6 * 0.8 / 1.6], [0.6, 0.8]])
+
+
+@pytest.mark.parametrize("engine", ["torch", "dgl"])
+def test_one_hop_by_hand(engine):
+    graph = create_engine(engine, build_relation_graph(FEATS, relations=ETYPES))
+    torch.testing.assert_close(graph.propagate("v2p", "gcn", FEATS["vis"], FEATS["pos"]), GCN_V2P)
+    torch.testing.assert_close(graph.propagate("v2p", "row", FEATS["vis"], None), ROW_V2P)
+    assert GCN_V2P[0, 0] == pytest.approx(0.967259, abs=1e-6)  # the decimal worked on paper
+
+
+@pytest.mark.parametrize("engine", ["torch", "dgl"])
+def test_one_stage_by_hand(engine):
+    # pos' = pos + 0.5 * row(v2p) + 0.25 * row(p2p); p2p weights are cos(pos0, pos1) = 0 -> zero degree -> 0.
+    stage = StageConfig(
+        target="pos",
+        metapaths=(MetaPath(("v2p",), 0.5), MetaPath(("p2p",), 0.25)),
+        norm="row",
+        activation="identity",
+    )
+    adapter = HeteroGraphAdapter(dim=2, stages=[stage], init="identity")
+    graph = create_engine(engine, build_relation_graph(FEATS, relations=ETYPES))
+    out = adapter(graph, FEATS, training=True)
+    torch.testing.assert_close(out.feat_dict["pos"], FEATS["pos"] + 0.5 * ROW_V2P)
+    torch.testing.assert_close(out.feat_dict["neg"], FEATS["neg"])
+    assert out.vis_bias is None
+
+
+def test_node_features_are_normalised_class_means(random_cache):
+    train = random_cache.train_set(4, 1)
+    feats = build_node_features(random_cache, train)
+    for ntype in ("pos", "neg", "vis"):
+        assert feats[ntype].shape == (random_cache.num_classes, random_cache.dim)
+        torch.testing.assert_close(feats[ntype].norm(dim=-1), torch.ones(random_cache.num_classes))
+    mean0 = torch.nn.functional.normalize(train.features[train.labels == 0].mean(dim=(0, 1)), dim=0)
+    torch.testing.assert_close(feats["vis"][0], mean0, atol=1e-5, rtol=1e-5)
+
+
+def test_edgeless_relation_graph():
+    empty = torch.zeros(0, dtype=torch.long)
+    g = RelationGraph({"pos": 2, "neg": 2, "vis": 2}, {"v2n": (empty, empty, torch.zeros(0))})
+    hg = build_heterograph(g)
+    assert hg.num_edges("v2n") == 0
