@@ -1,0 +1,152 @@
+"""Image transforms for feature extraction, in PIL and NumPy (no torchvision).
+
+The evaluation transform is CLIP's: resize the shorter side, centre-crop, scale to [0, 1] and
+normalise per channel. The training transform is the one Tip-Adapter and GraphAdapter use to
+build their caches (paper Sec. 4.1 follows them): a random resized crop covering 50-100 % of
+the image area with aspect ratio in [3/4, 4/3], a horizontal flip with probability 1/2, then
+the same normalisation. Each augmented view draws from its own seeded generator, so a view
+is a pure function of (augmentation seed, set, image, view) and does not depend on batching
+or on which worker thread loaded it.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass
+
+import numpy as np
+from PIL import Image
+
+# PIL's resampling filters by the integer codes Hugging Face processor configs store.
+_RESAMPLE = {
+    0: Image.Resampling.NEAREST,
+    1: Image.Resampling.LANCZOS,
+    2: Image.Resampling.BILINEAR,
+    3: Image.Resampling.BICUBIC,
+    4: Image.Resampling.BOX,
+    5: Image.Resampling.HAMMING,
+}
+
+
+@dataclass(frozen=True)
+class Preprocess:
+    """CLIP's evaluation preprocessing, as a processor config describes it.
+
+    Attributes:
+        resize: target length of the shorter image side, in pixels.
+        crop: (height, width) of the centre crop, in pixels.
+        mean: per-channel mean subtracted after scaling to [0, 1].
+        std: per-channel standard deviation divided by after subtracting the mean.
+        resample: PIL resampling code (3 = bicubic, CLIP's).
+    """
+
+    resize: int
+    crop: tuple[int, int]
+    mean: tuple[float, float, float]
+    std: tuple[float, float, float]
+    resample: int = 3
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+    def normalise(self, image: Image.Image) -> np.ndarray:
+        """RGB PIL image of the crop size -> float32 array, shape ``(3, H, W)``."""
+        arr = np.asarray(image, dtype=np.float32) / 255.0  # (H, W, 3)
+        arr = (arr - np.asarray(self.mean, dtype=np.float32)) / np.asarray(self.std, dtype=np.float32)
+        return np.ascontiguousarray(arr.transpose(2, 0, 1))  # (3, H, W)
+
+    def __call__(self, image: Image.Image) -> np.ndarray:
+        """Resize the shorter side, centre-crop and normalise: ``(3, H, W)`` float32."""
+        image = image.convert("RGB")
+        w, h = image.size
+        # Same integer arithmetic as Hugging Face's CLIP processor (shorter side exact, longer
+        # side floored, crop offsets floored), so features match the reference pipeline.
+        if w <= h:
+            new_w, new_h = self.resize, max(1, int(self.resize * h / w))
+        else:
+            new_w, new_h = max(1, int(self.resize * w / h)), self.resize
+        if (new_w, new_h) != (w, h):
+            image = image.resize((new_w, new_h), _RESAMPLE[self.resample])
+        ch, cw = self.crop
+        if new_w < cw or new_h < ch:
+            # A crop larger than the image: pad with black around it, as HF's processor does.
+            canvas = Image.new("RGB", (max(new_w, cw), max(new_h, ch)))
+            canvas.paste(image, ((canvas.width - new_w) // 2, (canvas.height - new_h) // 2))
+            image, new_w, new_h = canvas, canvas.width, canvas.height
+        left, top = (new_w - cw) // 2, (new_h - ch) // 2
+        image = image.crop((left, top, left + cw, top + ch))
+        return self.normalise(image)
+
+
+@dataclass(frozen=True)
+class Augment:
+    """Random resized crop + horizontal flip for the few-shot training views.
+
+    Attributes:
+        scale: range of the crop's area as a fraction of the image area.
+        ratio: range of the crop's aspect ratio (width / height).
+        flip_p: probability of a horizontal flip.
+    """
+
+    scale: tuple[float, float] = (0.5, 1.0)
+    ratio: tuple[float, float] = (3.0 / 4.0, 4.0 / 3.0)
+    flip_p: float = 0.5
+
+    def to_dict(self) -> dict:
+        return {"kind": "random_resized_crop+hflip", **asdict(self)}
+
+    def crop_box(self, width: int, height: int, rng: np.random.Generator) -> tuple[int, int, int, int]:
+        """A random (left, top, right, bottom) box; falls back to the largest central crop
+        within ``ratio`` after 10 failed tries (the usual RandomResizedCrop rule)."""
+        area = width * height
+        log_ratio = (math.log(self.ratio[0]), math.log(self.ratio[1]))
+        for _ in range(10):
+            target_area = area * rng.uniform(self.scale[0], self.scale[1])
+            aspect = math.exp(rng.uniform(log_ratio[0], log_ratio[1]))
+            w = int(round(math.sqrt(target_area * aspect)))
+            h = int(round(math.sqrt(target_area / aspect)))
+            if 0 < w <= width and 0 < h <= height:
+                left = int(rng.integers(0, width - w + 1))
+                top = int(rng.integers(0, height - h + 1))
+                return left, top, left + w, top + h
+        in_ratio = width / height
+        if in_ratio < self.ratio[0]:
+            w, h = width, int(round(width / self.ratio[0]))
+        elif in_ratio > self.ratio[1]:
+            w, h = int(round(height * self.ratio[1])), height
+        else:
+            w, h = width, height
+        left, top = (width - w) // 2, (height - h) // 2
+        return left, top, left + w, top + h
+
+    def __call__(self, image: Image.Image, pre: Preprocess, rng: np.random.Generator) -> np.ndarray:
+        """One augmented view, resized to ``pre.crop`` and normalised: ``(3, H, W)`` float32."""
+        image = image.convert("RGB")
+        box = self.crop_box(image.width, image.height, rng)
+        ch, cw = pre.crop
+        view = image.resize((cw, ch), _RESAMPLE[pre.resample], box=box)
+        if rng.random() < self.flip_p:
+            view = view.transpose(Image.Transpose.FLIP_LEFT_RIGHT)
+        return pre.normalise(view)
+
+
+def view_rng(aug_seed: int, shots: int, seed: int, index: int) -> np.random.Generator:
+    """The generator for every view of source image ``index`` in training set (shots, seed)."""
+    return np.random.default_rng([aug_seed, shots, seed, index])
+
+
+def make_views(
+    image: Image.Image,
+    pre: Preprocess,
+    augment: Augment | None,
+    views: int,
+    rng: np.random.Generator | None,
+) -> np.ndarray:
+    """``views`` training views of one image, shape ``(V, 3, H, W)``.
+
+    Without augmentation every view is the evaluation crop (then ``views`` should be 1).
+    """
+    if augment is None or rng is None:
+        one = pre(image)
+        return np.broadcast_to(one, (views, *one.shape)).copy()  # (V, 3, H, W)
+    return np.stack([augment(image, pre, rng) for _ in range(views)])  # (V, 3, H, W)

@@ -1,0 +1,91 @@
+"""The frozen CLIP encoders: real save_pretrained / from_pretrained path on a tiny model."""
+
+from __future__ import annotations
+
+import importlib.util
+
+import numpy as np
+import pytest
+import torch
+
+from hgadapter.encoders import EncoderError, create_encoder, hash_directory, list_encoders
+import clip_fixtures as cf
+
+
+@pytest.fixture(scope="module")
+def tiny_clip_dir(tmp_path_factory):
+    return cf.build_tiny_clip(tmp_path_factory.mktemp("tiny_clip"))
+
+
+@pytest.fixture(scope="module")
+def encoder(tiny_clip_dir):
+    return create_encoder(str(tiny_clip_dir), device="cpu")
+
+
+def test_loads_frozen_in_eval_mode_fp32_on_cpu(encoder, tiny_clip_dir):
+    model = encoder._model
+    assert not model.training
+    assert all(not p.requires_grad for p in model.parameters())
+    assert encoder.precision == "fp32"
+    assert encoder.dim == 24 and encoder.context_length == 24
+    assert encoder.revision == hash_directory(tiny_clip_dir)
+    assert encoder.logit_scale == pytest.approx(float(model.logit_scale.exp()))
+
+
+def test_preprocess_matches_the_hf_pil_processor(encoder, tiny_clip_dir):
+    from transformers.models.clip.image_processing_pil_clip import CLIPImageProcessorPil
+
+    processor = CLIPImageProcessorPil.from_pretrained(tiny_clip_dir)
+    rng = np.random.default_rng(3)
+    for size in [(50, 40), (33, 61), (32, 32), (20, 28)]:
+        image = cf.make_image(rng, 0, size)
+        ours = encoder.preprocess(image)
+        ref = processor(images=[image], return_tensors="np")["pixel_values"][0]
+        np.testing.assert_allclose(ours, ref, atol=1e-5)
+
+
+def test_image_features_normalised_and_batch_independent(encoder):
+    rng = np.random.default_rng(0)
+    pixels = torch.from_numpy(np.stack([encoder.preprocess(cf.make_image(rng, i % 3)) for i in range(5)]))
+    batched = encoder.encode_images(pixels)
+    single = torch.cat([encoder.encode_images(pixels[i : i + 1]) for i in range(5)])
+    assert batched.shape == (5, 24) and batched.dtype == torch.float32
+    torch.testing.assert_close(batched.norm(dim=-1), torch.ones(5))
+    torch.testing.assert_close(batched, single, atol=1e-5, rtol=0)
+
+
+def test_text_features_match_the_model(encoder):
+    texts = ["a photo of a red square.", "a photo of no blue stripes.", "itap of a green circle."]
+    ours = encoder.encode_texts(texts, batch_size=2)
+    tok = encoder._tokenizer(texts, padding=True, return_tensors="pt")
+    with torch.no_grad():
+        ref = encoder._model.get_text_features(**tok).pooler_output
+    torch.testing.assert_close(ours, torch.nn.functional.normalize(ref, dim=-1), atol=1e-5, rtol=0)
+    assert encoder.encode_texts([]).shape == (0, 24)
+
+
+def test_unknown_hub_id_offline_says_how_to_download(monkeypatch):
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    with pytest.raises(EncoderError, match=r"hf download nobody/no-such-clip"):
+        create_encoder("nobody/no-such-clip", device="cpu")
+
+
+def test_missing_directory_is_an_error(tmp_path):
+    with pytest.raises(EncoderError, match="does not exist"):
+        create_encoder(str(tmp_path / "nope" / "model"), device="cpu")
+
+
+def test_bad_precision_lists_choices():
+    with pytest.raises(EncoderError, match=r"unknown precision 'fp8'.*fp16"):
+        create_encoder("whatever", precision="fp8", device="cpu")
+
+
+@pytest.mark.skipif(importlib.util.find_spec("open_clip") is not None, reason="open_clip is installed")
+def test_open_clip_backend_is_optional():
+    with pytest.raises(EncoderError, match=r"pip install 'hgadapter\[open_clip\]'"):
+        create_encoder("open_clip:RN50/openai", device="cpu")
+
+
+def test_list_encoders_names_both_backends():
+    ids = list_encoders()
+    assert "openai/clip-vit-base-patch16" in ids and "open_clip:RN50/openai" in ids

@@ -1,0 +1,166 @@
+"""``hgadapter extract`` end to end on a tiny CLIP and tiny datasets: cache contents, batching,
+reproducible sampling, resume, and bad-image handling."""
+
+from __future__ import annotations
+
+import json
+import shutil
+
+import clip_fixtures as cf
+import pytest
+import torch
+
+import hgadapter.extract as ex
+from hgadapter.data import build_dataset, sample_per_class
+from hgadapter.encoders import create_encoder
+from hgadapter.features import load_cache
+
+
+@pytest.fixture(scope="module")
+def model_dir(tmp_path_factory):
+    return cf.build_tiny_clip(tmp_path_factory.mktemp("tiny_clip"))
+
+
+@pytest.fixture(scope="module")
+def folder(tmp_path_factory):
+    return cf.build_imagefolder(tmp_path_factory.mktemp("imgs"), per_class=10)
+
+
+def _args(model_dir, data_dir, out, *extra, dataset="imagefolder"):
+    return [
+        "--dataset", dataset, "--data-dir", str(data_dir), "--model", str(model_dir), "--out", str(out),
+        "--device", "cpu", "--batch-size", "8", "--workers", "2", "--quiet", *extra,
+    ]
+
+
+@pytest.fixture(scope="module")
+def first_cache(model_dir, folder, tmp_path_factory):
+    out = tmp_path_factory.mktemp("cache") / "c"
+    assert ex.main(_args(model_dir, folder, out, "--shots", "1", "2", "--seeds", "1", "2", "--views", "3",
+                         "--pos-prompts", "photo+ensemble7", "--neg-prompts", "neg4")) == 0
+    return out
+
+
+def test_cache_contents(first_cache):
+    cache = load_cache(first_cache)
+    C, d = 3, 24
+    assert cache.classnames == ["blue stripes", "green circle", "red square"]
+    assert cache.pos_text.shape == (C, 8, d) and cache.neg_text.shape == (C, 4, d)
+    assert cache.val_features.shape == (3 * 2, d) and cache.test_features.shape == (9, d)  # val: 2 per class exist
+    assert sorted(cache.train_sets) == [(1, 1), (1, 2), (2, 1), (2, 2)]
+    fs = cache.train_set(2, 1)
+    assert fs.features.shape == (6, 3, d) and fs.labels.tolist() == [0, 0, 1, 1, 2, 2]
+    assert len(fs.indices) == 6
+    for t in (cache.pos_text, cache.neg_text, cache.val_features, cache.test_features, fs.features):
+        torch.testing.assert_close(t.norm(dim=-1), torch.ones(t.shape[:-1]))
+    assert not torch.equal(fs.features[:, 0], fs.features[:, 1])  # augmented views differ
+    meta = cache.meta
+    assert meta["encoder"]["revision"].startswith("sha256:")
+    assert meta["prompts"]["pos"]["name"] == "photo+ensemble7" and meta["prompts"]["pos"]["hash"].startswith("sha256:")
+    assert meta["dataset"]["spec"] == "imagefolder" and meta["dataset"]["split_source"]["seed"] == 1
+    assert meta["augment"]["views"] == 3 and meta["augment"]["scale"] == [0.5, 1.0]
+    assert cache.logit_scale == pytest.approx(create_encoder(str(meta["encoder"]["id"])).logit_scale)
+
+
+def test_text_features_are_the_prompts_encoded(first_cache, model_dir):
+    cache = load_cache(first_cache, train_keys=[])
+    enc = create_encoder(str(model_dir), device="cpu")
+    ref = enc.encode_texts(["a photo of a blue stripes.", "itap of a red square."])
+    torch.testing.assert_close(cache.pos_text[0, 0], ref[0], atol=1e-5, rtol=0)
+    torch.testing.assert_close(cache.pos_text[2, 1], ref[1], atol=1e-5, rtol=0)
+
+
+def test_batched_equals_one_image_at_a_time(model_dir, folder):
+    enc = create_encoder(str(model_dir), device="cpu")
+    ds = build_dataset("imagefolder", folder)
+    batched, _ = ex.encode_samples(enc, ds, ds.test, split="test", batch_size=4, workers=2, progress=False)
+    single = torch.cat([enc.encode_images(torch.from_numpy(enc.preprocess(ds.load_image(s)))[None]) for s in ds.test])
+    torch.testing.assert_close(batched[:, 0], single, atol=1e-5, rtol=0)
+
+
+def test_sampling_and_views_identical_across_reruns(first_cache, model_dir, folder, tmp_path):
+    out = tmp_path / "again"
+    # different batch size and no loader threads: same indices, same augmented features
+    ex.main(_args(model_dir, folder, out, "--shots", "2", "--seeds", "2", "--views", "3", "--pos-prompts",
+                  "photo+ensemble7", "--neg-prompts", "neg4", "--workers", "0", "--batch-size", "5"))
+    a, b = load_cache(first_cache).train_set(2, 2), load_cache(out).train_set(2, 2)
+    assert a.indices == b.indices
+    torch.testing.assert_close(a.features, b.features, atol=1e-5, rtol=0)
+    assert load_cache(first_cache).train_set(2, 1).indices != a.indices
+
+
+def test_resume_skips_finished_sets_and_rejects_other_inputs(model_dir, folder, tmp_path, monkeypatch):
+    out = tmp_path / "resume"
+    base = ["--shots", "1", "--seeds", "1", "--views", "1", "--augment", "none"]
+    ex.main(_args(model_dir, folder, out, *base))
+    before = load_cache(out)
+    encoded = []
+    real = ex._encode_train_set
+    monkeypatch.setattr(ex, "_encode_train_set", lambda o, e, s, k, seed, *a: encoded.append((k, seed)) or real(o, e, s, k, seed, *a))
+    ex.main(_args(model_dir, folder, out, "--shots", "1", "4", "--seeds", "1", "--views", "1", "--augment", "none"))
+    assert encoded == [(4, 1)]  # (1, 1) was skipped
+    after = load_cache(out)
+    assert sorted(after.train_sets) == [(1, 1), (4, 1)]
+    torch.testing.assert_close(after.train_set(1, 1).features, before.train_set(1, 1).features)
+    torch.testing.assert_close(after.test_features, before.test_features)
+    with pytest.raises(ex.ExtractError, match=r"different inputs:\n  prompts.pos"):
+        ex.main(_args(model_dir, folder, out, *base, "--pos-prompts", "ensemble7"))
+    ex.main(_args(model_dir, folder, out, *base, "--pos-prompts", "ensemble7", "--overwrite"))
+    replaced = load_cache(out)
+    assert replaced.pos_text.shape[1] == 7 and sorted(replaced.train_sets) == [(1, 1)]
+
+
+def test_bad_images_fail_by_default_and_are_recorded_with_skip_bad(model_dir, folder, tmp_path):
+    data = tmp_path / "data"
+    shutil.copytree(folder, data)
+    ds = build_dataset("imagefolder", data)
+    bad_test = cf.write_bad_image(ds.test[0].key)
+    first = sample_per_class(ds.train, 3, 4, seed=1)[0]
+    bad_train = cf.write_bad_image(ds.train[first].key)
+    args = _args(model_dir, data, tmp_path / "c", "--shots", "4", "--seeds", "1", "--views", "2")
+    with pytest.raises(ex.ExtractError, match=rf"1 image\(s\) could not be read:\n  \[test #0\] {bad_test}"):
+        ex.main(args)
+    ex.main([*args, "--skip-bad", "--overwrite"])
+    cache = load_cache(tmp_path / "c")
+    assert cache.meta["bad_images"][0]["key"] == str(bad_test) and len(cache.test_labels) == len(ds.test) - 1
+    fs = cache.train_set(4, 1)
+    assert len(fs.indices) == 12 and first not in fs.indices  # the unreadable image was substituted
+    assert fs.labels.tolist() == [0] * 4 + [1] * 4 + [2] * 4
+    report = [json.loads(line) for line in (tmp_path / "c" / "extract_report.jsonl").read_text().splitlines()]
+    assert report[0]["skipped"][0]["key"] == str(bad_train)
+
+
+def test_coop_layout_end_to_end(model_dir, tmp_path):
+    root = cf.build_coop_dtd(tmp_path / "coop")
+    out = tmp_path / "dtd"
+    ex.main(_args(model_dir, root, out, "--shots", "2", "--seeds", "1", "--views", "2", dataset="coop:dtd"))
+    cache = load_cache(out)
+    assert cache.classnames == ["red square", "green circle", "blue stripes"]
+    assert cache.meta["prompts"]["pos"]["sources"][0]["templates"] == ["{} texture."]
+    assert cache.val_features.shape[0] == 9 and cache.test_features.shape[0] == 9
+    assert cache.meta["val"]["indices"] == sorted(cache.meta["val"]["indices"], key=lambda i: i // 3)
+
+
+def test_user_errors_are_extract_errors(model_dir, folder, tmp_path):
+    with pytest.raises(ex.ExtractError, match="unknown dataset spec"):
+        ex.main(_args(model_dir, folder, tmp_path / "x", dataset="nope"))
+    with pytest.raises(ex.ExtractError, match="use --views 1"):
+        ex.main(_args(model_dir, folder, tmp_path / "x", "--augment", "none", "--views", "3"))
+    with pytest.raises(ex.ExtractError, match="does not exist"):
+        ex.main(_args(tmp_path / "no" / "model", folder, tmp_path / "x"))
+
+
+def test_shards_then_merge_equal_one_process(first_cache, model_dir, folder, tmp_path):
+    out = tmp_path / "sharded"
+    common = ["--shots", "2", "--seeds", "1", "--views", "3", "--pos-prompts", "photo+ensemble7", "--neg-prompts", "neg4"]
+    for i in range(2):
+        assert ex.main(_args(model_dir, folder, out, *common, "--shard", f"{i}/2")) == 0
+    assert not out.exists() and len(list((tmp_path / "sharded.shards").iterdir())) == 2
+    with pytest.raises(ex.ExtractError, match="different inputs"):
+        ex.main(_args(model_dir, folder, out, *common, "--views", "2", "--merge"))
+    ex.main(_args(model_dir, folder, out, *common, "--merge"))
+    merged, single = load_cache(out), load_cache(first_cache)
+    torch.testing.assert_close(merged.test_features, single.test_features, atol=1e-5, rtol=0)
+    torch.testing.assert_close(merged.val_features, single.val_features, atol=1e-5, rtol=0)
+    torch.testing.assert_close(merged.train_set(2, 1).features, single.train_set(2, 1).features, atol=1e-5, rtol=0)
+    assert merged.meta["identity"] == single.meta["identity"]
