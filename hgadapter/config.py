@@ -51,6 +51,8 @@ CLASSIFIERS: tuple[str, ...] = ("zero_shot", "text", "text_cache")
 ENGINES: tuple[str, ...] = ("auto", "torch", "dgl")
 INITS: tuple[str, ...] = ("identity", "zeros", "xavier")
 VARIANT_KEYS: tuple[str, ...] = ("name", "description", "classifier", "graph", "stages")
+# Keys a run's config.yaml records beside the config; ignored when it is loaded back as --config.
+RECORD_KEYS: tuple[str, ...] = ("run", "environment")
 
 
 class ConfigError(ValueError):
@@ -485,7 +487,7 @@ def load_config(
     vpath = variant_path(variant)
     tree.merge(_read_yaml(vpath), str(vpath))
     _Parser(tree).mapping(tree.data, (), VARIANT_KEYS)
-    file_data = {k: v for k, v in file_data.items() if k != "variant"}
+    file_data = {k: v for k, v in file_data.items() if k != "variant" and k not in RECORD_KEYS}
     tree.merge(file_data, str(config_file))
     for text in overrides:
         key, value = _parse_override(text)

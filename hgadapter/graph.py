@@ -12,7 +12,7 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
-from hgadapter.features import FeatureCache, FewShotSet
+from hgadapter.features import FewShotSet
 from hgadapter.metapaths import CANONICAL_ETYPES, DEFAULT_WEIGHT_KIND, NTYPES
 
 __all__ = ["RelationGraph", "build_node_features", "build_edge_weights", "build_relation_graph", "build_heterograph"]
@@ -57,13 +57,16 @@ def _mean_direction(x: torch.Tensor) -> torch.Tensor:
     return F.normalize(F.normalize(x, dim=-1).mean(dim=1), dim=-1)
 
 
-def build_node_features(cache: FeatureCache, train_set: FewShotSet) -> dict[str, torch.Tensor]:
+def build_node_features(
+    *, pos_text: torch.Tensor, neg_text: torch.Tensor, train_set: FewShotSet
+) -> dict[str, torch.Tensor]:
     """Initial node features (METHOD.md "Nodes"): per-class mean directions, each ``(C, d)``.
 
-    ``pos``/``neg``: mean of the class's normalised prompt features, renormalised.
-    ``vis``: mean of the class's normalised few-shot image features over all images and views.
+    ``pos``/``neg``: mean of the class's normalised prompt features ``(C, P, d)`` / ``(C, Q, d)``,
+    renormalised. ``vis``: mean of the class's normalised few-shot image features over all images
+    and views.
     """
-    num_classes, dim = cache.num_classes, cache.dim
+    num_classes, dim = int(pos_text.shape[0]), int(pos_text.shape[-1])
     views = F.normalize(train_set.features.float(), dim=-1)  # (N, V, d)
     per_image = views.mean(dim=1)  # (N, d)
     sums = per_image.new_zeros(num_classes, dim).index_add_(0, train_set.labels, per_image)  # (C, d)
@@ -72,8 +75,8 @@ def build_node_features(cache: FeatureCache, train_set: FewShotSet) -> dict[str,
         missing = torch.nonzero(counts == 0).flatten().tolist()[:5]
         raise ValueError(f"training set (shots={train_set.shots}, seed={train_set.seed}) has no image of classes {missing}")
     return {
-        "pos": _mean_direction(cache.pos_text.float()),
-        "neg": _mean_direction(cache.neg_text.float()),
+        "pos": _mean_direction(pos_text.float()),
+        "neg": _mean_direction(neg_text.float()),
         "vis": F.normalize(sums, dim=-1),
     }
 

@@ -4,7 +4,7 @@ A run directory holds ``metrics.json``, ``config.yaml`` (resolved config with pa
 and the git commit), ``history.json`` (per-epoch loss and validation accuracy), ``log.txt``,
 ``classes.json``, ``nodes.safetensors`` (initial and adapted node features, for t-SNE figures
 without re-training) and ``adapter.safetensors`` (trained weights). Every file is written
-atomically.
+atomically. The test split is read once, after training and selection (:mod:`hgadapter.protocol`).
 """
 
 from __future__ import annotations
@@ -16,30 +16,17 @@ import time
 from pathlib import Path
 from typing import Any
 
-import torch
 import yaml
 
 from hgadapter._io import atomic_save_tensors, atomic_write_json, atomic_write_text
 from hgadapter.config import RunConfig, config_to_dict
-from hgadapter.engines import create_engine, resolve_engine
-from hgadapter.evaluate import evaluate
 from hgadapter.features import FeatureCache
-from hgadapter.graph import build_node_features, build_relation_graph
-from hgadapter.train import fit
+from hgadapter.method import fit_hegraphadapter
+from hgadapter.protocol import Fitted, score_on_test, selection_data
 
-__all__ = ["resolve_device", "run_experiment", "environment_info"]
+__all__ = ["run_experiment", "environment_info", "METHOD"]
 
 METHOD = "hegraphadapter"
-
-
-def resolve_device(name: str) -> torch.device:
-    """``auto`` -> the first CUDA device if present, else CPU; a clear error for missing CUDA."""
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    device = torch.device(name)
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise ValueError(f"device {name!r} requested but CUDA is not available here; use device=cpu or auto")
-    return device
 
 
 def _git_commit() -> str | None:
@@ -49,7 +36,7 @@ def _git_commit() -> str | None:
         )
     except (OSError, subprocess.SubprocessError):
         return None
-    return out.stdout.strip() or None if out.returncode == 0 else None
+    return (out.stdout.strip() or None) if out.returncode == 0 else None
 
 
 def environment_info() -> dict[str, Any]:
@@ -61,6 +48,11 @@ def environment_info() -> dict[str, Any]:
         except importlib.metadata.PackageNotFoundError:
             versions[pkg] = None
     return {"python": platform.python_version(), "packages": versions, "git_commit": _git_commit()}
+
+
+def _dataset_name(meta: dict[str, Any]) -> str | None:
+    dataset = meta.get("dataset")
+    return dataset.get("name") if isinstance(dataset, dict) else dataset
 
 
 def run_experiment(
@@ -76,95 +68,47 @@ def run_experiment(
 
     Returns the metrics record (also written to ``out_dir/metrics.json`` when given).
     """
-    train_set = cache.train_set(shots, seed)
-    device = resolve_device(cfg.device)
-    variant = cfg.variant
     log_lines: list[str] = []
 
     def log(message: str) -> None:
         log_lines.append(f"{time.strftime('%H:%M:%S')} {message}")
 
-    feat_dict = {k: v.to(device) for k, v in build_node_features(cache, train_set).items()}
-    graph = None
-    engine = "none"
-    if variant.stages:
-        engine = resolve_engine(cfg.engine, device=device, topk=variant.graph.topk)
-        g = variant.graph
-        relation_graph = build_relation_graph(
-            feat_dict,
-            relations=g.relations,
-            weights=g.weights,
-            contrast=g.contrast,
-            topk=g.topk,
-            self_loops=g.self_loops,
-            clamp_negative=g.clamp_negative,
-        )
-        graph = create_engine(engine, relation_graph, device=device)
-        log(f"graph: {', '.join(f'{e}={relation_graph.num_edges(e)}' for e in relation_graph.etypes)} edges; engine {engine}")
-    log(f"variant {variant.name} classifier {variant.classifier} shots {shots} seed {seed} device {device}")
-
-    result = fit(
-        cfg,
-        graph=graph,
-        feat_dict=feat_dict,
-        train_set=train_set,
-        val_features=cache.val_features,
-        val_labels=cache.val_labels,
-        logit_scale=cache.logit_scale,
-        seed=seed,
-        device=device,
-        progress=progress,
-        log=log,
-    )
-    ev = evaluate(
-        variant,
-        cfg.eval,
-        adapter=result.adapter,
-        graph=graph,
-        feat_dict=feat_dict,
-        cache=cache,
-        train_set=train_set,
-        device=device,
-    )
+    log(f"{METHOD} variant {cfg.variant.name} shots {shots} seed {seed}")
+    fitted = fit_hegraphadapter(cfg, selection_data(cache, shots=shots, seed=seed), seed=seed, progress=progress, log=log)
+    test_acc = score_on_test(fitted, cache, device=fitted.artifacts["device"])
+    log(f"test_acc {test_acc:.2f}")
     metrics = {
         "method": METHOD,
-        "variant": variant.name,
-        "classifier": variant.classifier,
-        "engine": engine,
+        "variant": cfg.variant.name,
+        "classifier": cfg.variant.classifier,
+        "engine": fitted.artifacts["engine"],
         "shots": shots,
         "seed": seed,
-        "val_acc": round(ev.val_acc, 4),
-        "test_acc": round(ev.test_acc, 4),
-        "alpha": ev.alpha,
-        "beta": ev.beta,
-        "train_seconds": round(result.train_seconds, 3),
-        "epochs": result.epochs,
-        "dataset": (cache.meta.get("dataset") or {}).get("name") if isinstance(cache.meta.get("dataset"), dict) else cache.meta.get("dataset"),
+        "val_acc": round(fitted.val_acc, 4),
+        "test_acc": round(test_acc, 4),
+        "alpha": fitted.hparams["alpha"],
+        "beta": fitted.hparams["beta"],
+        "train_seconds": round(fitted.train_seconds, 3),
+        "epochs": fitted.epochs,
+        "dataset": _dataset_name(cache.meta),
         "synthetic": bool(cache.meta.get("synthetic", False)),
     }
-    log(f"val_acc {ev.val_acc:.2f} test_acc {ev.test_acc:.2f} alpha {ev.alpha} beta {ev.beta}")
     if out_dir is not None:
-        _write_run(Path(out_dir), cfg, metrics, result, feat_dict, graph, cache, log_lines)
+        _write_run(Path(out_dir), cfg, metrics, fitted, cache, log_lines)
     return metrics
 
 
-def _write_run(out, cfg, metrics, result, feat_dict, graph, cache, log_lines) -> None:
+def _write_run(out: Path, cfg: RunConfig, metrics: dict, fitted: Fitted, cache: FeatureCache, log_lines: list[str]) -> None:
     out.mkdir(parents=True, exist_ok=True)
     resolved = {**config_to_dict(cfg), "run": {k: metrics[k] for k in ("shots", "seed", "engine")}, "environment": environment_info()}
     atomic_write_text(out / "config.yaml", yaml.safe_dump(resolved, sort_keys=False))
     atomic_write_json(out / "classes.json", list(cache.classnames))
-    atomic_write_json(out / "history.json", result.history)
-    nodes = {f"initial.{k}": v for k, v in feat_dict.items()}
-    if result.adapter is not None:
-        result.adapter.eval()
-        with torch.no_grad():
-            adapted = result.adapter(graph, feat_dict, training=False)
-        for stage in cfg.variant.stages:
-            if stage.mode == "residual":
-                nodes[f"adapted.{stage.target}"] = adapted.feat_dict[stage.target]
-        if adapted.vis_bias is not None:
-            nodes["vis_bias"] = adapted.vis_bias
-        atomic_save_tensors(out / "adapter.safetensors", result.adapter.state_dict())
+    atomic_write_json(out / "history.json", fitted.history)
+    nodes = {f"initial.{k}": v for k, v in fitted.artifacts["feat_dict"].items()}
+    for key, value in fitted.artifacts["adapted"].items():
+        nodes[key if key == "vis_bias" else f"adapted.{key}"] = value
     atomic_save_tensors(out / "nodes.safetensors", nodes)
+    if fitted.artifacts["adapter"] is not None:
+        atomic_save_tensors(out / "adapter.safetensors", fitted.artifacts["adapter"].state_dict())
     atomic_write_text(out / "log.txt", "\n".join(log_lines) + "\n")
     atomic_write_json(out / "metrics.json", metrics)

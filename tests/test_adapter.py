@@ -15,7 +15,7 @@ from hgadapter.graph import build_node_features, build_relation_graph
 def _setup(cache, variant_name, engine="torch"):
     variant = load_variant(variant_name)
     train = cache.train_set(4, 1)
-    feats = build_node_features(cache, train)
+    feats = build_node_features(pos_text=cache.pos_text, neg_text=cache.neg_text, train_set=train)
     g = variant.graph
     graph = None
     if variant.stages:

@@ -96,7 +96,7 @@ def test_one_stage_by_hand(engine):
 
 def test_node_features_are_normalised_class_means(random_cache):
     train = random_cache.train_set(4, 1)
-    feats = build_node_features(random_cache, train)
+    feats = build_node_features(pos_text=random_cache.pos_text, neg_text=random_cache.neg_text, train_set=train)
     for ntype in ("pos", "neg", "vis"):
         assert feats[ntype].shape == (random_cache.num_classes, random_cache.dim)
         torch.testing.assert_close(feats[ntype].norm(dim=-1), torch.ones(random_cache.num_classes))

@@ -64,6 +64,7 @@ def test_run_directory(random_cache, tmp_path):
     assert set(weights) == {"projections.0.weight", "projections.1.weight", "projections.2.weight"}
     config_text = (tmp_path / "config.yaml").read_text()
     assert "environment:" in config_text and "torch:" in config_text and "lr: 0.001" in config_text
+    assert load_config("full", config_file=tmp_path / "config.yaml") == cfg  # a run's config reloads
     assert json.loads((tmp_path / "classes.json").read_text()) == random_cache.classnames
     assert not list(tmp_path.glob(".*.tmp"))
 

@@ -1,0 +1,98 @@
+"""The evaluation protocol every method follows: fit and select on validation, then test once.
+
+The protocol is enforced by the shape of the code rather than by convention: fitting and
+hyper-parameter selection receive a :class:`SelectionData`, which has no test split; the test
+split is read by :func:`score_on_test` only after selection returned a :class:`Fitted` predictor
+whose hyper-parameters are frozen.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Callable
+
+import torch
+
+from hgadapter.features import FeatureCache, FewShotSet
+
+__all__ = ["SelectionData", "Fitted", "selection_data", "score_on_test", "accuracy"]
+
+
+def accuracy(logits: torch.Tensor, labels: torch.Tensor) -> float:
+    """Top-1 accuracy in percent."""
+    return 100.0 * float((logits.argmax(dim=1) == labels).float().mean())
+
+
+@dataclass(frozen=True)
+class SelectionData:
+    """Everything a method may look at while training and choosing hyper-parameters.
+
+    Attributes:
+        classnames: the C class names.
+        pos_text / neg_text: per-prompt text features ``(C, P, d)`` / ``(C, Q, d)``.
+        train_set: the few-shot training set.
+        val_features / val_labels: ``(N_val, d)`` / ``(N_val,)``.
+        logit_scale: CLIP's logit scale.
+        meta: the cache's sidecar metadata.
+    """
+
+    classnames: list[str]
+    pos_text: torch.Tensor
+    neg_text: torch.Tensor
+    train_set: FewShotSet
+    val_features: torch.Tensor
+    val_labels: torch.Tensor
+    logit_scale: float
+    meta: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def num_classes(self) -> int:
+        return len(self.classnames)
+
+    @property
+    def dim(self) -> int:
+        return int(self.pos_text.shape[-1])
+
+
+def selection_data(cache: FeatureCache, *, shots: int, seed: int) -> SelectionData:
+    """The selection-time view of ``cache`` for one ``(shots, seed)`` training set."""
+    return SelectionData(
+        classnames=list(cache.classnames),
+        pos_text=cache.pos_text,
+        neg_text=cache.neg_text,
+        train_set=cache.train_set(shots, seed),
+        val_features=cache.val_features,
+        val_labels=cache.val_labels,
+        logit_scale=cache.logit_scale,
+        meta=cache.meta,
+    )
+
+
+@dataclass
+class Fitted:
+    """A trained method with its hyper-parameters fixed, ready for one test evaluation.
+
+    Attributes:
+        predict: maps image features ``(N, d)`` to logits ``(N, C)``.
+        val_acc: validation accuracy (percent) at the chosen hyper-parameters.
+        hparams: the chosen hyper-parameters (JSON-serialisable).
+        train_seconds: wall time of training and selection.
+        epochs: epochs trained (0 for training-free methods).
+        history: per-epoch records (loss, lr, val_acc), if the method trains.
+        artifacts: method-specific extras for the run directory (e.g. node features).
+    """
+
+    predict: Callable[[torch.Tensor], torch.Tensor]
+    val_acc: float
+    hparams: dict[str, Any] = field(default_factory=dict)
+    train_seconds: float = 0.0
+    epochs: int = 0
+    history: list[dict] = field(default_factory=list)
+    artifacts: dict[str, Any] = field(default_factory=dict)
+
+
+@torch.no_grad()
+def score_on_test(fitted: Fitted, cache: FeatureCache, *, device: torch.device | str = "cpu") -> float:
+    """Test accuracy (percent) of a fitted method: the only place the test split is read."""
+    logits = fitted.predict(cache.test_features.float().to(device))
+    return accuracy(logits, cache.test_labels.to(device))
