@@ -7,11 +7,13 @@ can be re-tuned and docs/synthetic.md updated.
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 import torch
 
 from hgadapter.features import FeatureCache
-from hgadapter.synthetic import SyntheticTaskConfig, build_synthetic_task, task_statistics
+from hgadapter.synthetic import SyntheticTaskConfig, build_synthetic_task, task_statistics, write_synthetic_task
 
 SMALL = dict(num_classes=12, dim=64, num_families=4, semantic_rank=16, shots=(1, 2, 4), seeds=(1, 2), test_per_class=5)
 
@@ -23,7 +25,8 @@ def default_task() -> FeatureCache:
 
 @pytest.fixture(scope="module", params=[0, 2], ids=["seed0", "seed2"])
 def task_stats(request: pytest.FixtureRequest, default_task: FeatureCache) -> dict[str, float]:
-    cache = default_task if request.param == 0 else build_synthetic_task(seed=request.param)
+    # Only the (16, 1) training set is measured, and it does not depend on the other sets.
+    cache = default_task if request.param == 0 else build_synthetic_task(seed=request.param, shots=(16,), seeds=(1,))
     return task_statistics(cache, shots=16, seed=1)
 
 
@@ -130,7 +133,7 @@ def test_modality_gap(task_stats: dict[str, float]) -> None:
 
 def test_text_families(task_stats: dict[str, float]) -> None:
     within, across = task_stats["text_within_family_cos"], task_stats["text_across_family_cos"]
-    assert within > across + 0.1, f"text-text cosine within families {within:.3f}, across {across:.3f}"
+    assert within > across + 0.05, f"text-text cosine within families {within:.3f}, across {across:.3f}"
 
 
 def test_negative_prompts_are_close_and_share_a_direction(task_stats: dict[str, float]) -> None:
@@ -152,7 +155,8 @@ def test_few_shot_beats_zero_shot(task_stats: dict[str, float]) -> None:
 
 def test_one_shot_text_plus_visual_mean_does_not_hurt(default_task: FeatureCache) -> None:
     stats = task_statistics(default_task, shots=1, seed=1, probe=False)
-    assert stats["tip_acc"] >= stats["zero_shot_acc"], f"1-shot {stats['tip_acc']:.2f}% vs zero-shot {stats['zero_shot_acc']:.2f}%"
+    tip, zs = stats["tip_acc"], stats["zero_shot_acc"]
+    assert tip >= zs, f"1-shot text + visual-mean classifier {tip:.2f}% vs zero-shot {zs:.2f}%"
 
 
 # --- config validation --------------------------------------------------------------------------
@@ -177,7 +181,9 @@ def test_one_shot_text_plus_visual_mean_does_not_hurt(default_task: FeatureCache
         ({"seed": -3}, r"seed=-3"),
         ({"seed": 1.5}, r"seed=1.5 .*integer"),
         ({"semantic_rank": 600}, r"semantic_rank=600 .*\[1, dim - 3 = 509\]"),
-        ({"family_rank": 65}, r"family_rank=65 .*\[1, semantic_rank=64\]"),
+        ({"semantic_rank": 2.0}, r"semantic_rank=2.0 .*integer or None"),
+        ({"family_rank": 65}, r"family_rank=65 .*\[1, semantic rank m = 64\]"),
+        ({"semantic_rank": 4, "family_rank": 5}, r"family_rank=5 .*\[1, semantic rank m = 4\]"),
         ({"family_weight": 1.0}, r"family_weight=1.0 .*\[0, 1\)"),
         ({"text_bias": -0.1}, r"text_bias"),
         ({"image_noise": -1.0}, r"image_noise=-1.0 .*\[0, 10\]"),
@@ -192,9 +198,32 @@ def test_config_validation(overrides: dict, match: str) -> None:
 
 
 def test_unknown_override_names_the_field_and_lists_the_valid_ones() -> None:
-    with pytest.raises(ValueError, match=r"unknown SyntheticTaskConfig field\(s\) \['clases'\]; available: .*num_classes"):
+    match = r"unknown SyntheticTaskConfig field\(s\) \['clases'\]; available: .*num_classes"
+    with pytest.raises(ValueError, match=match):
         build_synthetic_task(clases=10)
+
+
+def test_default_ranks_follow_the_dimension() -> None:
+    assert (SyntheticTaskConfig().rank_m, SyntheticTaskConfig().rank_r) == (64, 8)
+    small = SyntheticTaskConfig(dim=8)
+    assert (small.rank_m, small.rank_r) == (5, 5)
+    assert build_synthetic_task(num_classes=4, num_families=2, dim=8, test_per_class=2).dim == 8
 
 
 def test_lists_are_accepted_as_tuples() -> None:
     assert SyntheticTaskConfig(shots=[1, 2], seeds=[3]) == SyntheticTaskConfig(shots=(1, 2), seeds=(3,))
+
+
+# --- writing ------------------------------------------------------------------------------------
+
+
+def test_write_and_load_round_trip(tmp_path: Path) -> None:
+    from hgadapter.features import load_cache
+
+    path = write_synthetic_task(tmp_path / "cache", **SMALL)
+    loaded, built = load_cache(path), build_synthetic_task(**SMALL)
+    assert loaded.classnames == built.classnames and loaded.meta == built.meta
+    a, b = _tensors(loaded), _tensors(built)
+    assert a.keys() == b.keys()
+    for name in a:
+        assert torch.equal(a[name], b[name]), name
