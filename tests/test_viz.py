@@ -1,0 +1,252 @@
+"""viz: the t-SNE figure of a run's node features, its coordinates and its command line.
+
+Every test reads a fake run directory built here (clustered random features, no training).
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+from safetensors.torch import save_file
+
+from viz import compute_tsne, load_run_nodes, plot_node_tsne
+from viz.__main__ import main
+
+NUM_CLASSES = 12
+DIM = 16
+NUM_FAMILIES = 3
+
+
+def make_run(
+    root: Path, *, num_classes: int = NUM_CLASSES, adapted: tuple[str, ...] = ("pos", "neg"), synthetic: bool = True
+) -> Path:
+    """A run directory like ``hgadapter run`` writes: classes in families, adaptation spreads them."""
+    g = torch.Generator().manual_seed(0)
+    family_of = torch.arange(num_classes) % NUM_FAMILIES  # (C,)
+    family_centre = 3 * torch.randn(NUM_FAMILIES, DIM, generator=g)  # (F, d)
+    initial = {t: family_centre[family_of] + 0.5 * torch.randn(num_classes, DIM, generator=g) for t in ("pos", "neg", "vis")}
+    nodes = {f"initial.{t}": v for t, v in initial.items()}
+    for t in adapted:
+        nodes[f"adapted.{t}"] = initial[t] + 1.5 * (initial[t] - family_centre[family_of])  # (C, d)
+    if adapted:
+        nodes["vis_bias"] = 0.1 * torch.randn(num_classes, DIM, generator=g)
+    root.mkdir(parents=True, exist_ok=True)
+    save_file({k: v.float().contiguous() for k, v in nodes.items()}, str(root / "nodes.safetensors"))
+    metrics = {"method": "hegraphadapter", "variant": "full" if adapted else "zs", "shots": 4, "seed": 1,
+               "val_acc": 70.0, "test_acc": 68.25, "synthetic": synthetic}
+    (root / "metrics.json").write_text(json.dumps(metrics))
+    (root / "classes.json").write_text(json.dumps([f"class {c}" for c in range(num_classes)]))
+    return root
+
+
+def read_points(figure: Path) -> dict:
+    return json.loads(figure.with_name(figure.stem + ".tsne.json").read_text())
+
+
+@pytest.fixture(scope="module")
+def run(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return make_run(tmp_path_factory.mktemp("run") / "full-seed1")
+
+
+@pytest.fixture(scope="module")
+def default_figure(run: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return plot_node_tsne(run, tmp_path_factory.mktemp("fig") / "tsne.png", figsize=(6, 3), dpi=50)
+
+
+# --- the figure ------------------------------------------------------------------------------
+
+
+def test_png_is_figsize_times_dpi_pixels(default_figure: Path) -> None:
+    assert default_figure.stat().st_size > 1000
+    with Image.open(default_figure) as image:
+        assert image.format == "PNG"
+        assert image.size == (6 * 50, 3 * 50)
+    # atomic writes leave only the figure and its coordinates behind, no temp files
+    assert sorted(p.name for p in default_figure.parent.iterdir()) == ["tsne.png", "tsne.tsne.json"]
+
+
+def test_coordinates_file_describes_every_point(default_figure: Path) -> None:
+    record = read_points(default_figure)
+    points = record["points"]
+    assert points["stage"] == ["initial"] * NUM_CLASSES + ["adapted"] * NUM_CLASSES
+    assert set(points["ntype"]) == {"pos"}
+    assert points["class_index"] == list(range(NUM_CLASSES)) * 2
+    assert len(points["x"]) == len(points["y"]) == 2 * NUM_CLASSES
+    assert np.isfinite(points["x"]).all() and np.isfinite(points["y"]).all()
+    assert record["classes"][3] == "class 3"
+    assert record["perplexity"] == pytest.approx((2 * NUM_CLASSES - 1) / 3)
+    for part in ("variant full", "4-shot", "seed 1", "test 68.25%", "(synthetic task)"):
+        assert part in record["title"]
+
+
+def test_title_without_synthetic_flag(tmp_path: Path) -> None:
+    run = make_run(tmp_path / "real", synthetic=False)
+    record = read_points(plot_node_tsne(run, tmp_path / "real.png", figsize=(4, 2), dpi=40))
+    assert "synthetic" not in record["title"]
+
+
+def test_same_seed_same_figure_coordinates(run: Path, default_figure: Path, tmp_path: Path) -> None:
+    again = read_points(plot_node_tsne(run, tmp_path / "again.png", figsize=(6, 3), dpi=50))["points"]
+    other = read_points(plot_node_tsne(run, tmp_path / "other.png", seed=1, figsize=(6, 3), dpi=50))["points"]
+    first = read_points(default_figure)["points"]
+    assert again["x"] == first["x"] and again["y"] == first["y"]
+    assert other["x"] != first["x"]
+
+
+def test_several_ntypes_families_and_pdf(run: Path, tmp_path: Path) -> None:
+    families = [c % NUM_FAMILIES for c in range(NUM_CLASSES)]
+    out = plot_node_tsne(run, tmp_path / "all.pdf", ntypes=("pos", "neg", "vis"), families=families, figsize=(8, 4))
+    assert out.read_bytes().startswith(b"%PDF")
+    record = read_points(out)
+    # the variant adapts pos and neg only, so vis appears in the initial panel alone
+    pairs = list(zip(record["points"]["stage"], record["points"]["ntype"]))
+    assert pairs.count(("initial", "vis")) == NUM_CLASSES and ("adapted", "vis") not in pairs
+    assert len(pairs) == 5 * NUM_CLASSES
+    assert record["families"] == families
+
+
+def test_many_classes_use_a_cyclic_map(tmp_path: Path) -> None:
+    run = make_run(tmp_path / "many", num_classes=30)
+    out = plot_node_tsne(run, tmp_path / "many.png", figsize=(5, 3), dpi=60)
+    with Image.open(out) as image:
+        assert image.size == (300, 180)
+
+
+def test_unknown_ntype_lists_the_available_ones(run: Path, tmp_path: Path) -> None:
+    with pytest.raises(ValueError, match=r"unknown ntype 'edge'.*available: \['neg', 'pos', 'vis'\]"):
+        plot_node_tsne(run, tmp_path / "x.png", ntypes=("edge",))
+    assert not list(tmp_path.iterdir())
+
+
+def test_zero_shot_run_has_only_the_initial_stage(tmp_path: Path) -> None:
+    run = make_run(tmp_path / "zs", adapted=())
+    with pytest.raises(ValueError, match=r"no 'adapted' node features.*available stages: \['initial'\]"):
+        plot_node_tsne(run, tmp_path / "zs.png")
+    record = read_points(plot_node_tsne(run, tmp_path / "zs.png", stages=("initial",), figsize=(4, 3), dpi=40))
+    assert record["points"]["stage"] == ["initial"] * NUM_CLASSES
+
+
+@pytest.mark.parametrize(
+    "kwargs, match",
+    [
+        ({"families": [0, 1]}, "one non-negative integer per class"),
+        ({"dpi": 0}, "must be positive"),
+        ({"stages": ("initial", "adapted", "initial")}, "stages must not repeat a name"),
+        ({"ntypes": ()}, "at least one ntype"),
+    ],
+)
+def test_bad_plot_arguments(run: Path, tmp_path: Path, kwargs: dict, match: str) -> None:
+    with pytest.raises(ValueError, match=match):
+        plot_node_tsne(run, tmp_path / "x.png", **kwargs)
+
+
+def test_unsupported_suffix(run: Path, tmp_path: Path) -> None:
+    with pytest.raises(ValueError, match=r"unsupported figure format '\.jpg'"):
+        plot_node_tsne(run, tmp_path / "x.jpg")
+
+
+# --- compute_tsne ----------------------------------------------------------------------------
+
+
+def clustered_points(n_per: int = 8, clusters: int = 3, dim: int = DIM) -> np.ndarray:
+    rng = np.random.default_rng(0)
+    centres = 4 * rng.normal(size=(clusters, dim))  # (k, d)
+    return np.repeat(centres, n_per, axis=0) + rng.normal(size=(clusters * n_per, dim))  # (k * n_per, d)
+
+
+def test_compute_tsne_is_deterministic_per_seed() -> None:
+    points = clustered_points()
+    a, b, c = compute_tsne(points, seed=0), compute_tsne(points, seed=0), compute_tsne(points, seed=1)
+    assert a.shape == (len(points), 2) and a.dtype == np.float32
+    np.testing.assert_array_equal(a, b)
+    assert not np.array_equal(a, c)
+
+
+def test_compute_tsne_handles_three_points() -> None:
+    coords = compute_tsne(np.eye(3, 4))
+    assert coords.shape == (3, 2) and np.isfinite(coords).all()
+
+
+@pytest.mark.parametrize(
+    "points, kwargs, match",
+    [
+        (np.ones((2, 4)), {}, "at least 3 points, got 2"),
+        (np.ones(5), {}, r"2-D \(n, d\) array"),
+        (np.ones((5, 1)), {}, "at least 2 feature dimensions"),
+        (np.where(np.eye(5, 4) > 0, np.nan, 1.0), {}, "4 non-finite values"),
+        (np.full((5, 4), np.inf), {}, "non-finite"),
+        (np.eye(5, 4), {"perplexity": 5.0}, r"perplexity must lie in \(0, n=5\)"),
+    ],
+)
+def test_compute_tsne_rejects_bad_input(points: np.ndarray, kwargs: dict, match: str) -> None:
+    with pytest.raises(ValueError, match=match):
+        compute_tsne(points, **kwargs)
+
+
+# --- load_run_nodes --------------------------------------------------------------------------
+
+
+def test_load_run_nodes(run: Path) -> None:
+    node_dict, classnames, metrics = load_run_nodes(run)
+    assert set(node_dict) == {"initial.pos", "initial.neg", "initial.vis", "adapted.pos", "adapted.neg", "vis_bias"}
+    assert all(v.shape == (NUM_CLASSES, DIM) and v.dtype == np.float32 for v in node_dict.values())
+    assert classnames == [f"class {c}" for c in range(NUM_CLASSES)]
+    assert metrics["variant"] == "full" and metrics["synthetic"] is True
+
+
+def test_load_run_nodes_falls_back_without_names_or_metrics(tmp_path: Path) -> None:
+    run = make_run(tmp_path / "bare")
+    (run / "classes.json").unlink()
+    (run / "metrics.json").unlink()
+    _, classnames, metrics = load_run_nodes(run)
+    assert classnames == [str(c) for c in range(NUM_CLASSES)] and metrics == {}
+
+
+def test_load_run_nodes_checks_the_class_count(tmp_path: Path) -> None:
+    run = make_run(tmp_path / "short")
+    (run / "classes.json").write_text(json.dumps(["a", "b"]))
+    with pytest.raises(ValueError, match="lists 2 classes but nodes.safetensors has 12"):
+        load_run_nodes(run)
+
+
+# --- python -m viz ---------------------------------------------------------------------------
+
+
+def test_cli_writes_the_figure(run: Path, tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    out = tmp_path / "cli.png"
+    code = main(["tsne", str(run), "--out", str(out), "--ntypes", "pos", "neg", "--seed", "2", "--dpi", "40", "--figsize", "5", "3"])
+    assert code == 0
+    with Image.open(out) as image:
+        assert image.size == (200, 120)
+    assert read_points(out)["seed"] == 2
+    assert str(out) in capsys.readouterr().out
+
+
+def _cli_error(capsys: pytest.CaptureFixture, argv: list[str]) -> str:
+    assert main(argv) == 2
+    captured = capsys.readouterr()
+    lines = captured.err.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("viz tsne: error: "), captured.err
+    assert "Traceback" not in captured.err and captured.out == ""
+    return lines[0]
+
+
+def test_cli_missing_run_dir(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    line = _cli_error(capsys, ["tsne", str(tmp_path / "nope"), "--out", str(tmp_path / "f.png")])
+    assert "run directory not found" in line
+
+
+def test_cli_missing_nodes_file(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    (tmp_path / "empty").mkdir()
+    line = _cli_error(capsys, ["tsne", str(tmp_path / "empty"), "--out", str(tmp_path / "f.png")])
+    assert "nodes.safetensors" in line
+
+
+def test_cli_unknown_ntype(run: Path, tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    line = _cli_error(capsys, ["tsne", str(run), "--out", str(tmp_path / "f.png"), "--ntypes", "text"])
+    assert "available: ['neg', 'pos', 'vis']" in line
