@@ -121,6 +121,18 @@ def cache_affinity(features: torch.Tensor, keys: torch.Tensor) -> torch.Tensor:
     return F.normalize(features, dim=-1) @ keys.T
 
 
-def cache_logits(affinity: torch.Tensor, values: torch.Tensor, beta: float) -> torch.Tensor:
-    """Eq. 8 (Tip-Adapter): ``exp(-beta (1 - A)) L``. Shapes: ``(B, N), (N, C) -> (B, C)``."""
-    return torch.exp(-beta * (1.0 - affinity)) @ values
+def cache_logits(affinity: torch.Tensor, values: torch.Tensor, beta: float, *, num_classes: int | None = None) -> torch.Tensor:
+    """Eq. 8 (Tip-Adapter): ``exp(-beta (1 - A)) L``.
+
+    ``values`` is either the one-hot value matrix L ``(N, C)`` or, faster, the key labels
+    ``(N,)`` (int64) with ``num_classes``: multiplying by a one-hot matrix is a per-class sum, so
+    it is done as a scatter-add in O(B N) instead of a B x N x C GEMM.
+
+    Shapes: ``(B, N)`` and ``(N, C)`` or ``(N,)`` -> ``(B, C)``.
+    """
+    weights = torch.exp(-beta * (1.0 - affinity))  # (B, N)
+    if values.dtype.is_floating_point:
+        return weights @ values
+    if num_classes is None:
+        raise ValueError("cache_logits with integer labels needs num_classes")
+    return weights.new_zeros(weights.shape[0], num_classes).index_add(1, values, weights)  # (B, C)

@@ -46,15 +46,17 @@ def select_alpha_beta(
     *,
     alpha_grid: tuple[float, ...],
     beta_grid: tuple[float, ...],
+    num_classes: int | None = None,
 ) -> tuple[float, float, float]:
     """Grid search on validation logits; returns ``(alpha, beta, val_acc)``.
 
     Ties go to the first grid point in (beta, alpha) order, so the choice is deterministic.
-    Shapes: text ``(N, C)``, affinity ``(N, M)``, values ``(M, C)``.
+    Shapes: text ``(N, C)``, affinity ``(N, M)``, values ``(M, C)`` one-hot or ``(M,)`` labels
+    with ``num_classes`` (see :func:`~hgadapter.adapter.cache_logits`).
     """
     best = (-1.0, 0.0, 0.0)
     for beta in beta_grid:
-        cache = cache_logits(affinity, values, beta)
+        cache = cache_logits(affinity, values, beta, num_classes=num_classes)
         for alpha in alpha_grid:
             acc = accuracy(text + alpha * cache, labels)
             if acc > best[0]:
@@ -90,14 +92,19 @@ def select_predictor(
     views = F.normalize(train.features.float().to(device), dim=-1)  # (N, V, d)
     labels = train.labels.to(device)
     keys = shift_features(views.mean(dim=1), labels, vis_bias)  # (N, d)
-    values = F.one_hot(labels, num_classes=data.num_classes).float()  # (N, C)
     alpha_grid = (eval_cfg.alpha,) if eval_cfg.alpha is not None else eval_cfg.alpha_grid
     beta_grid = (eval_cfg.beta,) if eval_cfg.beta is not None else eval_cfg.beta_grid
     alpha, beta, val_acc = select_alpha_beta(
-        val_text, cache_affinity(val_x, keys), values, val_y, alpha_grid=alpha_grid, beta_grid=beta_grid
+        val_text,
+        cache_affinity(val_x, keys),
+        labels,
+        val_y,
+        alpha_grid=alpha_grid,
+        beta_grid=beta_grid,
+        num_classes=data.num_classes,
     )
 
     def predict(x: torch.Tensor) -> torch.Tensor:
-        return text_logits(x, text, scale) + alpha * cache_logits(cache_affinity(x, keys), values, beta)
+        return text_logits(x, text, scale) + alpha * cache_logits(cache_affinity(x, keys), labels, beta, num_classes=data.num_classes)
 
     return Selection(predict=predict, val_acc=val_acc, alpha=alpha, beta=beta)

@@ -91,7 +91,7 @@ def fit(
     num_images, num_views = views.shape[0], views.shape[1]
     use_cache = variant.classifier == "text_cache"
     keys = F.normalize(views.mean(dim=1), dim=-1)  # (N, d): cache keys before the visual bias
-    values = F.one_hot(labels, num_classes=feat_dict["pos"].shape[0]).float()  # (N, C)
+    num_classes = feat_dict["pos"].shape[0]
     val_features = val_features.to(device)
     val_labels = val_labels.to(device)
 
@@ -120,7 +120,7 @@ def fit(
             loss = F.cross_entropy(text_logits(query, out.feat_dict["pos"], logit_scale), target)
             if use_cache:
                 shifted = shift_features(keys, labels, out.vis_bias)  # (N, d)
-                logits = cache_logits(cache_affinity(query, shifted), values, tcfg.cache_beta)
+                logits = cache_logits(cache_affinity(query, shifted), labels, tcfg.cache_beta, num_classes=num_classes)
                 loss = loss + tcfg.cache_loss_weight * F.cross_entropy(logits, target)
             optimizer.zero_grad(set_to_none=True)
             loss.backward()

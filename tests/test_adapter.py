@@ -69,3 +69,13 @@ def test_cache_logits_formula():
     values = torch.tensor([[1.0, 0.0], [0.0, 1.0]])
     expected = torch.tensor([[1.0, torch.exp(torch.tensor(-1.0))], [torch.exp(torch.tensor(-2.0)), 1.0]])
     torch.testing.assert_close(cache_logits(aff, values, 2.0), expected)
+
+
+def test_cache_logits_from_labels_equals_one_hot_product():
+    g = torch.Generator().manual_seed(0)
+    aff = torch.rand(5, 9, generator=g) * 2 - 1
+    labels = torch.tensor([0, 0, 1, 2, 2, 2, 3, 1, 0])
+    dense = cache_logits(aff, F.one_hot(labels, 4).float(), 3.0)
+    torch.testing.assert_close(cache_logits(aff, labels, 3.0, num_classes=4), dense)
+    with pytest.raises(ValueError, match="needs num_classes"):
+        cache_logits(aff, labels, 3.0)
