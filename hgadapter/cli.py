@@ -169,7 +169,10 @@ def _cmd_demo(args: argparse.Namespace) -> int:
     out = Path(args.out)
     start = time.perf_counter()
     cache = build_synthetic_task()
-    save_cache(out / "cache", cache, overwrite=True)
+    try:  # identical to what is there already: nothing is rewritten
+        save_cache(out / "cache", cache)
+    except CacheError:  # an older or different task in that folder
+        save_cache(out / "cache", cache, overwrite=True)
     print(f"SYNTHETIC task (CLIP-like features, not real CLIP): {cache.num_classes} classes, d={cache.dim}, {DEMO_SHOTS} shots")
     overrides = [f"engine={args.engine}"] if args.engine else []
     records = []

@@ -6,7 +6,7 @@ import torch.nn.functional as F
 
 from hgadapter.adapter import HeteroGraphAdapter
 from hgadapter.config import StageConfig
-from hgadapter.engines import AUTO_DGL_MAX_TOPK, create_engine, resolve_engine
+from hgadapter.engines import AUTO_DGL_MAX_TOPK, AUTO_DGL_MIN_NODES, create_engine, resolve_engine
 from hgadapter.graph import RelationGraph, build_relation_graph
 from hgadapter.metapaths import CANONICAL_ETYPES, ETYPES, MetaPath
 
@@ -116,14 +116,15 @@ def test_test_time_beta_changes_the_output():
 
 
 def test_auto_engine_rule():
-    cpu = torch.device("cpu")
-    assert resolve_engine("auto", device=cpu, topk=None) == "torch"
-    assert resolve_engine("auto", device=cpu, topk=AUTO_DGL_MAX_TOPK) == "dgl"
-    assert resolve_engine("auto", device=cpu, topk=AUTO_DGL_MAX_TOPK + 1) == "torch"
-    assert resolve_engine("auto", device=torch.device("cuda"), topk=4) == "torch"
-    assert resolve_engine("dgl", device=cpu, topk=None) == "dgl"
+    cpu, big = torch.device("cpu"), AUTO_DGL_MIN_NODES
+    assert resolve_engine("auto", device=cpu, topk=None, num_nodes=big) == "torch"
+    assert resolve_engine("auto", device=cpu, topk=AUTO_DGL_MAX_TOPK, num_nodes=big) == "dgl"
+    assert resolve_engine("auto", device=cpu, topk=AUTO_DGL_MAX_TOPK, num_nodes=big - 1) == "torch"
+    assert resolve_engine("auto", device=cpu, topk=AUTO_DGL_MAX_TOPK + 1, num_nodes=big) == "torch"
+    assert resolve_engine("auto", device=torch.device("cuda"), topk=4, num_nodes=big) == "torch"
+    assert resolve_engine("dgl", device=cpu, topk=None, num_nodes=10) == "dgl"
     with pytest.raises(ValueError, match="unknown engine 'x'; available"):
-        resolve_engine("x", device=cpu, topk=None)
+        resolve_engine("x", device=cpu, topk=None, num_nodes=10)
 
 
 def test_dgl_engine_refuses_cuda():

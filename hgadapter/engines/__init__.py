@@ -21,12 +21,14 @@ import torch
 from hgadapter._dgl import dgl_available
 from hgadapter.graph import RelationGraph
 
-__all__ = ["Propagator", "list_engines", "create_engine", "resolve_engine", "AUTO_DGL_MAX_TOPK"]
+__all__ = ["Propagator", "list_engines", "create_engine", "resolve_engine", "AUTO_DGL_MAX_TOPK", "AUTO_DGL_MIN_NODES"]
 
-# `auto` picks dgl only where experiments/bench_engines.py measured it as fast as the torch
-# engine: sparse top-k graphs on CPU. Dense all-pairs graphs run ~30x slower in dgl's CPU
-# kernels than one dense matmul, and dgl has no CUDA build here.
+# `auto` picks dgl only where experiments/bench_engines.py (docs/benchmarks.md) measured it at
+# least as fast as the torch engine: sparse top-k graphs with many classes, on CPU. Dense
+# all-pairs graphs run several times slower in dgl's CPU kernels than one dense matmul, small
+# graphs pay dgl's per-call overhead, and dgl has no CUDA build here.
 AUTO_DGL_MAX_TOPK = 16
+AUTO_DGL_MIN_NODES = 500
 
 
 class Propagator(Protocol):
@@ -46,13 +48,17 @@ def list_engines() -> list[str]:
     return ["auto", "dgl", "torch"]
 
 
-def resolve_engine(name: str, *, device: torch.device, topk: int | None) -> str:
-    """The concrete engine for ``name``: ``auto`` follows the measured rule above."""
+def resolve_engine(name: str, *, device: torch.device, topk: int | None, num_nodes: int) -> str:
+    """The concrete engine for ``name``: ``auto`` follows the measured rule above.
+
+    ``num_nodes`` is the number of nodes per type (the number of classes C).
+    """
     if name not in list_engines():
         raise ValueError(f"unknown engine {name!r}; available: {list_engines()}")
     if name != "auto":
         return name
-    if device.type == "cpu" and topk is not None and topk <= AUTO_DGL_MAX_TOPK and dgl_available():
+    sparse = topk is not None and topk <= AUTO_DGL_MAX_TOPK
+    if device.type == "cpu" and sparse and num_nodes >= AUTO_DGL_MIN_NODES and dgl_available():
         return "dgl"
     return "torch"
 
