@@ -38,7 +38,8 @@ class HeteroGraphAdapter(nn.Module):
     r"""Hierarchical heterogeneous meta-path aggregation.
 
     For stage s with target type t and projection :math:`W_s`, each meta-path P = (r_1..r_L)
-    is applied hop by hop to the projected source features,
+    is applied hop by hop to the projected source features (computed as the propagation of the
+    raw features followed by one projection, which is the same linear map),
     :math:`y^0 = H_{src} W_s`, :math:`y^l = \mathrm{hop}_{r_l}(y^{l-1}, H_{dst_l} W_s)`,
     :math:`z(P) = \mathrm{act}(y^L)`, and the meta-paths are fused with fixed weights:
 
@@ -58,6 +59,7 @@ class HeteroGraphAdapter(nn.Module):
         self.dim = dim
         self.stages = tuple(stages)
         self.projections = nn.ModuleList(nn.Linear(dim, dim, bias=False) for _ in self.stages)
+        self._memo: dict[tuple[int, int], tuple] = {}  # see _propagate_path
         self.reset_parameters(init)
 
     @classmethod
@@ -79,22 +81,14 @@ class HeteroGraphAdapter(nn.Module):
         training = self.training if training is None else training
         h = dict(feat_dict)
         bias: torch.Tensor | None = None
-        for stage, proj in zip(self.stages, self.projections):
-            projected: dict[str, torch.Tensor] = {}
-
-            def project(ntype: str) -> torch.Tensor:
-                if ntype not in projected:
-                    projected[ntype] = proj(h[ntype])  # (C, d)
-                return projected[ntype]
-
+        for s_idx, (stage, proj) in enumerate(zip(self.stages, self.projections)):
             act = _ACTIVATIONS[stage.activation]
             fused = None
-            for mp in stage.metapaths:
-                y = project(mp.src_ntype)
-                for etype in mp.relations:
-                    dst_t = CANONICAL_ETYPES[etype][2]
-                    y = graph.propagate(etype, stage.norm, y, project(dst_t) if stage.norm == "gcn" else None)
-                term = mp.weight(training=training) * act(y)  # (C, d)
+            for p_idx, mp in enumerate(stage.metapaths):
+                # hop(x W, h W) = hop(x, h) W: the projection commutes with propagation, so each
+                # meta-path is propagated on raw features and projected once.
+                agg = self._propagate_path(graph, stage, mp, h, feat_dict, key=(s_idx, p_idx))  # (C, d)
+                term = mp.weight(training=training) * act(proj(agg))  # (C, d)
                 fused = term if fused is None else fused + term
             if stage.mode == "residual":
                 h[stage.target] = h[stage.target] + fused
@@ -103,6 +97,26 @@ class HeteroGraphAdapter(nn.Module):
                 bias = shift if bias is None else bias + shift
         return AdapterOutput(feat_dict=h, vis_bias=bias)
 
+    def _propagate_path(self, graph, stage, mp, h, inputs, *, key) -> torch.Tensor:
+        """Run the meta-path's hops on unprojected features, memoising paths whose inputs are the
+        caller's frozen features: those do not change between training steps, so the graph part
+        of, e.g., v2p is computed once per run and only the renewed negatives flow through n2p."""
+        ntypes = [mp.src_ntype]
+        if stage.norm == "gcn":
+            ntypes += [CANONICAL_ETYPES[etype][2] for etype in mp.relations]
+        used = tuple(h[t] for t in ntypes)
+        static = all(u is inputs.get(t) and not u.requires_grad for t, u in zip(ntypes, used))
+        if static:
+            hit = self._memo.get(key)
+            if hit is not None and hit[0] is graph and all(a is b and a._version == v for a, b, v in zip(used, hit[1], hit[2])):
+                return hit[3]
+        y = h[mp.src_ntype]
+        for etype in mp.relations:
+            dst_t = CANONICAL_ETYPES[etype][2]
+            y = graph.propagate(etype, stage.norm, y, h[dst_t] if stage.norm == "gcn" else None)
+        if static:
+            self._memo[key] = (graph, used, tuple(u._version for u in used), y)
+        return y
 
 def text_logits(features: torch.Tensor, text: torch.Tensor, logit_scale: float) -> torch.Tensor:
     """Eq. 7: ``s * cos(f, t_c)``. Shapes: ``(B, d)``, ``(C, d)`` -> ``(B, C)``."""

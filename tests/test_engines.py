@@ -142,3 +142,23 @@ def test_canonical_etypes_are_the_paper_relations():
         "v2n": ("vis", "v2n", "neg"),
         "v2v": ("vis", "v2v", "vis"),
     }
+
+
+def test_memoised_static_paths_equal_recomputation():
+    feats = _features(5)
+    graph = create_engine("torch", GRAPHS["dense"](feats))
+    torch.manual_seed(0)
+    adapter = HeteroGraphAdapter(dim=D, stages=_multi_hop_stages(), init="xavier")
+    first = adapter(graph, feats, training=True).feat_dict["pos"]
+    assert adapter._memo  # v2p, p2p, p2n, v2n, v2v read only frozen inputs
+    again = adapter(graph, feats, training=True).feat_dict["pos"]
+    torch.testing.assert_close(first, again)
+    fresh = HeteroGraphAdapter(dim=D, stages=_multi_hop_stages(), init="xavier")
+    fresh.load_state_dict(adapter.state_dict())
+    torch.testing.assert_close(fresh(graph, feats, training=True).feat_dict["pos"], first)
+    # an in-place change of an input invalidates the memo
+    feats["vis"].mul_(0.5)
+    changed = adapter(graph, feats, training=True).feat_dict["pos"]
+    fresh._memo.clear()
+    torch.testing.assert_close(changed, fresh(graph, feats, training=True).feat_dict["pos"])
+    assert not torch.allclose(changed, first)
