@@ -16,7 +16,15 @@ from hgadapter.config import StageConfig, VariantConfig
 from hgadapter.engines import Propagator
 from hgadapter.metapaths import CANONICAL_ETYPES
 
-__all__ = ["AdapterOutput", "HeteroGraphAdapter", "text_logits", "cache_affinity", "cache_logits", "shift_features"]
+__all__ = [
+    "AdapterOutput",
+    "HeteroGraphAdapter",
+    "text_logits",
+    "cache_affinity",
+    "cache_logits",
+    "shift_features",
+    "shifted_cache_affinity",
+]
 
 _ACTIVATIONS = {"tanh": torch.tanh, "relu": torch.relu, "identity": lambda x: x}
 
@@ -133,6 +141,30 @@ def shift_features(keys: torch.Tensor, labels: torch.Tensor, vis_bias: torch.Ten
 def cache_affinity(features: torch.Tensor, keys: torch.Tensor) -> torch.Tensor:
     """Cosine affinity of queries to cache keys: ``(B, d), (N, d) -> (B, N)``."""
     return F.normalize(features, dim=-1) @ keys.T
+
+
+def shifted_cache_affinity(
+    features: torch.Tensor, keys: torch.Tensor, labels: torch.Tensor, vis_bias: torch.Tensor | None
+) -> torch.Tensor:
+    """``cos(f, normalise(k_n + b_{y_n}))`` without materialising the shifted keys.
+
+    Equal to ``cache_affinity(features, shift_features(keys, labels, vis_bias))`` for unit-norm
+    ``keys``: the numerator splits into ``f k_n + f b_{y_n}`` and the key norm is
+    ``sqrt(1 + 2 k_n b_{y_n} + |b_{y_n}|^2)``. During training ``f`` and ``k`` are frozen, so
+    the one large product ``f K^T`` needs no backward pass and gradients reach the bias through
+    ``(B, C)`` and ``(N,)``-sized terms only.
+
+    Shapes: features ``(B, d)``, keys ``(N, d)`` (unit norm), labels ``(N,)``, vis_bias ``(C, d)``
+    -> ``(B, N)``.
+    """
+    query = F.normalize(features, dim=-1)
+    base = query @ keys.T  # (B, N)
+    if vis_bias is None:
+        return base
+    key_dot_bias = (keys * vis_bias[labels]).sum(dim=-1)  # (N,)
+    bias_sq = vis_bias.square().sum(dim=-1)[labels]  # (N,)
+    norm = torch.sqrt(1.0 + 2.0 * key_dot_bias + bias_sq)  # (N,)
+    return (base + (query @ vis_bias.T)[:, labels]) / norm  # (B, N)
 
 
 def cache_logits(affinity: torch.Tensor, values: torch.Tensor, beta: float, *, num_classes: int | None = None) -> torch.Tensor:

@@ -17,7 +17,7 @@ import torch
 import torch.nn.functional as F
 from tqdm.auto import tqdm
 
-from hgadapter.adapter import HeteroGraphAdapter, cache_affinity, cache_logits, shift_features, text_logits
+from hgadapter.adapter import HeteroGraphAdapter, cache_logits, shifted_cache_affinity, text_logits
 from hgadapter.config import RunConfig
 from hgadapter.engines import Propagator
 from hgadapter.features import FewShotSet
@@ -119,8 +119,8 @@ def fit(
             out = adapter(graph, feat_dict, training=True)
             loss = F.cross_entropy(text_logits(query, out.feat_dict["pos"], logit_scale), target)
             if use_cache:
-                shifted = shift_features(keys, labels, out.vis_bias)  # (N, d)
-                logits = cache_logits(cache_affinity(query, shifted), labels, tcfg.cache_beta, num_classes=num_classes)
+                affinity = shifted_cache_affinity(query, keys, labels, out.vis_bias)  # (B, N)
+                logits = cache_logits(affinity, labels, tcfg.cache_beta, num_classes=num_classes)
                 loss = loss + tcfg.cache_loss_weight * F.cross_entropy(logits, target)
             optimizer.zero_grad(set_to_none=True)
             loss.backward()

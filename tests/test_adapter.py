@@ -6,7 +6,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from hgadapter.adapter import HeteroGraphAdapter, cache_affinity, cache_logits, shift_features, text_logits
+from hgadapter.adapter import HeteroGraphAdapter, cache_affinity, cache_logits, shift_features, shifted_cache_affinity, text_logits
 from hgadapter.config import list_variants, load_variant
 from hgadapter.engines import create_engine
 from hgadapter.graph import build_node_features, build_relation_graph
@@ -79,3 +79,19 @@ def test_cache_logits_from_labels_equals_one_hot_product():
     torch.testing.assert_close(cache_logits(aff, labels, 3.0, num_classes=4), dense)
     with pytest.raises(ValueError, match="needs num_classes"):
         cache_logits(aff, labels, 3.0)
+
+
+def test_shifted_cache_affinity_equals_materialised_keys():
+    g = torch.Generator().manual_seed(0)
+    keys = F.normalize(torch.randn(12, 8, generator=g), dim=-1)
+    labels = torch.tensor([0, 1, 2] * 4)
+    query = torch.randn(5, 8, generator=g)
+    results = []
+    for fast in (True, False):
+        bias = (0.3 * torch.randn(3, 8, generator=torch.Generator().manual_seed(1))).requires_grad_(True)
+        aff = shifted_cache_affinity(query, keys, labels, bias) if fast else cache_affinity(query, shift_features(keys, labels, bias))
+        (aff * torch.arange(12.0)).sum().backward()
+        results.append((aff.detach(), bias.grad))
+    torch.testing.assert_close(results[0][0], results[1][0])
+    torch.testing.assert_close(results[0][1], results[1][1])
+    torch.testing.assert_close(shifted_cache_affinity(query, keys, labels, None), cache_affinity(query, keys))
