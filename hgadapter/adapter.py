@@ -161,10 +161,29 @@ def shifted_cache_affinity(
     base = query @ keys.T  # (B, N)
     if vis_bias is None:
         return base
+    num_classes = vis_bias.shape[0]
+    bias_sq = vis_bias.square().sum(dim=-1)  # (C,)
+    query_bias = query @ vis_bias.T  # (B, C)
+    shots = _equal_blocks(labels, num_classes)
+    if shots is not None:  # few-shot sets: K consecutive keys per class -> broadcasting, no gathers
+        grouped = keys.view(num_classes, shots, -1)  # (C, K, d)
+        key_dot_bias = torch.bmm(grouped, vis_bias.unsqueeze(2)).squeeze(2)  # (C, K)
+        norm = torch.sqrt(1.0 + 2.0 * key_dot_bias + bias_sq.unsqueeze(1))  # (C, K)
+        out = (base.view(-1, num_classes, shots) + query_bias.unsqueeze(2)) / norm  # (B, C, K)
+        return out.reshape(base.shape)  # (B, N)
     key_dot_bias = (keys * vis_bias[labels]).sum(dim=-1)  # (N,)
-    bias_sq = vis_bias.square().sum(dim=-1)[labels]  # (N,)
-    norm = torch.sqrt(1.0 + 2.0 * key_dot_bias + bias_sq)  # (N,)
-    return (base + (query @ vis_bias.T)[:, labels]) / norm  # (B, N)
+    norm = torch.sqrt(1.0 + 2.0 * key_dot_bias + bias_sq[labels])  # (N,)
+    return (base + query_bias[:, labels]) / norm  # (B, N)
+
+
+def _equal_blocks(labels: torch.Tensor, num_classes: int) -> int | None:
+    """K if ``labels`` is ``[0]*K + [1]*K + ... + [C-1]*K``, else ``None``."""
+    n = labels.numel()
+    if n == 0 or n % num_classes:
+        return None
+    shots = n // num_classes
+    expected = torch.arange(num_classes, device=labels.device).repeat_interleave(shots)
+    return shots if torch.equal(labels, expected) else None
 
 
 def cache_logits(affinity: torch.Tensor, values: torch.Tensor, beta: float, *, num_classes: int | None = None) -> torch.Tensor:

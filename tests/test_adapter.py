@@ -84,8 +84,12 @@ def test_cache_logits_from_labels_equals_one_hot_product():
 def test_shifted_cache_affinity_equals_materialised_keys():
     g = torch.Generator().manual_seed(0)
     keys = F.normalize(torch.randn(12, 8, generator=g), dim=-1)
-    labels = torch.tensor([0, 1, 2] * 4)
     query = torch.randn(5, 8, generator=g)
+    for labels in (torch.tensor([0, 1, 2] * 4), torch.arange(3).repeat_interleave(4)):  # gather and grouped paths
+        _check_shifted_affinity(query, keys, labels)
+
+
+def _check_shifted_affinity(query, keys, labels):
     results = []
     for fast in (True, False):
         bias = (0.3 * torch.randn(3, 8, generator=torch.Generator().manual_seed(1))).requires_grad_(True)
