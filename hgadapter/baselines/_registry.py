@@ -1,0 +1,307 @@
+"""The method registry: every comparable method is looked up by name and configured in YAML.
+
+A method is a :class:`Method`: a registry name, a frozen config dataclass and
+``fit(data, *, seed, device, progress) -> Fitted`` on :class:`~hgadapter.protocol.SelectionData`
+(the few-shot training set and the validation split; never the test split).
+
+Config precedence, lowest first: the config dataclass's defaults (the source paper's values) <
+``experiments/methods/<name>.yaml`` < ``config_file`` < ``overrides`` (``key=value``). Unknown
+keys, wrong types and impossible values raise :class:`~hgadapter.config.ConfigError` naming the
+file (or ``--set key``), the key and the valid choices. YAML is read and merged by
+:mod:`hgadapter.config`'s helpers, so this module never parses YAML itself.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import typing
+from collections.abc import Callable, Iterable, Sequence
+from pathlib import Path
+from types import NoneType, UnionType
+from typing import Any, ClassVar
+
+import torch
+
+# config.py is the only module that parses YAML; its raw-tree helpers carry the provenance that
+# error messages need, so they are reused here instead of a second parser.
+from hgadapter.config import ConfigError, _parse_override, _Parser, _read_yaml, _Tree
+from hgadapter.protocol import Fitted, SelectionData
+
+__all__ = [
+    "Method",
+    "hparam",
+    "register_method",
+    "list_methods",
+    "create_method",
+    "methods_dir",
+    "method_config_path",
+    "load_method_config",
+]
+
+
+def methods_dir() -> Path:
+    """Directory of the method configs (``$HGADAPTER_METHODS`` or ``<repo>/experiments/methods``)."""
+    env = os.environ.get("HGADAPTER_METHODS")
+    if env:
+        return Path(env)
+    return Path(__file__).resolve().parents[2] / "experiments" / "methods"
+
+
+def method_config_path(name: str) -> Path:
+    """The shipped YAML of method ``name`` (it may not exist for an installed wheel)."""
+    return methods_dir() / f"{name}.yaml"
+
+
+# --------------------------------------------------------------------------------------------
+# Config dataclasses
+
+
+def hparam(
+    default: Any,
+    *,
+    low: float | None = None,
+    positive: bool = False,
+    choices: tuple[str, ...] | None = None,
+    length: int | None = None,
+) -> Any:
+    """A config field with its validation rule.
+
+    Args:
+        default: the source paper's value.
+        low: smallest allowed value (numbers and integers; every number of a tuple).
+        positive: the value must be > 0.
+        choices: allowed strings.
+        length: exact length of a tuple.
+    """
+    meta = {"low": low, "positive": positive, "choices": choices, "length": length}
+    return dataclasses.field(default=default, metadata=meta)
+
+
+def _parse_field(parser: _Parser, f: dataclasses.Field, ftype: Any, value: Any, path: tuple[str, ...]) -> Any:
+    meta = f.metadata
+    low, positive, choices = meta.get("low"), meta.get("positive", False), meta.get("choices")
+    origin, args = typing.get_origin(ftype), typing.get_args(ftype)
+    if origin is UnionType or origin is typing.Union:
+        inner = [a for a in args if a is not NoneType]
+        if value is None and len(inner) < len(args):
+            return None
+        return _parse_field(parser, f, inner[0], value, path)
+    if ftype is bool:
+        return parser.boolean(value, path)
+    if ftype is int:
+        return parser.integer(value, path, low=int(low) if low is not None else 0)
+    if ftype is float:
+        return parser.number(value, path, low=low, positive=positive)
+    if ftype is str:
+        return parser.choice(value, path, choices) if choices else parser.string(value, path)
+    if origin is tuple:
+        if not isinstance(value, (list, tuple)) or not value:
+            raise parser.fail(path, f"expected a non-empty list, got {value!r}")
+        length = meta.get("length")
+        if length is not None and len(value) != length:
+            raise parser.fail(path, f"expected a list of {length} values, got {len(value)}")
+        item = args[0]
+        out = []
+        for i, v in enumerate(value):
+            ipath = (*path, str(i))
+            if item is int:
+                out.append(parser.integer(v, ipath, low=int(low) if low is not None else 0))
+            else:
+                out.append(parser.number(v, ipath, low=low, positive=positive))
+        return tuple(out)
+    raise TypeError(f"unsupported config field type {ftype!r} for {'.'.join(path)}")  # a bug, not user input
+
+
+def load_method_config(
+    cls: type,
+    name: str,
+    *,
+    config_file: str | os.PathLike | None = None,
+    overrides: Sequence[str] = (),
+) -> Any:
+    """Resolve method ``name``'s config dataclass ``cls`` from its YAML, a file and overrides.
+
+    Raises:
+        ConfigError: an unreadable file, an unknown key, a wrong type or an impossible value.
+    """
+    tree = _Tree()
+    shipped = method_config_path(name)
+    if shipped.is_file():
+        tree.merge(_read_yaml(shipped), str(shipped))
+    if config_file is not None:
+        path = Path(config_file)
+        if not path.is_file():
+            raise ConfigError(f"method config file {path} does not exist")
+        tree.merge(_read_yaml(path), str(path))
+    for text in overrides:
+        key, value = _parse_override(text)
+        if "." in key:
+            raise ConfigError(f"--set {key}: method {name!r} has a flat config; valid keys: {_field_names(cls)}")
+        tree.set_path(key, value, f"--set {key}")
+    parser = _Parser(tree)
+    raw = parser.mapping(tree.data, (), _field_names(cls))
+    hints = typing.get_type_hints(cls)
+    kwargs = {}
+    for f in dataclasses.fields(cls):
+        if f.name in raw:
+            kwargs[f.name] = _parse_field(parser, f, hints[f.name], raw[f.name], (f.name,))
+    config = cls(**kwargs)
+    check = getattr(config, "check", None)
+    if check is not None:
+        problem = check()
+        if problem is not None:
+            key, message = problem
+            raise parser.fail((key,), message)
+    return config
+
+
+def _field_names(cls: type) -> tuple[str, ...]:
+    return tuple(f.name for f in dataclasses.fields(cls))
+
+
+def _plain(obj: Any) -> Any:
+    if dataclasses.is_dataclass(obj) and not isinstance(obj, type):
+        return {f.name: _plain(getattr(obj, f.name)) for f in dataclasses.fields(obj)}
+    if isinstance(obj, (list, tuple)):
+        return [_plain(v) for v in obj]
+    if isinstance(obj, dict):
+        return {str(k): _plain(v) for k, v in obj.items()}
+    return obj
+
+
+# --------------------------------------------------------------------------------------------
+# Methods
+
+
+class Method:
+    """A comparable few-shot method with its hyper-parameters resolved.
+
+    Subclasses set ``config_cls`` (a frozen dataclass whose defaults are the source's values)
+    and implement :meth:`fit`. Instances come from :func:`create_method`.
+
+    Attributes:
+        name: the registry name.
+        config: the resolved config (a frozen dataclass).
+    """
+
+    config_cls: ClassVar[type | None] = None
+
+    def __init__(self, *, name: str, config: Any) -> None:
+        self.name = name
+        self.config = config
+
+    @classmethod
+    def create(
+        cls,
+        name: str,
+        *,
+        variant: str | None,
+        config_file: str | os.PathLike | None,
+        overrides: Sequence[str],
+    ) -> "Method":
+        """Build the method from its YAML (registry hook; ``variant`` is for method families)."""
+        if cls.config_cls is None:  # pragma: no cover - a registration bug
+            raise TypeError(f"{cls.__name__} sets no config_cls")
+        return cls(name=name, config=load_method_config(cls.config_cls, name, config_file=config_file, overrides=overrides))
+
+    def config_dict(self) -> dict[str, Any]:
+        """The resolved config as plain JSON/YAML types (recorded beside every result)."""
+        return _plain(self.config)
+
+    def fit(
+        self,
+        data: SelectionData,
+        *,
+        seed: int,
+        device: torch.device | str | None = None,
+        progress: bool = False,
+    ) -> Fitted:
+        """Train on ``data.train_set`` and choose hyper-parameters on ``data``'s validation split.
+
+        Args:
+            data: the selection-time view of a cache (no test split).
+            seed: seeds parameter initialisation and view/batch sampling.
+            device: ``None`` or ``auto`` (CUDA if present), ``cpu``, ``cuda``, ``cuda:N``.
+            progress: show a progress bar while training.
+        """
+        raise NotImplementedError
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}(name={self.name!r}, config={self.config!r})"
+
+
+# name -> (method class, lister of variants or None). Insertion order is list_methods()'s order.
+_REGISTRY: dict[str, tuple[type[Method], Callable[[], Iterable[str]] | None, str | None]] = {}
+VARIANT_SEPARATOR = ":"
+
+
+def register_method(
+    name: str,
+    *,
+    variants: Callable[[], Iterable[str]] | None = None,
+    default_variant: str | None = None,
+) -> Callable[[type[Method]], type[Method]]:
+    """Class decorator: make a :class:`Method` subclass available as ``name``.
+
+    Args:
+        name: the registry name.
+        variants: for a method family, a callable listing its variants; each variant ``v`` is
+            registered as ``name:v`` (``name`` alone is ``default_variant``).
+        default_variant: the variant that ``name`` stands for (listed as ``name`` only).
+    """
+    if VARIANT_SEPARATOR in name:
+        raise ValueError(f"method name {name!r} may not contain {VARIANT_SEPARATOR!r}")
+
+    def decorator(cls: type[Method]) -> type[Method]:
+        if name in _REGISTRY and _REGISTRY[name][0] is not cls:
+            raise ValueError(f"method {name!r} is already registered by {_REGISTRY[name][0].__name__}")
+        _REGISTRY[name] = (cls, variants, default_variant)
+        return cls
+
+    return decorator
+
+
+def list_methods() -> list[str]:
+    """Registered method names, in registration order; a family lists ``name`` then ``name:variant``."""
+    names: list[str] = []
+    for name, (_, variants, default_variant) in _REGISTRY.items():
+        names.append(name)
+        if variants is not None:
+            names.extend(f"{name}{VARIANT_SEPARATOR}{v}" for v in sorted(variants()) if v != default_variant)
+    return names
+
+
+def create_method(
+    name: str,
+    *,
+    config_file: str | os.PathLike | None = None,
+    overrides: Sequence[str] = (),
+) -> Method:
+    """Look up ``name`` and resolve its config.
+
+    Args:
+        name: one of :func:`list_methods`.
+        config_file: a YAML file overriding the method's shipped config.
+        overrides: ``key=value`` strings (values parsed as YAML), applied last.
+
+    Raises:
+        ConfigError: an unknown name ("unknown method 'x'; available: [...]") or a bad config.
+    """
+    if not isinstance(name, str):
+        raise ConfigError(f"method name must be a string, got {name!r}")
+    base, sep, variant = name.partition(VARIANT_SEPARATOR)
+    entry = _REGISTRY.get(base)
+    if entry is None or (sep and entry[1] is None):
+        raise ConfigError(f"unknown method {name!r}; available: {list_methods()}")
+    cls, variants, default_variant = entry
+    if variants is not None:
+        if not sep:
+            variant = default_variant
+        elif variant not in set(variants()):
+            raise ConfigError(f"unknown method {name!r}; available: {list_methods()}")
+        if variant == default_variant:
+            name = base
+    else:
+        variant = None
+    return cls.create(name, variant=variant, config_file=config_file, overrides=tuple(overrides))

@@ -1,0 +1,109 @@
+"""Tip-Adapter: a training-free cache model added to zero-shot CLIP (Zhang et al., ECCV 2022, Sec. 3.2).
+
+    logits(f) = s * f W^T + alpha * exp(-beta * (1 - f K^T)) L
+
+W: the zero-shot text classifier (positive prompt ensemble), K ``(N, d)``: the cache keys, each
+training image's augmented views averaged and renormalised, L ``(N, C)``: one-hot labels.
+alpha (residual ratio) and beta (sharpness) come from the grid search of the official code
+(``utils.search_hp``) on the validation split:
+
+    beta  in {0.1 + i * (search_scale[0] - 0.1) / search_step[0] : i < search_step[0]}
+    alpha in {0.1 + i * (search_scale[1] - 0.1) / search_step[1] : i < search_step[1]}
+
+The first best pair in (beta, alpha) order wins, as in the official code. ``alpha``/``beta``
+fix a value instead of searching it; ``alpha: 0`` is zero-shot CLIP exactly.
+
+Change: the official code hard-codes s = 100; we use the cache's logit scale (100 for OpenAI
+CLIP).
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+
+import torch
+
+from hgadapter.baselines._common import cache_model, device_of, fit_on_device, prompt_ensemble, zero_shot_logits
+from hgadapter.baselines._registry import Method, hparam, register_method
+from hgadapter.evaluate import select_alpha_beta
+from hgadapter.protocol import Fitted, SelectionData
+
+__all__ = ["TipAdapterConfig", "TipAdapter", "search_grid", "tip_logits"]
+
+
+def search_grid(scale: float, steps: int) -> tuple[float, ...]:
+    """The official ``search_hp`` grid: ``steps`` values from 0.1 up to (not including) ``scale``."""
+    return tuple(i * (scale - 0.1) / steps + 0.1 for i in range(steps))
+
+
+def tip_logits(
+    clip_logits: torch.Tensor, affinity: torch.Tensor, values: torch.Tensor, *, alpha: float, beta: float
+) -> torch.Tensor:
+    """``clip_logits + alpha * exp(-beta (1 - A)) L``. Shapes: ``(B, C), (B, N), (N, C) -> (B, C)``."""
+    return clip_logits + alpha * torch.exp(-beta * (1.0 - affinity)) @ values
+
+
+@dataclass(frozen=True)
+class TipAdapterConfig:
+    """Tip-Adapter's hyper-parameter search (official ``configs/imagenet.yaml``)."""
+
+    search_scale: tuple[float, ...] = hparam((7.0, 3.0), positive=True, length=2)  # upper ends of the beta and alpha grids
+    search_step: tuple[int, ...] = hparam((200, 20), low=1, length=2)  # number of beta and alpha values tried
+    alpha: float | None = hparam(None, low=0.0)  # fix the residual ratio instead of searching (null = search)
+    beta: float | None = hparam(None, low=0.0)  # fix the sharpness instead of searching (null = search)
+
+    def grids(self) -> tuple[tuple[float, ...], tuple[float, ...]]:
+        """The (alpha, beta) candidates: the fixed value, or the official grid."""
+        alphas = (self.alpha,) if self.alpha is not None else search_grid(self.search_scale[1], self.search_step[1])
+        betas = (self.beta,) if self.beta is not None else search_grid(self.search_scale[0], self.search_step[0])
+        return alphas, betas
+
+
+def select_cache_predictor(
+    data: SelectionData,
+    text: torch.Tensor,
+    keys: torch.Tensor,
+    values: torch.Tensor,
+    alphas: tuple[float, ...],
+    betas: tuple[float, ...],
+    dev: torch.device,
+):
+    """Grid-search alpha/beta on validation for fixed keys; returns ``(predict, alpha, beta, val_acc)``."""
+    scale = data.logit_scale
+    val_x, val_y = data.val_features.float().to(dev), data.val_labels.to(dev)
+    with torch.no_grad():
+        alpha, beta, val_acc = select_alpha_beta(
+            zero_shot_logits(val_x, text, scale), val_x @ keys.T, values, val_y, alpha_grid=alphas, beta_grid=betas
+        )
+
+    @torch.no_grad()
+    def predict(x: torch.Tensor) -> torch.Tensor:
+        x = x.float().to(dev)
+        return tip_logits(zero_shot_logits(x, text, scale), x @ keys.T, values, alpha=alpha, beta=beta)
+
+    return predict, alpha, beta, val_acc
+
+
+@register_method("tip_adapter")
+class TipAdapter(Method):
+    """Training-free cache model; alpha and beta chosen on validation."""
+
+    config_cls = TipAdapterConfig
+
+    @fit_on_device
+    def fit(self, data: SelectionData, *, seed: int, device: torch.device | str | None = None, progress: bool = False) -> Fitted:
+        cfg: TipAdapterConfig = self.config
+        start = time.perf_counter()
+        dev = device_of(device)
+        text = prompt_ensemble(data.pos_text).to(dev)  # (C, d)
+        keys, values = cache_model(data, dev)  # (N, d), (N, C)
+        alphas, betas = cfg.grids()
+        predict, alpha, beta, val_acc = select_cache_predictor(data, text, keys, values, alphas, betas, dev)
+        return Fitted(
+            predict=predict,
+            val_acc=val_acc,
+            hparams={"alpha": float(alpha), "beta": float(beta)},
+            train_seconds=time.perf_counter() - start,
+            epochs=0,
+        )

@@ -1,0 +1,97 @@
+"""Tip-Adapter-F: Tip-Adapter with the cache keys fine-tuned (Zhang et al., ECCV 2022, Sec. 3.3).
+
+    logits(f) = s * f W^T + alpha * exp(-beta * (1 - f K^T)) L,   K trainable, initialised at the cache keys
+
+Training follows the official ``run_tip_adapter_F``: cross-entropy of these logits at the initial
+``init_alpha``/``init_beta``; AdamW (eps 1e-4, PyTorch's default weight decay 0.01); a cosine
+schedule over every step without warmup; batch 256; 20 epochs, each on freshly augmented images
+(here: one of the cache's V views per image, drawn per epoch). The keys are not renormalised
+after updates, as in the official code. After training, alpha and beta are grid-searched on
+validation exactly as for Tip-Adapter.
+
+Change: the official code keeps the epoch with the best *test* accuracy; we keep the epoch with
+the best validation accuracy (``checkpoint: best_val``), so the test split is read once, at the end.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+from hgadapter.baselines._common import CHECKPOINTS, cache_model, device_of, fit_on_device, prompt_ensemble, step_cosine_lr, train_loop, zero_shot_logits
+from hgadapter.baselines._registry import Method, hparam, register_method
+from hgadapter.baselines.tip_adapter import search_grid, select_cache_predictor, tip_logits
+from hgadapter.protocol import Fitted, SelectionData
+
+__all__ = ["TipAdapterFConfig", "TipAdapterF"]
+
+
+@dataclass(frozen=True)
+class TipAdapterFConfig:
+    """Tip-Adapter-F (official ``configs/imagenet.yaml`` and ``main.py``)."""
+
+    lr: float = hparam(1e-3, positive=True)  # AdamW learning rate at the start of the cosine schedule
+    eps: float = hparam(1e-4, positive=True)  # AdamW epsilon
+    weight_decay: float = hparam(0.01, low=0.0)  # AdamW weight decay (PyTorch's default; the code sets none)
+    epochs: int = hparam(20, low=0)  # training epochs (train_epoch)
+    batch_size: int = hparam(256, low=1)  # training images per step
+    init_alpha: float = hparam(1.17, low=0.0)  # residual ratio used while training
+    init_beta: float = hparam(1.0, low=0.0)  # sharpness used while training
+    checkpoint: str = hparam("best_val", choices=CHECKPOINTS)  # which epoch's keys to keep
+    search_scale: tuple[float, ...] = hparam((7.0, 3.0), positive=True, length=2)  # upper ends of the beta and alpha grids
+    search_step: tuple[int, ...] = hparam((200, 20), low=1, length=2)  # number of beta and alpha values tried
+    alpha: float | None = hparam(None, low=0.0)  # fix the residual ratio at test time instead of searching
+    beta: float | None = hparam(None, low=0.0)  # fix the sharpness at test time instead of searching
+
+
+class _Keys(nn.Module):
+    def __init__(self, keys: torch.Tensor) -> None:
+        super().__init__()
+        self.weight = nn.Parameter(keys.clone())  # (N, d)
+
+
+@register_method("tip_adapter_f")
+class TipAdapterF(Method):
+    """Cache keys fine-tuned with AdamW; epoch, alpha and beta chosen on validation."""
+
+    config_cls = TipAdapterFConfig
+
+    @fit_on_device
+    def fit(self, data: SelectionData, *, seed: int, device: torch.device | str | None = None, progress: bool = False) -> Fitted:
+        cfg: TipAdapterFConfig = self.config
+        start = time.perf_counter()
+        dev = device_of(device)
+        text = prompt_ensemble(data.pos_text).to(dev)  # (C, d)
+        init_keys, values = cache_model(data, dev)  # (N, d), (N, C)
+        keys = _Keys(init_keys).to(dev)
+        scale = data.logit_scale
+
+        def logits_fn(x: torch.Tensor) -> torch.Tensor:
+            x = x.float()
+            return tip_logits(zero_shot_logits(x, text, scale), x @ keys.weight.T, values, alpha=cfg.init_alpha, beta=cfg.init_beta)
+
+        optimizer = torch.optim.AdamW(keys.parameters(), lr=cfg.lr, eps=cfg.eps, weight_decay=cfg.weight_decay)
+
+        def lr_at(epoch: int, step: int, steps_per_epoch: int) -> float:
+            return step_cosine_lr(epoch * steps_per_epoch + step, total_steps=cfg.epochs * steps_per_epoch, lr=cfg.lr)
+
+        result = train_loop(
+            keys, logits_fn, optimizer, lr_at,
+            data=data, epochs=cfg.epochs, batch_size=cfg.batch_size, checkpoint=cfg.checkpoint,
+            seed=seed, device=dev, progress=progress, desc=self.name,
+        )
+        alphas = (cfg.alpha,) if cfg.alpha is not None else search_grid(cfg.search_scale[1], cfg.search_step[1])
+        betas = (cfg.beta,) if cfg.beta is not None else search_grid(cfg.search_scale[0], cfg.search_step[0])
+        trained = keys.weight.detach()
+        predict, alpha, beta, val_acc = select_cache_predictor(data, text, trained, values, alphas, betas, dev)
+        return Fitted(
+            predict=predict,
+            val_acc=val_acc,
+            hparams={"alpha": float(alpha), "beta": float(beta), "checkpoint_epoch": result.epoch},
+            train_seconds=time.perf_counter() - start,
+            epochs=cfg.epochs,
+            history=result.history,
+        )

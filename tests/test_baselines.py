@@ -1,0 +1,240 @@
+"""The method registry and every baseline on a small synthetic task (hgadapter/baselines/)."""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import json
+import math
+from pathlib import Path
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from hgadapter.baselines import create_method, list_methods, methods_dir
+from hgadapter.baselines._common import dassl_lr, step_cosine_lr
+from hgadapter.baselines.graphadapter import query_propagation
+from hgadapter.baselines.tip_adapter import search_grid
+from hgadapter.config import ConfigError, list_variants
+from hgadapter.protocol import Fitted, SelectionData, selection_data
+from hgadapter.synthetic import build_synthetic_task
+
+NUM_CLASSES = 20
+# Fewer epochs and smaller grids, so that every method runs in well under a second here.
+QUICK: dict[str, list[str]] = {
+    "linear_probe": ["search_steps=2"],
+    "tip_adapter": ["search_step=[20, 5]"],
+    "tip_adapter_f": ["epochs=3", "search_step=[20, 5]"],
+    "taskres": ["epochs=5"],
+    "clip_adapter": ["epochs=5"],
+    "graphadapter": ["epochs=5"],
+}
+
+
+def quick(name: str) -> list[str]:
+    return QUICK.get(name, ["train.epochs=2"] if name.startswith("hegraphadapter") else [])
+
+
+@functools.lru_cache(maxsize=1)
+def small_task():
+    return build_synthetic_task(
+        num_classes=NUM_CLASSES, dim=64, num_families=5, semantic_rank=32, shots=(1, 4), seeds=(1,), test_per_class=5
+    )
+
+
+@pytest.fixture(scope="module")
+def data() -> SelectionData:
+    return selection_data(small_task(), shots=4, seed=1)
+
+
+def test_list_methods_has_the_baselines_and_every_variant():
+    names = list_methods()
+    baselines = ["zero_shot", "linear_probe", "tip_adapter", "tip_adapter_f", "taskres", "clip_adapter", "graphadapter"]
+    assert names[: len(baselines)] == baselines
+    assert "hegraphadapter" in names
+    assert {f"hegraphadapter:{v}" for v in list_variants() if v != "full"} <= set(names)
+    assert len(names) == len(set(names))
+
+
+@pytest.mark.parametrize("name", list_methods())
+def test_every_method_fits_and_predicts_sanely(name, data):
+    method = create_method(name, overrides=quick(name))
+    fitted = method.fit(data, seed=1, device="cpu", progress=False)
+    assert isinstance(fitted, Fitted)
+    test = small_task()
+    logits = fitted.predict(test.test_features)
+    assert logits.shape == (test.test_features.shape[0], NUM_CLASSES)
+    assert torch.isfinite(logits).all()
+    test_acc = 100.0 * float((logits.argmax(dim=1) == test.test_labels).float().mean())
+    chance = 100.0 / NUM_CLASSES
+    for acc in (fitted.val_acc, test_acc):
+        assert math.isfinite(acc) and chance < acc <= 100.0, (name, fitted.val_acc, test_acc)
+    json.dumps(fitted.hparams)  # recorded in results.json
+    json.dumps(method.config_dict())
+    assert fitted.train_seconds >= 0.0 and isinstance(fitted.epochs, int)
+    assert str(fitted.artifacts["device"]) == "cpu"
+
+
+@pytest.mark.parametrize("name", ["tip_adapter_f", "taskres", "clip_adapter", "graphadapter", "linear_probe"])
+def test_same_seed_same_predictions(name, data):
+    x = small_task().test_features
+    a = create_method(name, overrides=quick(name)).fit(data, seed=3, device="cpu").predict(x)
+    b = create_method(name, overrides=quick(name)).fit(data, seed=3, device="cpu").predict(x)
+    assert torch.equal(a, b)
+
+
+def zero_shot_logits(data: SelectionData) -> torch.Tensor:
+    return create_method("zero_shot").fit(data, seed=1, device="cpu").predict(small_task().test_features)
+
+
+def test_tip_adapter_with_alpha_zero_is_zero_shot_exactly(data):
+    fitted = create_method("tip_adapter", overrides=["alpha=0"]).fit(data, seed=1, device="cpu")
+    assert fitted.hparams["alpha"] == 0.0
+    assert torch.equal(fitted.predict(small_task().test_features), zero_shot_logits(data))
+
+
+@pytest.mark.parametrize("overrides", [["epochs=0"], ["alpha=0", "epochs=3"]], ids=["no-training", "alpha-0"])
+def test_taskres_with_a_zero_residual_is_zero_shot_exactly(overrides, data):
+    fitted = create_method("taskres", overrides=overrides).fit(data, seed=1, device="cpu")
+    assert torch.equal(fitted.predict(small_task().test_features), zero_shot_logits(data))
+
+
+def test_hegraphadapter_base_variant_is_zero_shot(data):
+    base = create_method("hegraphadapter:base").fit(data, seed=1, device="cpu").predict(small_task().test_features)
+    zero = zero_shot_logits(data)
+    torch.testing.assert_close(base, zero, atol=1e-4, rtol=0)
+    assert torch.equal(base.argmax(dim=1), zero.argmax(dim=1))
+
+
+def test_hegraphadapter_full_alias_and_config_file(tmp_path):
+    assert create_method("hegraphadapter:full").name == "hegraphadapter"
+    exp = tmp_path / "exp.yaml"
+    exp.write_text("train: {epochs: 7}\n")
+    method = create_method("hegraphadapter:t", config_file=exp, overrides=["train.lr=0.01"])
+    assert method.config.variant.name == "t"
+    assert method.config.train.epochs == 7 and method.config.train.lr == 0.01
+
+
+def test_selection_data_has_no_test_split():
+    """``fit`` only ever receives SelectionData, and SelectionData cannot carry the test split."""
+    names = [f.name for f in dataclasses.fields(SelectionData)]
+    assert not [n for n in names if "test" in n]
+
+
+def test_tip_adapter_grid_is_the_official_one():
+    grid = search_grid(7.0, 200)
+    assert len(grid) == 200 and grid[0] == pytest.approx(0.1) and grid[-1] == pytest.approx(0.1 + 199 * 6.9 / 200)
+
+
+def test_chosen_hyper_parameters_come_from_the_search_space(data):
+    fitted = create_method("tip_adapter", overrides=quick("tip_adapter")).fit(data, seed=1, device="cpu")
+    assert fitted.hparams["alpha"] in search_grid(3.0, 5) and fitted.hparams["beta"] in search_grid(7.0, 20)
+    probe = create_method("linear_probe", overrides=quick("linear_probe")).fit(data, seed=1, device="cpu")
+    assert 1e-7 <= probe.hparams["C"] <= 1e7 and probe.hparams["fits"] >= 7
+
+
+def test_learning_rate_schedules():
+    assert dassl_lr(0, epochs=10, lr=0.1, warmup_epochs=1, warmup_lr=1e-5) == 1e-5
+    assert dassl_lr(1, epochs=10, lr=0.1, warmup_epochs=1, warmup_lr=1e-5) == pytest.approx(0.1)
+    assert dassl_lr(6, epochs=10, lr=0.1, warmup_epochs=1, warmup_lr=1e-5) == pytest.approx(0.05)
+    assert step_cosine_lr(0, total_steps=8, lr=0.2) == pytest.approx(0.2)
+    assert step_cosine_lr(4, total_steps=8, lr=0.2) == pytest.approx(0.1)
+    assert step_cosine_lr(8, total_steps=8, lr=0.2) == pytest.approx(0.0)
+
+
+@pytest.mark.parametrize("num_classes, dim", [(7, 24), (5, 3)])
+def test_graphadapter_closed_form_equals_building_each_query_graph(num_classes, dim):
+    """Row 0 of D^-1/2 (max(cos, 0) + I) D^-1/2 on [q_i; nodes], built densely per query."""
+    g = torch.Generator().manual_seed(0)
+    queries = torch.randn(num_classes, dim, generator=g, dtype=torch.float64)
+    nodes = torch.randn(num_classes, dim, generator=g, dtype=torch.float64)
+    self_w, nb_w = query_propagation(queries, nodes)
+    for i in range(num_classes):
+        x = F.normalize(torch.cat([queries[i : i + 1], nodes]), dim=-1)  # (C + 1, d)
+        adj = (x @ x.T).clamp(min=0) + torch.eye(num_classes + 1, dtype=torch.float64)
+        inv_sqrt = adj.sum(dim=1).pow(-0.5)
+        norm = inv_sqrt[:, None] * adj * inv_sqrt[None, :]
+        torch.testing.assert_close(self_w[i], norm[0, 0])
+        torch.testing.assert_close(nb_w[i], norm[0, 1:])
+
+
+def test_graphadapter_runs_without_512_dims_or_a_multiple_of_4_classes():
+    task = build_synthetic_task(num_classes=7, dim=24, num_families=3, semantic_rank=8, family_rank=4, shots=(2,), seeds=(1,), test_per_class=2)
+    fitted = create_method("graphadapter", overrides=["epochs=2"]).fit(selection_data(task, shots=2, seed=1), seed=1, device="cpu")
+    assert fitted.predict(task.test_features).shape == (14, 7)
+
+
+# --------------------------------------------------------------------------------------------
+# Registry and config errors
+
+
+@pytest.mark.parametrize("name", ["nope", "hegraphadapter:nope", "taskres:t"])
+def test_unknown_method_lists_the_available_ones(name):
+    with pytest.raises(ConfigError, match=rf"unknown method '{name}'; available: \['zero_shot', 'linear_probe'"):
+        create_method(name)
+
+
+@pytest.mark.parametrize(
+    "name, overrides, message",
+    [
+        ("taskres", ["epochz=3"], r"--set epochz: epochz: unknown key; valid keys: \['alpha', 'lr'"),
+        ("taskres", ["epochs=-1"], r"--set epochs: epochs: must be >= 0, got -1"),
+        ("taskres", ["lr=fast"], r"--set lr: lr: expected a finite number, got 'fast'"),
+        ("taskres", ["lr=0"], r"lr: must be > 0"),
+        ("taskres", ["checkpoint=sometimes"], r"checkpoint: 'sometimes' is not valid; choose one of \['last', 'best_val'\]"),
+        ("taskres", ["train.lr=0.1"], r"--set train.lr: method 'taskres' has a flat config"),
+        ("tip_adapter", ["search_step=[10]"], r"search_step: expected a list of 2 values, got 1"),
+        ("tip_adapter", ["alpha=true"], r"alpha: expected a finite number, got True"),
+        ("clip_adapter", ["ratio=1.5"], r"ratio: must be in \[0, 1\], got 1.5"),
+        ("graphadapter", ["epochs=2.5"], r"epochs: expected an integer, got 2.5"),
+        ("linear_probe", ["views=some"], r"views: 'some' is not valid; choose one of \['mean', 'all'\]"),
+        ("hegraphadapter", ["train.epochz=3"], r"train.epochz: unknown key"),
+    ],
+)
+def test_bad_overrides_name_the_key_and_the_choices(name, overrides, message):
+    with pytest.raises(ConfigError, match=message):
+        create_method(name, overrides=overrides)
+
+
+def test_bad_config_file_names_the_file_and_key(tmp_path):
+    path = tmp_path / "tip.yaml"
+    path.write_text("search_scale: [7.0, 3.0]\nbeta_grid: [1, 2]\n")
+    with pytest.raises(ConfigError, match=rf"{path}: beta_grid: unknown key; valid keys: \['search_scale'"):
+        create_method("tip_adapter", config_file=path)
+    path.write_text("epochs: many\n")
+    with pytest.raises(ConfigError, match=rf"{path}: epochs: expected an integer, got 'many'"):
+        create_method("taskres", config_file=path)
+    with pytest.raises(ConfigError, match="does not exist"):
+        create_method("taskres", config_file=tmp_path / "missing.yaml")
+
+
+def test_a_bad_shipped_yaml_is_named(tmp_path, monkeypatch):
+    (tmp_path / "taskres.yaml").write_text("alpha: 0.5\nresidual: 1\n")
+    monkeypatch.setenv("HGADAPTER_METHODS", str(tmp_path))
+    with pytest.raises(ConfigError, match=rf"{tmp_path / 'taskres.yaml'}: residual: unknown key"):
+        create_method("taskres")
+
+
+def test_precedence_defaults_file_override(tmp_path):
+    path = tmp_path / "taskres.yaml"
+    path.write_text("epochs: 50\nlr: 0.01\n")
+    method = create_method("taskres", config_file=path, overrides=["epochs=7"])
+    assert (method.config.epochs, method.config.lr, method.config.alpha) == (7, 0.01, 0.5)
+
+
+# Documented departures of the shipped YAML from the source's defaults (see the YAML comments).
+REDUCTIONS = {"clip_adapter": {"batch_size": 256, "lr": 1.6e-2}}
+
+
+def test_every_shipped_method_yaml_loads_and_matches_the_source_defaults():
+    shipped = sorted(p.stem for p in Path(methods_dir()).glob("*.yaml"))
+    registered = {n.partition(":")[0] for n in list_methods()}
+    assert set(shipped) == registered
+    for name in shipped:
+        method = create_method(name)
+        if name == "hegraphadapter":
+            continue  # a RunConfig: its defaults are hgadapter.config's, checked in tests/test_config.py
+        defaults = dataclasses.asdict(type(method.config)())
+        resolved = dataclasses.asdict(method.config)
+        assert {k: v for k, v in resolved.items() if defaults[k] != v} == REDUCTIONS.get(name, {}), name

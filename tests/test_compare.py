@@ -1,0 +1,182 @@
+"""`hgadapter compare`: records, tables, charts, resuming, and a test split nobody reads early."""
+
+from __future__ import annotations
+
+import argparse
+import functools
+import json
+
+import pytest
+
+import hgadapter.compare as compare_module
+from hgadapter.baselines import list_methods
+from hgadapter.compare import RECORD_KEYS, add_compare_arguments, compare, format_table, run_compare
+from hgadapter.config import ConfigError
+from hgadapter.features import CacheError, save_cache
+from hgadapter.synthetic import build_synthetic_task
+
+QUICK: dict[str, list[str]] = {
+    "linear_probe": ["search_steps=1"],
+    "tip_adapter": ["search_step=[10, 5]"],
+    "tip_adapter_f": ["epochs=2", "search_step=[10, 5]"],
+    "taskres": ["epochs=3"],
+    "clip_adapter": ["epochs=3"],
+    "graphadapter": ["epochs=3"],
+}
+
+
+def quick(methods):
+    return {m: QUICK.get(m, ["train.epochs=1"] if m.startswith("hegraphadapter") else []) for m in methods}
+
+
+@functools.lru_cache(maxsize=1)
+def small_task():
+    return build_synthetic_task(
+        num_classes=12, dim=32, num_families=4, semantic_rank=16, family_rank=4, shots=(1, 2), seeds=(1, 2), test_per_class=4
+    )
+
+
+class GuardedCache:
+    """A FeatureCache stand-in whose test split raises on any access while ``closed``."""
+
+    def __init__(self, cache):
+        self._cache = cache
+        self.closed = True
+        self.test_reads = 0
+
+    def __getattr__(self, name):
+        if name.startswith("test_"):
+            if self.closed:
+                raise AssertionError(f"the test split ({name}) was read during fitting or selection")
+            self.test_reads += 1
+        return getattr(self._cache, name)
+
+
+def test_the_guard_trips():
+    guarded = GuardedCache(small_task())
+    with pytest.raises(AssertionError, match="test split"):
+        guarded.test_features  # noqa: B018
+
+
+def test_selection_never_reads_the_test_split(tmp_path, monkeypatch):
+    """Every method fits and selects with the test split locked; only score_on_test opens it, once per run."""
+    guarded = GuardedCache(small_task())
+    real_score = compare_module.score_on_test
+    scored = []
+
+    def score_with_guard_open(fitted, cache, **kwargs):
+        assert cache is guarded
+        guarded.closed = False
+        try:
+            return real_score(fitted, cache, **kwargs)
+        finally:
+            guarded.closed = True
+            scored.append(1)
+
+    monkeypatch.setattr(compare_module, "score_on_test", score_with_guard_open)
+    methods = list_methods()
+    records = compare(guarded, methods, [2], [1], tmp_path, progress=False, device="cpu", overrides=quick(methods), log=None)
+    assert [r["method"] for r in records] == [m for m in methods]
+    assert len(scored) == len(methods)
+    assert guarded.test_reads == 2 * len(methods)  # test_features and test_labels, once per run
+
+
+def test_results_records_are_complete(tmp_path):
+    methods = ["zero_shot", "tip_adapter", "taskres"]
+    records = compare(small_task(), methods, [1, 2], [1, 2], tmp_path, progress=False, device="cpu", overrides=quick(methods), log=None)
+    on_disk = json.loads((tmp_path / "results.json").read_text())
+    assert on_disk == records
+    assert [(r["method"], r["shots"], r["seed"]) for r in records] == [(m, k, s) for m in methods for k in (1, 2) for s in (1, 2)]
+    for r in records:
+        assert set(r) == set(RECORD_KEYS)
+        assert 0.0 <= r["val_acc"] <= 100.0 and 0.0 <= r["test_acc"] <= 100.0
+        assert r["dataset"] == "synthetic" and r["synthetic"] is True
+        assert r["train_seconds"] >= 0.0 and r["fit_seconds"] >= 0.0 and isinstance(r["epochs"], int)
+        assert isinstance(r["hparams"], dict) and isinstance(r["config"], dict)
+    assert {r["epochs"] for r in records if r["method"] == "taskres"} == {3}
+    assert set(records[4]["hparams"]) == {"alpha", "beta"}  # tip_adapter's chosen pair
+    table = (tmp_path / "results.md").read_text()
+    assert "(synthetic task)" in table and "| tip_adapter |" in table and "| method | 1 shot | 2 shots |" in table
+    for suffix in ("png", "pdf"):
+        assert (tmp_path / f"results.{suffix}").stat().st_size > 1000
+
+
+def test_resume_skips_finished_records_and_reruns_changed_configs(tmp_path, monkeypatch):
+    methods = ["zero_shot", "taskres"]
+    first = compare(small_task(), methods, [2], [1, 2], tmp_path, progress=False, device="cpu", overrides=quick(methods), log=None)
+
+    fits = []
+    import hgadapter.baselines._registry as registry
+
+    for name in methods:
+        cls = registry._REGISTRY[name][0]
+        real_fit = cls.fit
+
+        def counting_fit(self, data, *, _real=real_fit, **kwargs):
+            fits.append((self.name, data.train_set.seed))
+            return _real(self, data, **kwargs)
+
+        monkeypatch.setattr(cls, "fit", counting_fit)
+
+    again = compare(small_task(), methods, [2], [1, 2], tmp_path, progress=False, device="cpu", overrides=quick(methods), log=None)
+    assert fits == [] and again == first
+
+    changed = compare(small_task(), methods, [2], [1, 2], tmp_path, progress=False, device="cpu", overrides={"taskres": ["epochs=2"]}, log=None)
+    assert fits == [("taskres", 1), ("taskres", 2)]
+    assert [r["epochs"] for r in changed if r["method"] == "taskres"] == [2, 2]
+    assert len(json.loads((tmp_path / "results.json").read_text())) == 4  # replaced, not appended
+
+
+def test_errors_come_before_any_run(tmp_path):
+    with pytest.raises(ConfigError, match="unknown method 'tip'; available"):
+        compare(small_task(), ["zero_shot", "tip"], [1], [1], tmp_path, log=None)
+    with pytest.raises(ConfigError, match=r"--set epochz"):
+        compare(small_task(), ["taskres"], [1], [1], tmp_path, overrides={"taskres": ["epochz=1"]}, log=None)
+    with pytest.raises(CacheError, match=r"shots=16, seed=1"):
+        compare(small_task(), ["zero_shot"], [16], [1], tmp_path, log=None)
+    assert not (tmp_path / "results.json").exists()
+
+
+def test_format_table_mean_and_sample_std():
+    records = [
+        {"method": "a", "shots": 4, "seed": s, "val_acc": v, "test_acc": t, "fit_seconds": 1.0}
+        for s, v, t in [(1, 60.0, 70.0), (2, 62.0, 72.0), (3, 64.0, 74.0)]
+    ] + [{"method": "b", "shots": 4, "seed": s, "val_acc": 50.0, "test_acc": 50.0 + s, "fit_seconds": 2.0} for s in (1, 2)]
+    table = format_table(records, title="T")
+    assert table.startswith("### T\n")
+    assert "| a | 72.00 ± 2.00 |" in table  # sample std (n - 1) of 70, 72, 74
+    assert "| b | 51.50 ± 0.71 (2) |" in table
+    assert "| a | 4 | 1,2,3 | 62.00 ± 2.00 | 72.00 ± 2.00 | 1.0 |" in table
+
+
+def test_cli_compare_on_a_saved_cache(tmp_path, capsys):
+    cache_dir = save_cache(tmp_path / "cache", small_task())
+    parser = argparse.ArgumentParser()
+    add_compare_arguments(parser)
+    out = tmp_path / "out"
+    args = parser.parse_args(
+        ["--features", str(cache_dir), "--methods", "zero_shot", "tip_adapter", "taskres", "--seeds", "1", "2",
+         "--out", str(out), "--device", "cpu", "--quiet", "--set", "taskres.epochs=2", "--set", "tip_adapter.search_step=[10, 5]"]
+    )
+    assert run_compare(args) == 0
+    records = json.loads((out / "results.json").read_text())
+    assert sorted({r["shots"] for r in records}) == [1, 2]  # every K the cache holds for seeds 1 and 2
+    assert {r["epochs"] for r in records if r["method"] == "taskres"} == {2}
+    printed = capsys.readouterr().out
+    assert "SYNTHETIC" in printed and "| zero_shot |" in printed and "results.png" in printed
+
+
+@pytest.mark.parametrize(
+    "argv, message",
+    [
+        (["--set", "tasres.epochs=2"], r"expected METHOD.KEY=VALUE with METHOD one of the compared methods"),
+        (["--config", "taskres"], r"expected METHOD=PATH"),
+    ],
+)
+def test_cli_argument_errors(tmp_path, argv, message):
+    parser = argparse.ArgumentParser()
+    add_compare_arguments(parser)
+    cache_dir = save_cache(tmp_path / "cache", small_task())
+    args = parser.parse_args(["--features", str(cache_dir), "--methods", "taskres", "--out", str(tmp_path / "o"), *argv])
+    with pytest.raises(ConfigError, match=message):
+        run_compare(args)
