@@ -137,6 +137,7 @@ def _add_demo(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--out", default="runs/demo", help="output directory (default: runs/demo)")
     p.add_argument("--engine", choices=["auto", "dgl", "torch"], default=None, help="message-passing engine")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
+    p.add_argument("--no-baselines", action="store_true", help="skip the baseline comparison")
     p.set_defaults(func=_cmd_demo)
 
 
@@ -187,6 +188,15 @@ def _cmd_demo(args: argparse.Namespace) -> int:
     atomic_write_text(out / "results.md", table)
     print()
     print(table)
+    if not args.no_baselines:
+        from hgadapter.compare import DEFAULT_METHODS, compare, format_table
+
+        baselines = [m for m in DEFAULT_METHODS if not m.startswith("hegraphadapter")]
+        print(f"baselines on the same cache and protocol: {', '.join(baselines)}")
+        base_records = compare(cache, baselines, [DEMO_SHOTS], list(DEMO_SEEDS), out / "baselines", progress=not args.quiet, log=lambda m: None)
+        base_table = format_table(base_records, title="Baselines, same synthetic task and protocol (SYNTHETIC)")
+        atomic_write_text(out / "results.md", table + "\n" + base_table)
+        print(base_table)
     try:
         from viz.tsne import plot_node_tsne
 
@@ -211,6 +221,14 @@ def _add_extract(sub: argparse._SubParsersAction) -> None:
     p.set_defaults(func=lambda args: run_extract(args))
 
 
+def _add_compare(sub: argparse._SubParsersAction) -> None:
+    from hgadapter.compare import add_compare_arguments, run_compare
+
+    p = sub.add_parser("compare", help="run baselines and HeGraphAdapter on one cache under one protocol")
+    add_compare_arguments(p)
+    p.set_defaults(func=run_compare)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="hgadapter", description="Few-shot CLIP adaptation with heterogeneous graph adapters.")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
@@ -218,6 +236,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_run(sub)
     _add_variants(sub)
     _add_demo(sub)
+    _add_compare(sub)
     _add_extract(sub)
     return parser
 

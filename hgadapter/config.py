@@ -293,6 +293,11 @@ class _Parser:
         return value
 
     def number(self, value: Any, path: tuple[str, ...], *, low: float | None = 0.0, positive: bool = False) -> float:
+        if isinstance(value, str):  # YAML 1.1 reads 1e-4 (no dot) as a string
+            try:
+                value = float(value)
+            except ValueError:
+                pass
         if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
             raise self.fail(path, f"expected a finite number, got {value!r}")
         if positive and value <= 0:

@@ -18,7 +18,8 @@ from hgadapter.config import (
 )
 
 ROOT = Path(__file__).resolve().parent.parent
-EXPERIMENT_YAMLS = sorted((ROOT / "experiments").rglob("*.yaml"))
+METHOD_YAMLS = sorted((ROOT / "experiments" / "methods").glob("*.yaml"))
+EXPERIMENT_YAMLS = sorted(set((ROOT / "experiments").rglob("*.yaml")) - set(METHOD_YAMLS))
 
 
 def test_shipped_variants():
@@ -43,6 +44,13 @@ def test_every_experiment_yaml_loads(path):
     assert isinstance(load_config("full", config_file=path), RunConfig)
 
 
+@pytest.mark.parametrize("path", METHOD_YAMLS, ids=lambda p: p.name)
+def test_every_method_yaml_loads(path):
+    from hgadapter.baselines import create_method
+
+    assert create_method(path.stem, config_file=path).name == path.stem
+
+
 def test_precedence_defaults_variant_file_cli(tmp_path):
     assert load_config("full").train.lr == 1e-3  # dataclass default
     exp = tmp_path / "exp.yaml"
@@ -53,6 +61,13 @@ def test_precedence_defaults_variant_file_cli(tmp_path):
     cfg = load_config("full", config_file=exp, overrides=["train.lr=0.5", "stages.1.metapaths.1.beta=0.3"])
     assert cfg.train.lr == 0.5 and cfg.train.epochs == 7
     assert cfg.variant.stages[1].metapaths[1].beta == 0.3
+
+
+def test_scientific_notation_without_a_dot(tmp_path):
+    assert load_config("full", overrides=["train.lr=1e-4"]).train.lr == 1e-4
+    exp = tmp_path / "exp.yaml"
+    exp.write_text("train: {warmup_lr: 1e-6}\n")
+    assert load_config("full", config_file=exp).train.warmup_lr == 1e-6
 
 
 def test_config_file_may_name_the_variant(tmp_path):
