@@ -15,7 +15,7 @@ import torch.nn.functional as F
 from hgadapter.features import FewShotSet
 from hgadapter.metapaths import CANONICAL_ETYPES, DEFAULT_WEIGHT_KIND, NTYPES
 
-__all__ = ["RelationGraph", "build_node_features", "build_edge_weights", "build_relation_graph", "build_heterograph"]
+__all__ = ["RelationGraph", "prompt_ensemble", "class_means", "build_node_features", "build_edge_weights", "build_relation_graph", "build_heterograph"]
 
 
 @dataclass(frozen=True)
@@ -52,9 +52,20 @@ class RelationGraph:
         )
 
 
-def _mean_direction(x: torch.Tensor) -> torch.Tensor:
-    """L2-normalised mean of L2-normalised rows along dim 1: ``(C, P, d) -> (C, d)``."""
-    return F.normalize(F.normalize(x, dim=-1).mean(dim=1), dim=-1)
+def prompt_ensemble(prompts: torch.Tensor) -> torch.Tensor:
+    """Renormalised mean of each class's normalised prompt features: ``(C, P, d) -> (C, d)``.
+
+    CLIP's prompt ensemble (CLIP Sec. 3.1.4), Tip-Adapter's zero-shot classifier, and the ``pos``
+    and ``neg`` nodes of HeGraphAdapter.
+    """
+    return F.normalize(F.normalize(prompts.float(), dim=-1).mean(dim=1), dim=-1)
+
+
+def class_means(views: torch.Tensor, labels: torch.Tensor, num_classes: int) -> torch.Tensor:
+    """Renormalised mean of each class's images over all their views: ``(N, V, d) -> (C, d)``."""
+    per_image = F.normalize(views.float(), dim=-1).mean(dim=1)  # (N, d)
+    sums = per_image.new_zeros(num_classes, per_image.shape[1]).index_add_(0, labels, per_image)  # (C, d)
+    return F.normalize(sums, dim=-1)
 
 
 def build_node_features(
@@ -66,18 +77,15 @@ def build_node_features(
     renormalised. ``vis``: mean of the class's normalised few-shot image features over all images
     and views.
     """
-    num_classes, dim = int(pos_text.shape[0]), int(pos_text.shape[-1])
-    views = F.normalize(train_set.features.float(), dim=-1)  # (N, V, d)
-    per_image = views.mean(dim=1)  # (N, d)
-    sums = per_image.new_zeros(num_classes, dim).index_add_(0, train_set.labels, per_image)  # (C, d)
+    num_classes = int(pos_text.shape[0])
     counts = torch.bincount(train_set.labels, minlength=num_classes)
     if bool((counts == 0).any()):
         missing = torch.nonzero(counts == 0).flatten().tolist()[:5]
         raise ValueError(f"training set (shots={train_set.shots}, seed={train_set.seed}) has no image of classes {missing}")
     return {
-        "pos": _mean_direction(pos_text.float()),
-        "neg": _mean_direction(neg_text.float()),
-        "vis": F.normalize(sums, dim=-1),
+        "pos": prompt_ensemble(pos_text),
+        "neg": prompt_ensemble(neg_text),
+        "vis": class_means(train_set.features, train_set.labels, num_classes),
     }
 
 

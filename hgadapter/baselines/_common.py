@@ -19,6 +19,8 @@ import torch.nn.functional as F
 from torch import nn
 from tqdm.auto import tqdm
 
+from hgadapter.adapter import text_logits as zero_shot_logits  # CLIP's classifier s * cos(f, t_c)
+from hgadapter.graph import class_means, prompt_ensemble
 from hgadapter.method import resolve_device
 from hgadapter.protocol import SelectionData, accuracy
 
@@ -80,22 +82,6 @@ def fit_on_device(fit: Callable) -> Callable:
     return wrapper
 
 
-def prompt_ensemble(pos_text: torch.Tensor) -> torch.Tensor:
-    """Zero-shot classifier weights: the renormalised mean of the normalised prompt features.
-
-    Shapes: ``(C, P, d) -> (C, d)``. The same prompt ensemble CLIP (Sec. 3.1.4) and Tip-Adapter
-    (``clip_classifier``) build, and the ``pos`` node of HeGraphAdapter.
-    """
-    return F.normalize(F.normalize(pos_text.float(), dim=-1).mean(dim=1), dim=-1)
-
-
-def class_means(views: torch.Tensor, labels: torch.Tensor, num_classes: int) -> torch.Tensor:
-    """Renormalised mean of each class's images over all of its views: ``(N, V, d) -> (C, d)``."""
-    per_image = F.normalize(views.float(), dim=-1).mean(dim=1)  # (N, d)
-    sums = per_image.new_zeros(num_classes, per_image.shape[1]).index_add_(0, labels, per_image)  # (C, d)
-    return F.normalize(sums, dim=-1)
-
-
 def cache_model(data: SelectionData, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
     """Tip-Adapter's cache: keys = each image's views averaged and renormalised, values = one-hot.
 
@@ -109,11 +95,6 @@ def cache_model(data: SelectionData, device: torch.device) -> tuple[torch.Tensor
     keys = F.normalize(views.mean(dim=1), dim=-1).to(device)  # (N, d)
     values = F.one_hot(data.train_set.labels, num_classes=data.num_classes).float().to(device)  # (N, C)
     return keys, values
-
-
-def zero_shot_logits(features: torch.Tensor, text: torch.Tensor, logit_scale: float) -> torch.Tensor:
-    """CLIP's classifier ``s * cos(f, t_c)``: ``(B, d), (C, d) -> (B, C)``."""
-    return logit_scale * F.normalize(features.float(), dim=-1) @ F.normalize(text, dim=-1).T
 
 
 def dassl_lr(epoch: int, *, epochs: int, lr: float, warmup_epochs: int, warmup_lr: float) -> float:
