@@ -103,7 +103,8 @@ def fit(
     history: list[dict] = []
     step = 0
     start = time.perf_counter()
-    bar = tqdm(range(tcfg.epochs), desc=f"train {variant.name}", unit="epoch", disable=not progress, leave=False)
+    # disable=None: tqdm hides the bar when stderr is not a terminal (logs, CI)
+    bar = tqdm(range(tcfg.epochs), desc=f"train {variant.name}", unit="epoch", disable=None if progress else True, leave=False)
     for epoch in bar:
         adapter.train()
         order = torch.randperm(num_images, generator=generator).to(device)

@@ -177,7 +177,7 @@ def train_loop(
         result.seconds = time.perf_counter() - start
         return result
     best_state, best_acc = None, -1.0
-    bar = tqdm(range(epochs), desc=desc, unit="epoch", disable=not progress, leave=False)
+    bar = tqdm(range(epochs), desc=desc, unit="epoch", disable=None if progress else True, leave=False)  # None: no bar off a terminal
     for epoch in bar:
         module.train()
         order = torch.randperm(num_images, generator=generator).to(device)
