@@ -30,6 +30,8 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import safetensors
+import safetensors.torch
 import torch
 
 from hgadapter import augment as aug
@@ -456,24 +458,56 @@ def _run_shard(opts: ExtractOptions, encoder: Encoder, splits: DatasetSplits, id
             _encode_train_set(opts, encoder, splits, shots, seed, encode)
     folder = shard_dir(opts.out)
     folder.mkdir(parents=True, exist_ok=True)
-    path = folder / f"shard-{i}-of-{n}.pt"
+    path = folder / f"shard-{i}-of-{n}.safetensors"
     tmp = path.with_name(path.name + ".tmp")
-    torch.save({"identity": identity, "shard": [i, n], "store": store}, tmp)
+    # safetensors, not pickles: features as "<split>/<position>" tensors, everything else
+    # (identity, shard index, per-image errors) as JSON in the header's metadata.
+    tensors = {
+        f"{split}/{pos}": value.contiguous()
+        for split, part in store.items()
+        for pos, value in part.items()
+        if not isinstance(value, str)
+    }
+    errors = {split: {str(pos): v for pos, v in part.items() if isinstance(v, str)} for split, part in store.items()}
+    header = {"identity": identity, "shard": [i, n], "errors": errors}
+    safetensors.torch.save_file(tensors, str(tmp), metadata={_SHARD_KEY: json.dumps(header)})
     tmp.replace(path)  # atomic: a half-written shard never carries the final name
     _log(opts, f"wrote shard {i}/{n} to {path}; run the same command with --merge (no --shard) when all are done")
     return path
 
 
+_SHARD_KEY = "hgadapter_shard"
+
+
+def _read_shard(file: Path) -> dict[str, Any]:
+    """A shard file's header plus ``store``: split -> position -> (V, d) features or error text."""
+    try:
+        with safetensors.safe_open(str(file), framework="pt") as handle:
+            header = json.loads((handle.metadata() or {})[_SHARD_KEY])
+            store: dict[str, dict[int, torch.Tensor | str]] = {}
+            for key in handle.keys():
+                split, _, pos = key.rpartition("/")
+                store.setdefault(split, {})[int(pos)] = handle.get_tensor(key)
+    except (OSError, ValueError, KeyError, safetensors.SafetensorError) as exc:
+        raise ExtractError(f"{file} is not a readable shard file ({exc}); delete it and rerun that shard") from None
+    for split, part in header.pop("errors").items():
+        for pos, error in part.items():
+            store.setdefault(split, {})[int(pos)] = error
+    header["store"] = store
+    return header
+
+
 def _merged_shards(opts: ExtractOptions, identity: dict[str, Any]) -> Callable:
     """An ``encode_samples`` stand-in that reads features from the shard files."""
     folder = shard_dir(opts.out)
-    files = sorted(folder.glob("shard-*-of-*.pt"))
+    files = sorted(folder.glob("shard-*-of-*.safetensors"))
     if not files:
         raise ExtractError(f"--merge found no shard files in {folder}; run with --shard i/n first")
     store: dict[str, dict[int, torch.Tensor | str]] = {}
     seen, total = set(), None
+    identity = json.loads(json.dumps(identity))  # the JSON form the shards recorded
     for file in files:
-        blob = torch.load(file, weights_only=False)
+        blob = _read_shard(file)
         i, n = blob["shard"]
         if total not in (None, n):
             raise ExtractError(f"{folder} mixes shard counts ({total} and {n}); remove the stale files")
