@@ -29,7 +29,7 @@ such records carry ``"extrapolated": true`` and a ``*`` in the table.
 Prints a markdown table, writes it to ``--md`` (``runs/bench/engines.md``) and, with ``--out``,
 the records as a JSON list.
 
-    python experiments/bench_engines.py --out runs/bench/engines.json     # full set
+    python experiments/bench_engines.py --out runs/bench/engines.json     # full set, ~7 min on 2 idle cores
     python experiments/bench_engines.py --quick                           # C = 100 only, ~1 min
     python experiments/bench_engines.py --classes 1000 --dims 1024 --engines torch
     python experiments/bench_engines.py --products --classes 1000 --dims 1024   # list the GEMMs
@@ -614,7 +614,9 @@ def main(argv: list[str] | None = None) -> list[dict]:
         "includes the one validation forward per epoch, 1 image per class); ratio = epoch_s / gemm_bound_s.",
     ]
     if args.repeat > 1:
-        notes.append(f"Each configuration ran {args.repeat} times in fresh processes; the run with the smallest epoch_s is shown.")
+        notes.append(
+            f"Each configuration ran {args.repeat} times in fresh processes; the run with the smallest epoch_s is shown."
+        )
     if any(r["extrapolated"] for r in records):
         notes.append(
             f"`*`: extrapolated from the first step plus {args.sample_steps} timed steps: first step + (steps - 1) x their "

@@ -53,7 +53,7 @@ def fit_hegraphadapter(
     graph = None
     engine = "none"
     if variant.stages:
-        engine = resolve_engine(cfg.engine, device=device, topk=variant.graph.topk, num_nodes=data.num_classes)
+        engine = resolve_engine(cfg.engine)
         g = variant.graph
         relation_graph = build_relation_graph(
             feat_dict,

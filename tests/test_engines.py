@@ -6,7 +6,7 @@ import torch.nn.functional as F
 
 from hgadapter.adapter import HeteroGraphAdapter
 from hgadapter.config import StageConfig
-from hgadapter.engines import AUTO_DGL_MAX_TOPK, AUTO_DGL_MIN_NODES, create_engine, resolve_engine
+from hgadapter.engines import create_engine, resolve_engine
 from hgadapter.graph import RelationGraph, build_relation_graph
 from hgadapter.metapaths import CANONICAL_ETYPES, ETYPES, MetaPath
 
@@ -116,15 +116,10 @@ def test_test_time_beta_changes_the_output():
 
 
 def test_auto_engine_rule():
-    cpu, big = torch.device("cpu"), AUTO_DGL_MIN_NODES
-    assert resolve_engine("auto", device=cpu, topk=None, num_nodes=big) == "torch"
-    assert resolve_engine("auto", device=cpu, topk=AUTO_DGL_MAX_TOPK, num_nodes=big) == "dgl"
-    assert resolve_engine("auto", device=cpu, topk=AUTO_DGL_MAX_TOPK, num_nodes=big - 1) == "torch"
-    assert resolve_engine("auto", device=cpu, topk=AUTO_DGL_MAX_TOPK + 1, num_nodes=big) == "torch"
-    assert resolve_engine("auto", device=torch.device("cuda"), topk=4, num_nodes=big) == "torch"
-    assert resolve_engine("dgl", device=cpu, topk=None, num_nodes=10) == "dgl"
+    assert resolve_engine("auto") == "torch"  # docs/benchmarks.md: dgl is faster nowhere measured
+    assert resolve_engine("dgl") == "dgl" and resolve_engine("torch") == "torch"
     with pytest.raises(ValueError, match="unknown engine 'x'; available"):
-        resolve_engine("x", device=cpu, topk=None, num_nodes=10)
+        resolve_engine("x")
 
 
 def test_dgl_engine_refuses_cuda():

@@ -18,17 +18,14 @@ from typing import Protocol
 
 import torch
 
-from hgadapter._dgl import dgl_available
 from hgadapter.graph import RelationGraph
 
-__all__ = ["Propagator", "list_engines", "create_engine", "resolve_engine", "AUTO_DGL_MAX_TOPK", "AUTO_DGL_MIN_NODES"]
+__all__ = ["Propagator", "list_engines", "create_engine", "resolve_engine"]
 
-# `auto` picks dgl only where experiments/bench_engines.py (docs/benchmarks.md) measured it at
-# least as fast as the torch engine: sparse top-k graphs with many classes, on CPU. Dense
-# all-pairs graphs run several times slower in dgl's CPU kernels than one dense matmul, small
-# graphs pay dgl's per-call overhead, and dgl has no CUDA build here.
-AUTO_DGL_MAX_TOPK = 16
-AUTO_DGL_MIN_NODES = 500
+# `auto` = torch. experiments/bench_engines.py (docs/benchmarks.md) found dgl faster nowhere: per
+# hop 1.7-2.3x slower than torch.sparse.mm on top-16 graphs and 12-50x slower than one GEMM on
+# dense ones; per epoch within noise on top-16 graphs (0.93-1.18x). dgl also has no CUDA build
+# here. The dgl engine stays the independent implementation the tests hold torch to.
 
 
 class Propagator(Protocol):
@@ -48,19 +45,11 @@ def list_engines() -> list[str]:
     return ["auto", "dgl", "torch"]
 
 
-def resolve_engine(name: str, *, device: torch.device, topk: int | None, num_nodes: int) -> str:
-    """The concrete engine for ``name``: ``auto`` follows the measured rule above.
-
-    ``num_nodes`` is the number of nodes per type (the number of classes C).
-    """
+def resolve_engine(name: str) -> str:
+    """The concrete engine for ``name``: ``auto`` is ``torch`` (the measured rule above)."""
     if name not in list_engines():
         raise ValueError(f"unknown engine {name!r}; available: {list_engines()}")
-    if name != "auto":
-        return name
-    sparse = topk is not None and topk <= AUTO_DGL_MAX_TOPK
-    if device.type == "cpu" and sparse and num_nodes >= AUTO_DGL_MIN_NODES and dgl_available():
-        return "dgl"
-    return "torch"
+    return "torch" if name == "auto" else name
 
 
 def create_engine(name: str, graph: RelationGraph, *, device: torch.device | str = "cpu") -> Propagator:
