@@ -58,7 +58,7 @@ from torch.optim.optimizer import register_optimizer_step_post_hook
 from hgadapter.config import RunConfig, VariantConfig, load_config
 from hgadapter.engines import create_engine
 from hgadapter.features import FeatureCache, FewShotSet
-from hgadapter.graph import build_node_features, build_relation_graph
+from hgadapter.graph import build_node_features, build_relation_graph, build_relation_graph_from_config
 from hgadapter.metapaths import CANONICAL_ETYPES
 from hgadapter.train import fit
 
@@ -338,15 +338,7 @@ def measure(cfg: BenchConfig) -> dict:
     train_set = cache.train_set(cfg.shots, SEED)
     feat_dict = build_node_features(pos_text=cache.pos_text, neg_text=cache.neg_text, train_set=train_set)
     g = run_cfg.variant.graph
-    relation_graph = build_relation_graph(
-        feat_dict,
-        relations=g.relations,
-        weights=g.weights,
-        contrast=g.contrast,
-        topk=g.topk,
-        self_loops=g.self_loops,
-        clamp_negative=g.clamp_negative,
-    )
+    relation_graph = build_relation_graph_from_config(feat_dict, g)
     fit_kwargs = dict(
         graph=create_engine(run_cfg.engine, relation_graph, device=device),
         feat_dict=feat_dict,

@@ -7,7 +7,9 @@ run and only the message passing is recomputed at every training step.
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import torch
 import torch.nn.functional as F
@@ -15,7 +17,10 @@ import torch.nn.functional as F
 from hgadapter.features import FewShotSet
 from hgadapter.metapaths import CANONICAL_ETYPES, DEFAULT_WEIGHT_KIND, NTYPES
 
-__all__ = ["RelationGraph", "prompt_ensemble", "class_means", "build_node_features", "build_edge_weights", "build_relation_graph", "build_heterograph"]
+if TYPE_CHECKING:
+    from hgadapter.config import GraphConfig
+
+__all__ = ["RelationGraph", "prompt_ensemble", "class_means", "build_node_features", "build_edge_weights", "build_relation_graph", "build_relation_graph_from_config", "build_heterograph"]
 
 
 @dataclass(frozen=True)
@@ -160,6 +165,12 @@ def build_relation_graph(
             dst, src = torch.nonzero(valid, as_tuple=True)
             edges_dict[etype] = (src, dst, w[dst, src])
     return RelationGraph(num_nodes_dict=num_nodes_dict, edges_dict=edges_dict)
+
+
+def build_relation_graph_from_config(feat_dict: dict[str, torch.Tensor], graph_cfg: "GraphConfig") -> RelationGraph:
+    """:func:`build_relation_graph` with every option taken from a variant's ``graph`` section."""
+    options = {f.name: getattr(graph_cfg, f.name) for f in dataclasses.fields(graph_cfg)}
+    return build_relation_graph(feat_dict, **options)
 
 
 def build_heterograph(graph: RelationGraph):

@@ -14,7 +14,7 @@ import torch
 from hgadapter.config import RunConfig
 from hgadapter.engines import create_engine, resolve_engine
 from hgadapter.evaluate import select_predictor
-from hgadapter.graph import build_node_features, build_relation_graph
+from hgadapter.graph import build_node_features, build_relation_graph_from_config
 from hgadapter.protocol import Fitted, SelectionData
 from hgadapter.train import fit
 
@@ -55,15 +55,7 @@ def fit_hegraphadapter(
     if variant.stages:
         engine = resolve_engine(cfg.engine)
         g = variant.graph
-        relation_graph = build_relation_graph(
-            feat_dict,
-            relations=g.relations,
-            weights=g.weights,
-            contrast=g.contrast,
-            topk=g.topk,
-            self_loops=g.self_loops,
-            clamp_negative=g.clamp_negative,
-        )
+        relation_graph = build_relation_graph_from_config(feat_dict, g)
         graph = create_engine(engine, relation_graph, device=device)
         log(f"graph: {', '.join(f'{e}={relation_graph.num_edges(e)}' for e in relation_graph.etypes)} edges; engine {engine}")
     log(f"variant {variant.name} classifier {variant.classifier} device {device}")

@@ -9,7 +9,7 @@ import torch.nn.functional as F
 from hgadapter.adapter import HeteroGraphAdapter, cache_affinity, cache_logits, shift_features, shifted_cache_affinity, text_logits
 from hgadapter.config import list_variants, load_variant
 from hgadapter.engines import create_engine
-from hgadapter.graph import build_node_features, build_relation_graph
+from hgadapter.graph import build_node_features, build_relation_graph_from_config
 
 
 def _setup(cache, variant_name, engine="torch"):
@@ -19,7 +19,7 @@ def _setup(cache, variant_name, engine="torch"):
     g = variant.graph
     graph = None
     if variant.stages:
-        rel = build_relation_graph(feats, relations=g.relations, weights=g.weights, contrast=g.contrast, topk=g.topk)
+        rel = build_relation_graph_from_config(feats, g)
         graph = create_engine(engine, rel)
     return variant, train, feats, graph
 
