@@ -1,7 +1,11 @@
 """Configuration: YAML -> frozen dataclasses. The only module that parses YAML.
 
 Precedence, lowest first: dataclass defaults < meta-path variant file (``metapaths/NAME.yaml``)
-< experiment config file (``--config``) < command-line overrides (``--set train.lr=0.01``).
+< the experiment file's ``_base_`` files < experiment config file (``--config``) < command-line
+overrides (``--set train.lr=0.01``). Any YAML file may name ``_base_: path`` (or a list of
+paths, relative to the file); the bases are merged first, mappings key by key and lists as a
+whole, so a per-dataset experiment file states only what differs from its base. An experiment
+file's ``sweep`` section (:class:`SweepConfig`) describes a grid of runs for ``hgadapter sweep``.
 Every error is a :class:`ConfigError` naming the file (or ``--set``), the key path and the
 valid choices; nothing is asserted.
 """
@@ -45,6 +49,11 @@ __all__ = [
     "variant_path",
     "metapaths_dir",
     "config_to_dict",
+    "SweepConfig",
+    "ExperimentConfig",
+    "load_experiment",
+    "read_config_layers",
+    "backbone_slug",
 ]
 
 CLASSIFIERS: tuple[str, ...] = ("zero_shot", "text", "text_cache")
@@ -53,6 +62,10 @@ INITS: tuple[str, ...] = ("identity", "zeros", "xavier")
 VARIANT_KEYS: tuple[str, ...] = ("name", "description", "classifier", "graph", "stages")
 # Keys a run's config.yaml records beside the config; ignored when it is loaded back as --config.
 RECORD_KEYS: tuple[str, ...] = ("run", "environment")
+# An experiment file's grid of runs (hgadapter sweep); load_config skips it.
+SWEEP_KEY = "sweep"
+# Names the files a YAML file inherits from (merged before it).
+BASE_KEY = "_base_"
 
 
 class ConfigError(ValueError):
@@ -134,6 +147,35 @@ class RunConfig:
     device: str = "auto"  # auto | cpu | cuda | cuda:N
 
 
+@dataclass(frozen=True)
+class SweepConfig:
+    """The grid of runs an experiment file describes (its ``sweep`` section; ``hgadapter sweep``)."""
+
+    name: str  # experiment name; its runs go to OUT/<name>/<method>/...
+    dataset: str  # dataset id recorded with every run: imagenet, caltech101, ..., synthetic
+    features: str  # feature cache folder; {dataset} and {backbone} are filled in; relative to the features root
+    backbone: str | None = None  # CLIP backbone recorded with every run: RN50, RN101, ViT-B/32, ViT-B/16
+    methods: tuple[str, ...] = ("hegraphadapter",)  # registry names (`hgadapter compare --help`)
+    shots: tuple[int, ...] = (1, 2, 4, 8, 16)  # K, images per class
+    seeds: tuple[int, ...] = (1, 2, 3)  # few-shot sampling seeds
+    grid: tuple[dict[str, tuple[Any, ...]], ...] = ()  # union of products: dotted config key -> values (HeGraphAdapter only)
+    targets: dict[str, str] = field(default_factory=dict)  # domain-generalisation dataset -> feature cache folder
+    method_overrides: dict[str, tuple[str, ...]] = field(default_factory=dict)  # method -> key=value for its config
+
+
+@dataclass(frozen=True)
+class ExperimentConfig:
+    """An experiment file: a run config (train / eval / graph / ...) plus its ``sweep`` grid."""
+
+    path: Path  # the experiment YAML; HeGraphAdapter runs resolve their RunConfig from it
+    sweep: SweepConfig  # the grid of runs
+
+
+def backbone_slug(backbone: str | None) -> str:
+    """A backbone name as a path component: ``ViT-B/16`` -> ``ViT-B-16``; ``None`` -> ``none``."""
+    return "none" if backbone is None else backbone.replace("/", "-").replace(" ", "_")
+
+
 # --------------------------------------------------------------------------------------------
 # Variant registry: metapaths/*.yaml
 
@@ -186,6 +228,48 @@ def _read_yaml(path: Path) -> dict[str, Any]:
     if not isinstance(data, dict):
         raise ConfigError(f"{path}: the top level must be a mapping, got {type(data).__name__}")
     return data
+
+
+def read_config_layers(path: str | os.PathLike, _chain: tuple[Path, ...] = ()) -> list[tuple[dict[str, Any], str]]:
+    """A YAML file and the files it inherits from, as ``(data, source)`` layers, bases first.
+
+    ``_base_: FILE`` (or a list of files) names bases relative to the file's own folder; bases
+    may have bases of their own. Merging the layers in order gives the file's content.
+
+    Raises:
+        ConfigError: an unreadable or invalid file, a missing base or a cycle of bases.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"config file {path} does not exist")
+    resolved = path.resolve()
+    if resolved in _chain:
+        cycle = " -> ".join(str(p) for p in (*_chain, resolved))
+        raise ConfigError(f"{path}: {BASE_KEY} files form a cycle: {cycle}")
+    data = _read_yaml(path)
+    bases = data.pop(BASE_KEY, None)
+    if bases is None:
+        bases = []
+    elif isinstance(bases, str):
+        bases = [bases]
+    if not isinstance(bases, list) or not all(isinstance(b, str) and b for b in bases):
+        raise ConfigError(f"{path}: {BASE_KEY}: expected a file path or a list of file paths, got {bases!r}")
+    layers: list[tuple[dict[str, Any], str]] = []
+    for base in bases:
+        base_path = Path(base) if Path(base).is_absolute() else path.parent / base
+        if not base_path.is_file():
+            raise ConfigError(f"{path}: {BASE_KEY}: {base} does not exist (relative paths start at {path.parent})")
+        layers.extend(read_config_layers(base_path, (*_chain, resolved)))
+    layers.append((data, str(path)))
+    return layers
+
+
+def _read_merged(path: str | os.PathLike) -> dict[str, Any]:
+    """A YAML file merged over its ``_base_`` files (plain data, no provenance)."""
+    tree = _Tree()
+    for data, source in read_config_layers(path):
+        tree.merge(data, source)
+    return tree.data
 
 
 class _Tree:
@@ -460,7 +544,8 @@ def load_variant(name_or_path: str | os.PathLike) -> VariantConfig:
     """Load and validate one meta-path variant file (a registry name or a path)."""
     path = variant_path(name_or_path)
     tree = _Tree()
-    tree.merge(_read_yaml(path), str(path))
+    for data, source in read_config_layers(path):
+        tree.merge(data, source)
     parser = _Parser(tree)
     parser.mapping(tree.data, (), VARIANT_KEYS)
     return parser.variant(tree.data, path.stem)
@@ -482,18 +567,22 @@ def load_config(
         overrides: ``dotted.key=value`` strings (values parsed as YAML), applied last.
     """
     tree = _Tree()
-    file_data: dict[str, Any] = {}
+    layers: list[tuple[dict[str, Any], str]] = []
     if config_file is not None:
-        file_data = _read_yaml(Path(config_file))
+        layers = read_config_layers(config_file)
     if variant is None:
-        variant = file_data.get("variant", "full")
-        if not isinstance(variant, str):
-            raise ConfigError(f"{config_file}: variant: expected a variant name or path, got {variant!r}")
+        variant = "full"
+        for data, source in layers:  # the last file that names a variant wins
+            if "variant" in data:
+                variant = data["variant"]
+                if not isinstance(variant, str):
+                    raise ConfigError(f"{source}: variant: expected a variant name or path, got {variant!r}")
     vpath = variant_path(variant)
     tree.merge(_read_yaml(vpath), str(vpath))
     _Parser(tree).mapping(tree.data, (), VARIANT_KEYS)
-    file_data = {k: v for k, v in file_data.items() if k != "variant" and k not in RECORD_KEYS}
-    tree.merge(file_data, str(config_file))
+    skipped = ("variant", SWEEP_KEY, *RECORD_KEYS)
+    for data, source in layers:
+        tree.merge({k: v for k, v in data.items() if k not in skipped}, source)
     for text in overrides:
         key, value = _parse_override(text)
         tree.set_path(key, value, f"--set {key}")
@@ -508,6 +597,100 @@ def load_config(
     if device != "auto" and device != "cpu" and not device.startswith("cuda"):
         raise parser.fail(("device",), f"{device!r} is not valid; choose auto, cpu, cuda or cuda:N")
     return RunConfig(variant=variant_cfg, train=train, eval=eval_cfg, engine=engine, device=device)
+
+
+def _grid_value(parser: "_Parser", value: Any, path: tuple[str, ...]) -> Any:
+    if isinstance(value, (dict, list)):
+        raise parser.fail(path, f"grid values must be numbers, strings, booleans or null, got {value!r}")
+    return value
+
+
+def _parse_sweep(parser: "_Parser", raw: Any, path: Path) -> SweepConfig:
+    names = tuple(f.name for f in dataclasses.fields(SweepConfig))
+    at = (SWEEP_KEY,)
+    if raw is None:
+        raise ConfigError(f"{path}: no '{SWEEP_KEY}' section; an experiment file needs one with keys {list(names)}")
+    raw = parser.mapping(raw, at, names)
+    for key in ("dataset", "features"):
+        if key not in raw:
+            raise parser.fail((*at, key), "missing; every sweep names its dataset and its feature cache folder")
+    kwargs: dict[str, Any] = {
+        "name": parser.string(raw.get("name", f"{path.parent.name}/{path.stem}"), (*at, "name")),
+        "dataset": parser.string(raw["dataset"], (*at, "dataset")),
+        "features": parser.string(raw["features"], (*at, "features")),
+    }
+    if raw.get("backbone") is not None:
+        kwargs["backbone"] = parser.string(raw["backbone"], (*at, "backbone"))
+    if "methods" in raw:
+        methods = raw["methods"]
+        if isinstance(methods, str):
+            methods = [methods]
+        if not isinstance(methods, list) or not methods:
+            raise parser.fail((*at, "methods"), "expected a non-empty list of method names, e.g. [hegraphadapter, tip_adapter]")
+        kwargs["methods"] = tuple(parser.string(m, (*at, "methods", str(i))) for i, m in enumerate(methods))
+        if len(set(kwargs["methods"])) != len(kwargs["methods"]):
+            raise parser.fail((*at, "methods"), f"a method is listed twice: {list(kwargs['methods'])}")
+    for key in ("shots", "seeds"):
+        if key in raw:
+            values = raw[key]
+            if isinstance(values, int) and not isinstance(values, bool):
+                values = [values]
+            if not isinstance(values, list) or not values:
+                raise parser.fail((*at, key), "expected a non-empty list of integers, e.g. [1, 2, 4, 8, 16]")
+            kwargs[key] = tuple(parser.integer(v, (*at, key, str(i)), low=0 if key == "seeds" else 1) for i, v in enumerate(values))
+    if raw.get("grid") is not None:
+        grids = raw["grid"]
+        if isinstance(grids, dict):
+            grids = [grids]
+        if not isinstance(grids, list) or not grids:
+            raise parser.fail((*at, "grid"), "expected a mapping {dotted.key: [values]} or a list of such mappings")
+        parsed = []
+        for i, grid in enumerate(grids):
+            gpath = (*at, "grid", str(i))
+            if not isinstance(grid, dict) or not grid:
+                raise parser.fail(gpath, "expected a non-empty mapping {dotted.key: [values]}")
+            axes = {}
+            for key, values in grid.items():
+                if not isinstance(values, list) or not values:
+                    raise parser.fail((*gpath, str(key)), f"expected a non-empty list of values, got {values!r}")
+                axes[str(key)] = tuple(_grid_value(parser, v, (*gpath, str(key), str(j))) for j, v in enumerate(values))
+            parsed.append(axes)
+        kwargs["grid"] = tuple(parsed)
+    if raw.get("targets") is not None:
+        targets = raw["targets"]
+        if not isinstance(targets, dict):
+            raise parser.fail((*at, "targets"), "expected a mapping {target dataset: feature cache folder}, e.g. {imagenetv2: imagenetv2-RN50}")
+        kwargs["targets"] = {str(k): parser.string(v, (*at, "targets", str(k))) for k, v in targets.items()}
+    if raw.get("method_overrides") is not None:
+        given = raw["method_overrides"]
+        allowed = kwargs.get("methods", SweepConfig.methods)
+        given = parser.mapping(given, (*at, "method_overrides"), allowed)
+        out = {}
+        for method, sets in given.items():
+            mpath = (*at, "method_overrides", str(method))
+            if isinstance(sets, dict):
+                sets = [f"{k}={yaml.safe_dump(v, default_flow_style=True).strip().removesuffix('...').strip()}" for k, v in sets.items()]
+            if not isinstance(sets, list) or not all(isinstance(x, str) and "=" in x for x in sets):
+                raise parser.fail(mpath, "expected a mapping {key: value} or a list of 'key=value' strings")
+            out[str(method)] = tuple(sets)
+        kwargs["method_overrides"] = out
+    return SweepConfig(**kwargs)
+
+
+def load_experiment(path: str | os.PathLike) -> ExperimentConfig:
+    """Load an experiment file (``_base_`` files merged) and validate its ``sweep`` section.
+
+    The run-config part (``train``, ``eval``, ``graph``, ...) is resolved per method when the
+    sweep expands (:func:`hgadapter.sweep.expand_experiment`), since each HeGraphAdapter variant
+    merges it over its own meta-path file.
+    """
+    path = Path(path)
+    tree = _Tree()
+    for data, source in read_config_layers(path):
+        tree.merge(data, source)
+    parser = _Parser(tree)
+    sweep = _parse_sweep(parser, tree.data.get(SWEEP_KEY), path)
+    return ExperimentConfig(path=path, sweep=sweep)
 
 
 def config_to_dict(cfg: RunConfig) -> dict[str, Any]:

@@ -13,9 +13,9 @@ from typing import Any, Callable
 
 import torch
 
-from hgadapter.features import FeatureCache, FewShotSet
+from hgadapter.features import CacheError, FeatureCache, FewShotSet
 
-__all__ = ["SelectionData", "Fitted", "selection_data", "score_on_test", "accuracy"]
+__all__ = ["SelectionData", "Fitted", "selection_data", "score_on_test", "score_on_target", "accuracy"]
 
 
 def accuracy(logits: torch.Tensor, labels: torch.Tensor) -> float:
@@ -96,3 +96,32 @@ def score_on_test(fitted: Fitted, cache: FeatureCache, *, device: torch.device |
     """Test accuracy (percent) of a fitted method: the only place the test split is read."""
     logits = fitted.predict(cache.test_features.float().to(device))
     return accuracy(logits, cache.test_labels.to(device))
+
+
+@torch.no_grad()
+def score_on_target(fitted: Fitted, source_classnames: list[str], target: FeatureCache, *, device: torch.device | str = "cpu") -> float:
+    """Test accuracy (percent) of a model fitted on one dataset, on another's test split.
+
+    Domain generalisation (paper Table 1): the target (ImageNet-V2, -Sketch, -A, -R) shares the
+    source's class list. When the target covers a subset of the classes
+    (``target.meta["class_subset"]``, ImageNet-A and -R's 200), prediction is restricted to that
+    subset, as CoOp evaluates them; labels are indices into the full class list.
+
+    Raises:
+        CacheError: the target's class names differ from the source's, or the subset is invalid.
+    """
+    if list(target.classnames) != list(source_classnames):
+        raise CacheError(
+            f"target cache's {target.num_classes} class names differ from the training cache's {len(source_classnames)}; "
+            "a domain-generalisation target must use the source's class list in the same order"
+        )
+    logits = fitted.predict(target.test_features.float().to(device))  # (N, C)
+    labels = target.test_labels.to(device)
+    subset = target.meta.get("class_subset")
+    if subset is None:
+        return accuracy(logits, labels)
+    index = torch.as_tensor(subset, dtype=torch.long, device=logits.device)
+    if index.numel() == 0 or int(index.min()) < 0 or int(index.max()) >= logits.shape[1]:
+        raise CacheError(f"target cache meta class_subset must list class indices in [0, {logits.shape[1]}), got {len(subset)} entries")
+    pred = index[logits[:, index].argmax(dim=1)]  # (N,) indices into the full class list
+    return float((pred == labels).float().mean().item() * 100.0)

@@ -25,7 +25,7 @@ import torch
 
 # config.py is the only module that parses YAML; its raw-tree helpers carry the provenance that
 # error messages need, so they are reused here instead of a second parser.
-from hgadapter.config import ConfigError, _parse_override, _Parser, _read_yaml, _Tree
+from hgadapter.config import ConfigError, _parse_override, _Parser, _read_yaml, _Tree, read_config_layers
 from hgadapter.protocol import Fitted, SelectionData
 
 __all__ = [
@@ -133,7 +133,8 @@ def load_method_config(
         path = Path(config_file)
         if not path.is_file():
             raise ConfigError(f"method config file {path} does not exist")
-        tree.merge(_read_yaml(path), str(path))
+        for data, source in read_config_layers(path):
+            tree.merge({k: v for k, v in data.items() if k not in ("sweep", "run", "environment")}, source)
     for text in overrides:
         key, value = _parse_override(text)
         if "." in key:

@@ -1,0 +1,121 @@
+"""Finished runs as records: what ``hgadapter report`` and the figures in ``viz`` read.
+
+Every run directory written by ``hgadapter run``, ``hgadapter sweep`` or ``hgadapter demo`` holds a
+``metrics.json`` (one record) and, for trained methods, a ``history.json`` (one entry per epoch).
+This module finds and reads them. It imports neither torch nor dgl, so plotting and reporting
+stay light.
+
+A record is a flat JSON object. Keys every record has:
+
+- ``method``: registry name (``hegraphadapter`` is the full method, ``hegraphadapter:t`` a
+  variant, ``tip_adapter`` a baseline; see ``hgadapter compare --help``);
+- ``shots``, ``seed``: the few-shot training set;
+- ``val_acc``, ``test_acc``: accuracy in percent (validation chose the hyper-parameters; the test
+  split was read once, afterwards).
+
+Keys a record may have: ``dataset`` (``imagenet``, ``caltech101``, ...; ``synthetic``),
+``backbone`` (``RN50``, ``ViT-B/16``, ...), ``variant``, ``experiment`` (the sweep's name),
+``params`` (dotted config key -> value of a sweep grid point, e.g. a fusion weight),
+``targets`` (domain-generalisation dataset -> test accuracy of the same fitted model),
+``synthetic``, ``config_hash``, ``train_seconds``, ``epochs``, ``hparams``.
+:func:`load_records` adds ``run_dir``, the directory the record came from.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import statistics
+from collections.abc import Iterable, Sequence
+from pathlib import Path
+from typing import Any
+
+__all__ = [
+    "METRICS_FILE",
+    "HISTORY_FILE",
+    "REQUIRED_KEYS",
+    "RecordError",
+    "load_records",
+    "load_record",
+    "load_history",
+    "mean_std",
+]
+
+METRICS_FILE = "metrics.json"
+HISTORY_FILE = "history.json"
+REQUIRED_KEYS: tuple[str, ...] = ("method", "shots", "seed", "val_acc", "test_acc")
+
+
+class RecordError(ValueError):
+    """A run directory's metrics or history file is missing or malformed."""
+
+
+def _read_json(path: Path) -> Any:
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except OSError as exc:
+        raise RecordError(f"{path}: cannot read: {exc.strerror or exc}") from None
+    except json.JSONDecodeError as exc:
+        raise RecordError(f"{path}: not valid JSON (line {exc.lineno}); re-run that run or delete its directory") from None
+
+
+def load_record(run_dir: str | Path) -> dict[str, Any]:
+    """The record in ``run_dir/metrics.json``, checked for the keys every record has."""
+    path = Path(run_dir) / METRICS_FILE
+    record = _read_json(path)
+    if not isinstance(record, dict):
+        raise RecordError(f"{path}: expected a JSON object, got {type(record).__name__}")
+    missing = [k for k in REQUIRED_KEYS if k not in record]
+    if missing:
+        raise RecordError(f"{path}: missing keys {missing}; a run record needs {list(REQUIRED_KEYS)}")
+    for key in ("val_acc", "test_acc"):
+        value = record[key]
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+            raise RecordError(f"{path}: {key} must be a finite number (percent), got {value!r}")
+    return record
+
+
+def load_records(runs_dir: str | Path) -> list[dict[str, Any]]:
+    """Every run record under ``runs_dir`` (searched recursively), sorted by run directory.
+
+    Each record gets ``run_dir``: its directory relative to ``runs_dir`` (``"."`` when
+    ``runs_dir`` is itself a run). Directories whose name starts with ``.`` (temporary or
+    in-progress output) are skipped.
+
+    Raises:
+        RecordError: ``runs_dir`` is not a directory, holds no run, or a metrics file is malformed.
+    """
+    root = Path(runs_dir)
+    if not root.is_dir():
+        raise RecordError(f"{root}: not a directory; give a folder that holds run directories (each with {METRICS_FILE})")
+    records = []
+    for path in sorted(root.rglob(METRICS_FILE)):
+        rel = path.parent.relative_to(root)
+        if any(part.startswith(".") for part in rel.parts):
+            continue
+        record = load_record(path.parent)
+        record["run_dir"] = rel.as_posix() or "."
+        records.append(record)
+    if not records:
+        raise RecordError(f"{root}: no run found (no {METRICS_FILE} below it); run `hgadapter sweep` or `hgadapter run` first")
+    return records
+
+
+def load_history(run_dir: str | Path) -> list[dict[str, Any]]:
+    """Per-epoch records (``epoch``, ``loss``, ``lr``, ``val_acc``) of a trained run; ``[]`` if none."""
+    path = Path(run_dir) / HISTORY_FILE
+    if not path.is_file():
+        return []
+    history = _read_json(path)
+    if not isinstance(history, list) or not all(isinstance(h, dict) and "epoch" in h for h in history):
+        raise RecordError(f"{path}: expected a list of per-epoch objects with an 'epoch' key")
+    return history
+
+
+def mean_std(values: Iterable[float]) -> tuple[float, float, int]:
+    """Mean, sample standard deviation (n - 1 denominator; 0 for one value) and count."""
+    data: Sequence[float] = [float(v) for v in values]
+    if not data:
+        raise ValueError("mean_std of no values")
+    std = statistics.stdev(data) if len(data) > 1 else 0.0
+    return statistics.fmean(data), std, len(data)
