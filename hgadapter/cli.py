@@ -1,4 +1,4 @@
-"""Command line: ``hgadapter {synth,run,variants,demo,extract}``.
+"""Command line: ``hgadapter {synth,run,variants,demo,compare,sweep,extract}``.
 
 User errors (bad config, bad cache, unknown names, missing files) end with a one-line message
 and exit code 2, never a traceback; set ``HGADAPTER_DEBUG=1`` to see the traceback anyway.
@@ -229,6 +229,14 @@ def _add_compare(sub: argparse._SubParsersAction) -> None:
     p.set_defaults(func=run_compare)
 
 
+def _add_sweep(sub: argparse._SubParsersAction) -> None:
+    from hgadapter.sweep import add_sweep_arguments, run_sweep_command
+
+    p = sub.add_parser("sweep", help="run an experiment grid (methods x shots x seeds x grid), resuming finished runs")
+    add_sweep_arguments(p)
+    p.set_defaults(func=run_sweep_command)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="hgadapter", description="Few-shot CLIP adaptation with heterogeneous graph adapters.")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
@@ -237,6 +245,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_variants(sub)
     _add_demo(sub)
     _add_compare(sub)
+    _add_sweep(sub)
     _add_extract(sub)
     return parser
 

@@ -1,0 +1,521 @@
+"""Many runs: experiment files -> a grid of runs -> run directories, resumable and parallel.
+
+``hgadapter sweep FILE [FILE ...]`` expands every experiment file's ``sweep`` section
+(:class:`~hgadapter.config.SweepConfig`: methods x shots x seeds x grid points) into runs
+(:class:`RunSpec`), skips the runs already finished and runs the rest, one after another, in
+parallel worker processes on this machine (``--jobs N``), or on a Ray cluster
+(``--backend ray``; ``pip install 'hgadapter[ray]'``).
+
+A run is identified by a hash of everything that determines its result: the method and its fully
+resolved config, shots, seed, dataset, backbone, grid point and a fingerprint of every feature
+cache it reads (the sidecar, with only the run's own training set). A run counts as finished
+when its directory holds a ``metrics.json`` with that hash (``metrics.json`` is the last file a
+run writes). An interrupted sweep therefore resumes where it stopped, and a sweep whose config
+changed re-runs exactly the runs the change touches.
+
+Run directories: ``OUT/<experiment name>/<method>/[<grid point>/]<shots>shot-seed<seed>``, each
+as :mod:`hgadapter.runner` writes it; ``hgadapter report OUT`` and ``hgadapter figures OUT`` read
+them back.
+"""
+
+from __future__ import annotations
+
+import argparse
+import concurrent.futures
+import dataclasses
+import hashlib
+import json
+import multiprocessing
+import os
+import string
+import sys
+import time
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from hgadapter.config import ConfigError, ExperimentConfig, backbone_slug, load_experiment
+
+__all__ = [
+    "RunSpec",
+    "SweepResult",
+    "FEATURES_ENV",
+    "expand_experiment",
+    "plan_runs",
+    "execute_run",
+    "run_sweep",
+    "add_sweep_arguments",
+    "run_sweep_command",
+]
+
+FEATURES_ENV = "HGADAPTER_FEATURES"  # default root of the feature caches an experiment names
+HASH_VERSION = 1  # bump when what a run's hash covers changes
+BACKENDS = ("local", "ray")
+
+
+@dataclass(frozen=True)
+class RunSpec:
+    """One run of a sweep: everything a worker process needs, as plain data."""
+
+    experiment: str  # the sweep's name
+    method: str  # registry name (hegraphadapter, hegraphadapter:t, tip_adapter, ...)
+    dataset: str  # dataset id recorded with the run
+    backbone: str | None  # CLIP backbone recorded with the run
+    shots: int  # K, images per class
+    seed: int  # few-shot sampling seed, also the training seed
+    features: str  # feature cache folder
+    targets: dict[str, str]  # domain-generalisation dataset -> feature cache folder
+    config_file: str | None  # experiment file a HeGraphAdapter method resolves its RunConfig from
+    overrides: tuple[str, ...]  # key=value strings applied to the method's config
+    params: dict[str, Any]  # the grid point (dotted config key -> value); {} without a grid
+    out_dir: str  # the run directory
+    config_digest: str  # hash of the method's resolved config (the cache part is added by plan_runs)
+    config_hash: str = ""  # hash of everything that determines the result; set by plan_runs
+
+    def label(self) -> str:
+        point = " ".join(f"{k}={v}" for k, v in self.params.items())
+        return f"{self.experiment} {self.method} {self.shots}-shot seed {self.seed}" + (f" [{point}]" if point else "")
+
+
+@dataclass
+class SweepResult:
+    """What a sweep did: finished records, runs skipped as already done, and failures."""
+
+    finished: list[dict] = field(default_factory=list)
+    skipped: list[RunSpec] = field(default_factory=list)
+    failed: list[tuple[RunSpec, str]] = field(default_factory=list)
+    interrupted: bool = False
+
+
+def _digest(data: Any) -> str:
+    text = json.dumps(data, sort_keys=True, default=str)
+    return hashlib.sha256(text.encode("utf-8")).hexdigest()[:16]
+
+
+# --------------------------------------------------------------------------------------------
+# Expansion
+
+
+def _fill(template: str, *, dataset: str, backbone: str | None, where: str) -> str:
+    fields = {"dataset": dataset, "backbone": backbone_slug(backbone)}
+    try:
+        names = [name for _, name, _, _ in string.Formatter().parse(template) if name is not None]
+    except ValueError as exc:
+        raise ConfigError(f"{where}: {template!r} is not a valid path template ({exc})") from None
+    unknown = [n for n in names if n not in fields]
+    if unknown:
+        raise ConfigError(f"{where}: unknown placeholder {{{unknown[0]}}} in {template!r}; use {{dataset}} or {{backbone}}")
+    return template.format(**fields)
+
+
+def _resolve_path(path: str, features_root: Path) -> str:
+    p = Path(os.path.expanduser(path))
+    return str(p if p.is_absolute() else features_root / p)
+
+
+def _grid_points(grid: Sequence[dict[str, tuple[Any, ...]]]) -> list[dict[str, Any]]:
+    """A union of products: each mapping contributes every combination of its axes."""
+    if not grid:
+        return [{}]
+    points: list[dict[str, Any]] = []
+    for axes in grid:
+        combos: list[dict[str, Any]] = [{}]
+        for key, values in axes.items():
+            combos = [{**c, key: v} for c in combos for v in values]
+        points.extend(c for c in combos if c not in points)
+    return points
+
+
+def _override(key: str, value: Any) -> str:
+    return f"{key}={json.dumps(value)}"  # JSON is valid YAML: the config parser reads it back exactly
+
+
+def _slug(method: str) -> str:
+    return method.replace(":", "-")
+
+
+def _point_slug(point: dict[str, Any]) -> str:
+    return ",".join(f"{k}={v}" for k, v in point.items()).replace("/", "-")
+
+
+def expand_experiment(
+    experiment: ExperimentConfig | str | os.PathLike,
+    *,
+    out_root: str | os.PathLike = "runs",
+    features_root: str | os.PathLike | None = None,
+) -> list[RunSpec]:
+    """The runs an experiment file describes, with every method config resolved and checked.
+
+    Nothing is read but YAML: caches need not exist yet (:func:`plan_runs` reads their sidecars).
+
+    Args:
+        experiment: an :class:`~hgadapter.config.ExperimentConfig` or the path of its file.
+        out_root: the folder run directories go under.
+        features_root: where relative feature cache folders start; default ``$HGADAPTER_FEATURES``
+            or ``features``.
+
+    Raises:
+        ConfigError: an unknown method, a grid given for a method without a dotted config, or any
+            invalid config value (the message names the file and key).
+    """
+    from hgadapter.baselines import create_method
+
+    if not isinstance(experiment, ExperimentConfig):
+        experiment = load_experiment(experiment)
+    sweep = experiment.sweep
+    where = f"{experiment.path}: sweep"
+    root = Path(features_root if features_root is not None else os.environ.get(FEATURES_ENV, "features"))
+    features = _resolve_path(_fill(sweep.features, dataset=sweep.dataset, backbone=sweep.backbone, where=f"{where}.features"), root)
+    targets = {
+        name: _resolve_path(_fill(path, dataset=name, backbone=sweep.backbone, where=f"{where}.targets.{name}"), root)
+        for name, path in sweep.targets.items()
+    }
+    points = _grid_points(sweep.grid)
+    specs: dict[str, RunSpec] = {}
+    for method_name in sweep.methods:
+        is_hegraph = method_name.split(":")[0] == "hegraphadapter"
+        if sweep.grid and not is_hegraph:
+            raise ConfigError(f"{where}.grid: grid keys are HeGraphAdapter config keys, but method {method_name!r} is not a HeGraphAdapter variant; sweep it in its own file")
+        extra = sweep.method_overrides.get(method_name, ())
+        for point in points:
+            overrides = (*extra, *(_override(k, v) for k, v in point.items()))
+            method = create_method(method_name, config_file=experiment.path if is_hegraph else None, overrides=overrides)
+            digest = _digest({"method": method.name, "config": method.config_dict()})
+            for shots in sweep.shots:
+                for seed in sweep.seeds:
+                    parts = [sweep.name, _slug(method.name)] + ([_point_slug(point)] if point else []) + [f"{shots}shot-seed{seed}"]
+                    out_dir = str(Path(out_root, *parts))
+                    specs.setdefault(
+                        out_dir,
+                        RunSpec(
+                            experiment=sweep.name,
+                            method=method.name,
+                            dataset=sweep.dataset,
+                            backbone=sweep.backbone,
+                            shots=shots,
+                            seed=seed,
+                            features=features,
+                            targets=dict(targets),
+                            config_file=str(experiment.path) if is_hegraph else None,
+                            overrides=tuple(overrides),
+                            params=dict(point),
+                            out_dir=out_dir,
+                            config_digest=digest,
+                        ),
+                    )
+    return list(specs.values())
+
+
+# --------------------------------------------------------------------------------------------
+# Planning: which runs are finished
+
+
+def _cache_fingerprint(path: str, train_key: tuple[int, int] | None, sidecars: dict[str, dict]) -> str:
+    from hgadapter.features import CacheError, load_sidecar
+
+    if path not in sidecars:
+        try:
+            sidecars[path] = load_sidecar(path)
+        except CacheError as exc:
+            raise CacheError(f"{exc} (write it with `hgadapter extract --out {path} ...` or point --features-root at the caches)") from None
+    sidecar = sidecars[path]
+    shared = {k: v for k, v in sidecar.items() if k not in ("train_sets", "files")}
+    files = {name: v for name, v in sidecar.get("files", {}).items() if not str(name).startswith("train_")}
+    own = None
+    if train_key is not None:
+        own = [t for t in sidecar.get("train_sets", []) if (t.get("shots"), t.get("seed")) == train_key]
+        if not own:
+            have = sorted((t.get("shots"), t.get("seed")) for t in sidecar.get("train_sets", []))
+            raise CacheError(f"{path}: no training set for (shots={train_key[0]}, seed={train_key[1]}); present: {have}")
+    return _digest({"shared": shared, "files": files, "train": own})
+
+
+def plan_runs(specs: Iterable[RunSpec]) -> tuple[list[RunSpec], list[RunSpec]]:
+    """Split runs into (pending, done), each with its full ``config_hash`` set.
+
+    Raises:
+        CacheError: a feature cache is missing or lacks a run's training set (before anything runs).
+    """
+    sidecars: dict[str, dict] = {}
+    pending, done = [], []
+    for spec in specs:
+        cache_fp = _cache_fingerprint(spec.features, (spec.shots, spec.seed), sidecars)
+        target_fps = {name: _cache_fingerprint(path, None, sidecars) for name, path in spec.targets.items()}
+        full = _digest(
+            {
+                "version": HASH_VERSION,
+                "config": spec.config_digest,
+                "shots": spec.shots,
+                "seed": spec.seed,
+                "dataset": spec.dataset,
+                "backbone": spec.backbone,
+                "params": spec.params,
+                "cache": cache_fp,
+                "targets": target_fps,
+            }
+        )
+        spec = dataclasses.replace(spec, config_hash=full)
+        (done if _finished(spec) else pending).append(spec)
+    # Consecutive runs on the same training set reuse the loaded cache in a worker.
+    pending.sort(key=lambda s: (s.features, s.shots, s.seed))
+    return pending, done
+
+
+def _finished(spec: RunSpec) -> bool:
+    path = Path(spec.out_dir) / "metrics.json"
+    if not path.is_file():
+        return False
+    try:
+        record = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, json.JSONDecodeError):
+        return False
+    return isinstance(record, dict) and record.get("config_hash") == spec.config_hash
+
+
+# --------------------------------------------------------------------------------------------
+# Execution (runs in the worker process)
+
+_CACHE_MEMO: dict[tuple[str, tuple], Any] = {}
+
+
+def _load(path: str, train_keys: tuple) -> Any:
+    from hgadapter.features import load_cache
+
+    key = (path, train_keys)
+    if key not in _CACHE_MEMO:
+        if len(_CACHE_MEMO) >= 4:  # a few caches: the current training set and the DG targets
+            _CACHE_MEMO.pop(next(iter(_CACHE_MEMO)))
+        _CACHE_MEMO[key] = load_cache(path, train_keys=list(train_keys))
+    return _CACHE_MEMO[key]
+
+
+def execute_run(spec: RunSpec, *, device: str | None = None, progress: bool = False) -> dict:
+    """Fit, select and test one run and write its directory; returns its record."""
+    from hgadapter.baselines import create_method
+    from hgadapter.runner import run_method
+
+    method = create_method(spec.method, config_file=spec.config_file, overrides=spec.overrides)
+    cache = _load(spec.features, ((spec.shots, spec.seed),))
+    targets = {name: _load(path, ()) for name, path in spec.targets.items()}
+    extra = {
+        "experiment": spec.experiment,
+        "dataset": spec.dataset,
+        "backbone": spec.backbone,
+        "params": spec.params,
+        "config_hash": spec.config_hash,
+    }
+    return run_method(method, cache, shots=spec.shots, seed=spec.seed, out_dir=spec.out_dir, targets=targets, extra=extra, device=device, progress=progress)
+
+
+def _worker_init(threads: int) -> None:
+    import torch
+
+    torch.set_num_threads(threads)
+
+
+def _execute_payload(payload: dict) -> dict:
+    """Process-pool / Ray entry point: plain dicts in and out."""
+    spec = RunSpec(**{**payload["spec"], "overrides": tuple(payload["spec"]["overrides"])})
+    if payload.get("threads"):
+        _worker_init(payload["threads"])
+    return execute_run(spec, device=payload.get("device"), progress=False)
+
+
+# --------------------------------------------------------------------------------------------
+# Driver
+
+
+def run_sweep(
+    files: Sequence[str | os.PathLike],
+    *,
+    out_root: str | os.PathLike = "runs",
+    features_root: str | os.PathLike | None = None,
+    jobs: int = 1,
+    backend: str = "local",
+    ray_address: str | None = None,
+    device: str | None = None,
+    progress: bool = True,
+    log: Callable[[str], None] | None = print,
+) -> SweepResult:
+    """Expand ``files``, skip finished runs and run the rest.
+
+    Args:
+        files: experiment files.
+        out_root: the folder run directories go under.
+        features_root: where relative feature cache folders start (``$HGADAPTER_FEATURES``,
+            else ``features``).
+        jobs: runs at once; ``1`` runs in this process, more start worker processes (local) or
+            bounds the concurrent Ray tasks (ray).
+        backend: ``local`` or ``ray``.
+        ray_address: Ray cluster address (``auto`` for a running cluster); ``None`` starts a local one.
+        device: ``auto``, ``cpu``, ``cuda[:N]`` for every run; ``None`` keeps each config's.
+        progress: a progress bar over runs (and per-run bars when ``jobs == 1``).
+        log: called with one line per run.
+
+    Returns:
+        A :class:`SweepResult`. A failing run is recorded and the others go on; an interrupt
+        (Ctrl-C) stops after the runs in flight, keeping every finished run.
+    """
+    log = log or (lambda line: None)
+    if backend not in BACKENDS:
+        raise ConfigError(f"unknown backend {backend!r}; choose one of {list(BACKENDS)}")
+    if isinstance(jobs, bool) or not isinstance(jobs, int) or jobs < 1:
+        raise ConfigError(f"jobs must be an integer >= 1, got {jobs!r}")
+    specs: list[RunSpec] = []
+    seen: set[str] = set()
+    for file in files:
+        for spec in expand_experiment(file, out_root=out_root, features_root=features_root):
+            if spec.out_dir in seen:
+                raise ConfigError(f"{file}: run directory {spec.out_dir} is also produced by an earlier file; give the sweeps different names")
+            seen.add(spec.out_dir)
+            specs.append(spec)
+    pending, done = plan_runs(specs)
+    result = SweepResult(skipped=done)
+    log(f"sweep: {len(specs)} runs, {len(done)} finished before, {len(pending)} to run ({backend}, jobs={jobs})")
+    if not pending:
+        return result
+    from tqdm.auto import tqdm
+
+    bar = tqdm(total=len(pending), desc="sweep", unit="run", disable=None if progress else True, dynamic_ncols=True)
+
+    def finish(spec: RunSpec, record: dict | None, error: str | None) -> None:
+        bar.update(1)
+        if error is not None:
+            result.failed.append((spec, error))
+            bar.write(f"  FAILED {spec.label()}: {error}") if not bar.disable else log(f"  FAILED {spec.label()}: {error}")
+            return
+        result.finished.append(record)
+        line = f"  {spec.label()}: val {record['val_acc']:6.2f}  test {record['test_acc']:6.2f}"
+        if record.get("targets"):
+            line += "  " + " ".join(f"{k} {v:.2f}" for k, v in record["targets"].items())
+        bar.write(line) if not bar.disable else log(line)
+
+    try:
+        if backend == "ray":
+            _run_ray(pending, finish, jobs=jobs, address=ray_address, device=device)
+        elif jobs == 1:
+            for spec in pending:
+                try:
+                    record = execute_run(spec, device=device, progress=progress)
+                except (KeyboardInterrupt, SystemExit):
+                    raise
+                except Exception as exc:  # noqa: BLE001 - one failing run must not stop the sweep
+                    finish(spec, None, _describe(exc))
+                else:
+                    finish(spec, record, None)
+        else:
+            _run_local_pool(pending, finish, jobs=jobs, device=device)
+    except KeyboardInterrupt:
+        result.interrupted = True
+        log(f"sweep interrupted: {len(result.finished)} runs finished now, {len(done)} before; run the same command again to resume")
+    finally:
+        bar.close()
+    return result
+
+
+def _describe(exc: BaseException) -> str:
+    message = str(exc.args[0]) if isinstance(exc, KeyError) and exc.args else str(exc)
+    return f"{type(exc).__name__}: {message.splitlines()[0] if message else ''}"
+
+
+def _payload(spec: RunSpec, *, device: str | None, threads: int | None) -> dict:
+    return {"spec": dataclasses.asdict(spec), "device": device, "threads": threads}
+
+
+def _run_local_pool(pending: list[RunSpec], finish: Callable, *, jobs: int, device: str | None) -> None:
+    threads = max(1, (os.cpu_count() or 1) // jobs)
+    context = multiprocessing.get_context("spawn")  # no fork after torch has started threads
+    with concurrent.futures.ProcessPoolExecutor(max_workers=jobs, mp_context=context) as pool:
+        futures = {pool.submit(_execute_payload, _payload(s, device=device, threads=threads)): s for s in pending}
+        try:
+            for future in concurrent.futures.as_completed(futures):
+                spec = futures[future]
+                try:
+                    finish(spec, future.result(), None)
+                except concurrent.futures.process.BrokenProcessPool as exc:
+                    finish(spec, None, f"worker process died ({exc})")
+                except Exception as exc:  # noqa: BLE001
+                    finish(spec, None, _describe(exc))
+        except KeyboardInterrupt:
+            pool.shutdown(wait=True, cancel_futures=True)
+            raise
+
+
+def _run_ray(pending: list[RunSpec], finish: Callable, *, jobs: int, address: str | None, device: str | None) -> None:
+    try:
+        import ray
+    except ImportError:
+        raise ConfigError("--backend ray needs Ray: pip install 'hgadapter[ray]' (or pip install ray)") from None
+    started = False
+    if not ray.is_initialized():
+        # A local instance sized to `jobs` when no cluster address is given.
+        kwargs: dict[str, Any] = {"include_dashboard": False, "log_to_driver": False}
+        if address is None:
+            kwargs["num_cpus"] = jobs
+        ray.init(address=address, **kwargs)
+        started = True
+    try:
+        gpus = 1 if device is not None and device.startswith("cuda") else 0
+        task = ray.remote(num_cpus=1, num_gpus=gpus, max_retries=0)(_execute_payload)
+        queue = list(pending)
+        in_flight: dict[Any, RunSpec] = {}
+        while queue or in_flight:
+            while queue and len(in_flight) < jobs:
+                spec = queue.pop(0)
+                in_flight[task.remote(_payload(spec, device=device, threads=1))] = spec
+            ready, _ = ray.wait(list(in_flight), num_returns=1)
+            for ref in ready:
+                spec = in_flight.pop(ref)
+                try:
+                    finish(spec, ray.get(ref), None)
+                except Exception as exc:  # noqa: BLE001 - Ray wraps the task's exception
+                    cause = getattr(exc, "cause", None) or exc
+                    finish(spec, None, _describe(cause))
+    finally:
+        if started:
+            ray.shutdown()
+
+
+# --------------------------------------------------------------------------------------------
+# Command line
+
+
+def add_sweep_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("files", nargs="+", metavar="FILE", help="experiment YAML files (experiments/fewshot/imagenet.yaml, ...)")
+    parser.add_argument("--out", default="runs", help="folder the run directories go under (default: runs)")
+    parser.add_argument("--features-root", default=None, help=f"where the experiments' feature cache folders are (default: ${FEATURES_ENV} or ./features)")
+    parser.add_argument("--jobs", type=int, default=1, help="runs at once (default 1: in this process)")
+    parser.add_argument("--backend", choices=BACKENDS, default="local", help="local processes or a Ray cluster (default: local)")
+    parser.add_argument("--ray-address", default=None, help="Ray cluster address, e.g. auto; default: start a local Ray instance")
+    parser.add_argument("--device", default=None, help="auto | cpu | cuda | cuda:N for every run (default: each config's)")
+    parser.add_argument("--dry-run", action="store_true", help="list the runs and whether they are finished; run nothing")
+    parser.add_argument("--quiet", action="store_true", help="no progress bars")
+
+
+def run_sweep_command(args: argparse.Namespace) -> int:
+    if args.dry_run:
+        specs = [s for f in args.files for s in expand_experiment(f, out_root=args.out, features_root=args.features_root)]
+        pending, done = plan_runs(specs)
+        for spec in done:
+            print(f"done     {spec.out_dir}")
+        for spec in pending:
+            print(f"pending  {spec.out_dir}")
+        print(f"{len(specs)} runs: {len(done)} finished, {len(pending)} to run")
+        return 0
+    result = run_sweep(
+        args.files,
+        out_root=args.out,
+        features_root=args.features_root,
+        jobs=args.jobs,
+        backend=args.backend,
+        ray_address=args.ray_address,
+        device=args.device,
+        progress=not args.quiet,
+    )
+    print(f"sweep: {len(result.finished)} runs finished, {len(result.skipped)} already done, {len(result.failed)} failed -> {args.out}")
+    for spec, error in result.failed:
+        print(f"  failed: {spec.out_dir}: {error}", file=sys.stderr)
+    if result.interrupted:
+        return 130
+    return 1 if result.failed else 0
