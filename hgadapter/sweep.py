@@ -495,8 +495,16 @@ def add_sweep_arguments(parser: argparse.ArgumentParser) -> None:
 
 def run_sweep_command(args: argparse.Namespace) -> int:
     if args.dry_run:
+        from hgadapter.features import CacheError
+
         specs = [s for f in args.files for s in expand_experiment(f, out_root=args.out, features_root=args.features_root)]
-        pending, done = plan_runs(specs)
+        try:
+            pending, done = plan_runs(specs)
+        except CacheError as exc:  # show the plan anyway: a dry run is how one learns what to extract
+            for spec in specs:
+                print(f"planned  {spec.out_dir}")
+            print(f"{len(specs)} runs; cannot tell which are finished: {exc}")
+            return 0
         for spec in done:
             print(f"done     {spec.out_dir}")
         for spec in pending:

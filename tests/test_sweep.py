@@ -262,3 +262,10 @@ def test_cli_sweep_dry_run_and_run(tiny, capsys):
     assert "6 runs: 6 finished, 0 to run" in capsys.readouterr().out
     assert main(["sweep", str(root / "nope.yaml")]) == 2
     assert "does not exist" in capsys.readouterr().err
+
+
+def test_dry_run_without_caches_still_lists_the_plan(tmp_path, capsys):
+    path = REPO / "experiments" / "synthetic" / "fewshot.yaml"
+    assert main(["sweep", str(path), "--dry-run", "--out", str(tmp_path / "runs"), "--features-root", str(tmp_path / "none")]) == 0
+    out = capsys.readouterr().out
+    assert out.count("planned  ") == 120 and "cannot tell which are finished" in out and "hgadapter extract --out" in out
