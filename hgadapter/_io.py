@@ -1,4 +1,8 @@
-"""Atomic file writes: a reader never sees a half-written file, a crash loses nothing."""
+"""Atomic file writes: a reader never sees a half-written file, a crash loses nothing.
+
+Imports no torch (only :func:`atomic_save_tensors` needs it, lazily), so torch-free modules such
+as :mod:`viz` and :mod:`hgadapter.report` can use it.
+"""
 
 from __future__ import annotations
 
@@ -6,9 +10,10 @@ import json
 import os
 import tempfile
 from pathlib import Path
-from typing import Any, Callable
+from typing import TYPE_CHECKING, Any, Callable
 
-import torch
+if TYPE_CHECKING:
+    import torch
 
 
 def atomic_write(path: str | Path, write: Callable[[str], None]) -> Path:
@@ -39,7 +44,7 @@ def atomic_write_json(path: str | Path, data: Any) -> Path:
     return atomic_write_text(path, json.dumps(data, indent=2, sort_keys=False) + "\n")
 
 
-def atomic_save_tensors(path: str | Path, tensors: dict[str, torch.Tensor], metadata: dict[str, str] | None = None) -> Path:
+def atomic_save_tensors(path: str | Path, tensors: "dict[str, torch.Tensor]", metadata: dict[str, str] | None = None) -> Path:
     from safetensors.torch import save_file
 
     contiguous = {k: v.detach().cpu().contiguous() for k, v in tensors.items()}
