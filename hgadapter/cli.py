@@ -1,4 +1,4 @@
-"""Command line: ``hgadapter {synth,run,variants,demo,compare,sweep,extract}``.
+"""Command line: ``hgadapter {synth,run,variants,demo,compare,sweep,report,figures,tsne,extract}``.
 
 User errors (bad config, bad cache, unknown names, missing files) end with a one-line message
 and exit code 2, never a traceback; set ``HGADAPTER_DEBUG=1`` to see the traceback anyway.
@@ -7,7 +7,7 @@ and exit code 2, never a traceback; set ``HGADAPTER_DEBUG=1`` to see the traceba
 from __future__ import annotations
 
 import argparse
-import json
+import importlib
 import os
 import statistics
 import sys
@@ -200,7 +200,7 @@ def _cmd_demo(args: argparse.Namespace) -> int:
     try:
         from viz.tsne import plot_node_tsne
 
-        fig = plot_node_tsne(out / "full" / "seed1", out / "tsne_pos_full_seed1.png")
+        fig = plot_node_tsne(out / "full" / "seed1", out / "tsne_pos_full_seed1.png", formats=("png", "pdf"))
         print(f"t-SNE of positive text nodes before/after adaptation -> {fig}")
     except ImportError as exc:
         print(f"(t-SNE figure skipped: {exc})")
@@ -221,20 +221,22 @@ def _add_extract(sub: argparse._SubParsersAction) -> None:
     p.set_defaults(func=lambda args: run_extract(args))
 
 
-def _add_compare(sub: argparse._SubParsersAction) -> None:
-    from hgadapter.compare import add_compare_arguments, run_compare
+# Commands whose arguments and body live in their own module:
+# (command, help, module, function adding the arguments, function running the command).
+_DELEGATED: tuple[tuple[str, str, str, str, str], ...] = (
+    ("compare", "run baselines and HeGraphAdapter on one cache under one protocol", "hgadapter.compare", "add_compare_arguments", "run_compare"),
+    ("sweep", "run an experiment grid (methods x shots x seeds x grid), resuming finished runs", "hgadapter.sweep", "add_sweep_arguments", "run_sweep_command"),
+    ("report", "tables in the paper's layout from finished runs, paper values beside ours (md, csv, json)", "hgadapter.report", "add_report_arguments", "run_report"),
+    ("figures", "accuracy vs shots, sensitivity and training curves from finished runs (PNG + PDF)", "viz.curves", "add_figures_arguments", "run_figures_command"),
+    ("tsne", "t-SNE of a run's positive text nodes before and after adaptation (paper Fig. 3)", "viz.tsne", "add_tsne_arguments", "run_tsne_command"),
+)
 
-    p = sub.add_parser("compare", help="run baselines and HeGraphAdapter on one cache under one protocol")
-    add_compare_arguments(p)
-    p.set_defaults(func=run_compare)
 
-
-def _add_sweep(sub: argparse._SubParsersAction) -> None:
-    from hgadapter.sweep import add_sweep_arguments, run_sweep_command
-
-    p = sub.add_parser("sweep", help="run an experiment grid (methods x shots x seeds x grid), resuming finished runs")
-    add_sweep_arguments(p)
-    p.set_defaults(func=run_sweep_command)
+def _add_delegated(sub: argparse._SubParsersAction, name: str, help: str, module: str, add: str, run: str) -> None:
+    mod = importlib.import_module(module)
+    p = sub.add_parser(name, help=help)
+    getattr(mod, add)(p)
+    p.set_defaults(func=getattr(mod, run))
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -244,8 +246,8 @@ def build_parser() -> argparse.ArgumentParser:
     _add_run(sub)
     _add_variants(sub)
     _add_demo(sub)
-    _add_compare(sub)
-    _add_sweep(sub)
+    for command in _DELEGATED:
+        _add_delegated(sub, *command)
     _add_extract(sub)
     return parser
 

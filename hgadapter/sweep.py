@@ -29,7 +29,6 @@ import multiprocessing
 import os
 import string
 import sys
-import time
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path

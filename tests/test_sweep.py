@@ -269,3 +269,24 @@ def test_dry_run_without_caches_still_lists_the_plan(tmp_path, capsys):
     assert main(["sweep", str(path), "--dry-run", "--out", str(tmp_path / "runs"), "--features-root", str(tmp_path / "none")]) == 0
     out = capsys.readouterr().out
     assert out.count("planned  ") == 120 and "cannot tell which are finished" in out and "hgadapter extract --out" in out
+
+
+def test_cli_report_figures_and_tsne_on_a_swept_run(tiny, capsys):
+    from PIL import Image
+
+    root, exp = tiny
+    runs = root / "runs"
+    assert main(["sweep", str(exp), "--out", str(runs), "--features-root", str(root / "features"), "--quiet"]) == 0
+    assert main(["report", str(runs)]) == 0
+    table = (runs / "report" / "report.md").read_text()
+    assert "HeGraphAdapter(T)" in table and "toy_a" in table
+    assert main(["figures", str(runs), "--out", str(root / "figs")]) == 0
+    assert (root / "figs" / "training_curves.pdf").read_bytes().startswith(b"%PDF")
+    run = runs / "tiny" / "hegraphadapter" / "2shot-seed1"
+    assert main(["tsne", "--run", str(run), "--out", str(root / "figs" / "tsne.png")]) == 0
+    assert Image.open(root / "figs" / "tsne.png").size[0] > 0 and (root / "figs" / "tsne.pdf").is_file()
+    (root / "plain.txt").write_text("x")  # atomic writes get the permissions open() gives, not mkstemp's 0600
+    assert (runs / "report" / "report.md").stat().st_mode & 0o777 == (root / "plain.txt").stat().st_mode & 0o777
+    capsys.readouterr()
+    assert main(["report", str(root / "nothing")]) == 2
+    assert "not a directory" in capsys.readouterr().err

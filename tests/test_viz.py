@@ -5,17 +5,20 @@ Every test reads a fake run directory built here (clustered random features, no 
 
 from __future__ import annotations
 
+import argparse
+import html
 import json
+import re
 from pathlib import Path
 
 import numpy as np
 import pytest
-import torch
 from PIL import Image
-from safetensors.torch import save_file
+from safetensors.numpy import save_file
 
-from viz import compute_tsne, load_run_nodes, plot_node_tsne
+from viz import compute_tsne, load_run_nodes, plot_node_tsne, select_classes
 from viz.__main__ import main
+from viz.tsne import add_tsne_arguments, run_tsne_command, short_label
 
 NUM_CLASSES = 12
 DIM = 16
@@ -23,24 +26,30 @@ NUM_FAMILIES = 3
 
 
 def make_run(
-    root: Path, *, num_classes: int = NUM_CLASSES, adapted: tuple[str, ...] = ("pos", "neg"), synthetic: bool = True
+    root: Path,
+    *,
+    num_classes: int = NUM_CLASSES,
+    adapted: tuple[str, ...] = ("pos", "neg"),
+    synthetic: bool = True,
+    names: list[str] | None = None,
 ) -> Path:
     """A run directory like ``hgadapter run`` writes: classes in families, adaptation spreads them."""
-    g = torch.Generator().manual_seed(0)
-    family_of = torch.arange(num_classes) % NUM_FAMILIES  # (C,)
-    family_centre = 3 * torch.randn(NUM_FAMILIES, DIM, generator=g)  # (F, d)
-    initial = {t: family_centre[family_of] + 0.5 * torch.randn(num_classes, DIM, generator=g) for t in ("pos", "neg", "vis")}
+    rng = np.random.default_rng(0)
+    family_of = np.arange(num_classes) % NUM_FAMILIES  # (C,)
+    family_centre = 3 * rng.normal(size=(NUM_FAMILIES, DIM))  # (F, d)
+    initial = {t: family_centre[family_of] + 0.5 * rng.normal(size=(num_classes, DIM)) for t in ("pos", "neg", "vis")}
     nodes = {f"initial.{t}": v for t, v in initial.items()}
     for t in adapted:
         nodes[f"adapted.{t}"] = initial[t] + 1.5 * (initial[t] - family_centre[family_of])  # (C, d)
     if adapted:
-        nodes["vis_bias"] = 0.1 * torch.randn(num_classes, DIM, generator=g)
+        nodes["vis_bias"] = 0.1 * rng.normal(size=(num_classes, DIM))
     root.mkdir(parents=True, exist_ok=True)
-    save_file({k: v.float().contiguous() for k, v in nodes.items()}, str(root / "nodes.safetensors"))
+    save_file({k: np.ascontiguousarray(v, dtype=np.float32) for k, v in nodes.items()}, str(root / "nodes.safetensors"))
     metrics = {"method": "hegraphadapter", "variant": "full" if adapted else "zs", "shots": 4, "seed": 1,
                "val_acc": 70.0, "test_acc": 68.25, "synthetic": synthetic}
     (root / "metrics.json").write_text(json.dumps(metrics))
-    (root / "classes.json").write_text(json.dumps([f"class {c}" for c in range(num_classes)]))
+    names = names or [f"class {c}" for c in range(num_classes)]
+    (root / "classes.json").write_text(json.dumps(names))
     return root
 
 
@@ -80,7 +89,7 @@ def test_coordinates_file_describes_every_point(default_figure: Path) -> None:
     assert np.isfinite(points["x"]).all() and np.isfinite(points["y"]).all()
     assert record["classes"][3] == "class 3"
     assert record["perplexity"] == pytest.approx((2 * NUM_CLASSES - 1) / 3)
-    for part in ("variant full", "4-shot", "seed 1", "test 68.25%", "(synthetic task)"):
+    for part in ("variant full", "4-shot", "seed 1", "test 68.25%", "synthetic task"):
         assert part in record["title"]
 
 
@@ -110,11 +119,6 @@ def test_several_ntypes_families_and_pdf(run: Path, tmp_path: Path) -> None:
     assert record["families"] == families
 
 
-def test_many_classes_use_a_cyclic_map(tmp_path: Path) -> None:
-    run = make_run(tmp_path / "many", num_classes=30)
-    out = plot_node_tsne(run, tmp_path / "many.png", figsize=(5, 3), dpi=60)
-    with Image.open(out) as image:
-        assert image.size == (300, 180)
 
 
 def test_unknown_ntype_lists_the_available_ones(run: Path, tmp_path: Path) -> None:
@@ -148,6 +152,85 @@ def test_bad_plot_arguments(run: Path, tmp_path: Path, kwargs: dict, match: str)
 def test_unsupported_suffix(run: Path, tmp_path: Path) -> None:
     with pytest.raises(ValueError, match=r"unsupported figure format '\.jpg'"):
         plot_node_tsne(run, tmp_path / "x.jpg")
+
+
+# --- the paper's figure: 20 random classes, each point labelled ---------------------------------
+
+MANY = 30
+FOOD = [f"dish_{c:02d}" for c in range(MANY - 1)] + ["breakfast_burrito_with_extra_cheese"]
+
+
+@pytest.fixture(scope="module")
+def many_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return make_run(tmp_path_factory.mktemp("many") / "food-seed1", num_classes=MANY, names=FOOD)
+
+
+def test_paper_figure_draws_20_of_many_classes_as_png_and_pdf(many_run: Path, tmp_path: Path) -> None:
+    out = plot_node_tsne(many_run, tmp_path / "tsne_pos.png", formats=("png", "pdf"), figsize=(3.5, 2.5), dpi=40)
+    with Image.open(out) as image:
+        assert image.format == "PNG" and image.size == (140, 100)
+    assert (tmp_path / "tsne_pos.pdf").read_bytes().startswith(b"%PDF")
+    record = read_points(out)
+    assert record["num_classes"] == 20 and record["class_seed"] == 0
+    subset = record["class_subset"]
+    assert len(subset) == 20 and subset == sorted(subset) and set(subset) <= set(range(MANY))
+    assert subset == select_classes(MANY, 20, class_seed=0).tolist()
+    # the t-SNE saw the chosen classes only, in both panels
+    assert record["points"]["class_index"] == subset * 2
+    assert record["perplexity"] == pytest.approx((40 - 1) / 3)
+    assert "20 of 30 classes" in record["title"]
+
+
+def test_class_subset_and_coordinates_follow_their_seeds(many_run: Path, tmp_path: Path) -> None:
+    kwargs = {"figsize": (4, 2), "dpi": 30}
+    a = read_points(plot_node_tsne(many_run, tmp_path / "a.png", class_seed=5, **kwargs))
+    b = read_points(plot_node_tsne(many_run, tmp_path / "b.png", class_seed=5, **kwargs))
+    c = read_points(plot_node_tsne(many_run, tmp_path / "c.png", class_seed=6, **kwargs))
+    assert a["class_subset"] == b["class_subset"] and a["points"]["x"] == b["points"]["x"] and a["points"]["y"] == b["points"]["y"]
+    assert c["class_subset"] != a["class_subset"]
+
+
+def test_select_classes() -> None:
+    np.testing.assert_array_equal(select_classes(30, 20, class_seed=3), select_classes(30, 20, class_seed=3))
+    assert not np.array_equal(select_classes(30, 20, class_seed=3), select_classes(30, 20, class_seed=4))
+    np.testing.assert_array_equal(select_classes(12, 20), np.arange(12))  # fewer classes than asked: all
+    np.testing.assert_array_equal(select_classes(30, None), np.arange(30))
+    with pytest.raises(ValueError, match="must be >= 1"):
+        select_classes(30, 0)
+
+
+def test_every_point_is_labelled_with_its_class_name(many_run: Path, tmp_path: Path) -> None:
+    out = plot_node_tsne(many_run, tmp_path / "labels.svg", num_classes=10, class_seed=1, figsize=(7.2, 3.6), dpi=72)
+    subset = read_points(out)["class_subset"]
+    svg = out.read_text(encoding="utf-8")
+    # viz writes SVG text as <text> elements (svg.fonttype "none"), so the labels can be read back
+    labels = [html.unescape(t) for t in re.findall(r"<text[^>]*>(.*?)</text>", svg)]
+    for c in range(MANY):
+        assert labels.count(short_label(FOOD[c])) == (2 if c in subset else 0), FOOD[c]
+
+
+def test_short_label() -> None:
+    assert short_label("apple_pie") == "apple pie"
+    long = short_label("breakfast_burrito_with_extra_cheese")
+    assert len(long) <= 16 and long.endswith("…") and long.startswith("breakfast burri")
+
+
+def test_tsne_command_defaults_to_png_and_pdf_in_the_run(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    run = make_run(tmp_path / "run", num_classes=MANY, names=FOOD)
+    parser = argparse.ArgumentParser(prog="hgadapter tsne")
+    add_tsne_arguments(parser)
+    with pytest.raises(SystemExit):
+        parser.parse_args([])  # --run is required
+    capsys.readouterr()
+    args = parser.parse_args(["--run", str(run), "--classes", "6", "--class-seed", "2", "--dpi", "20", "--figsize", "5", "3"])
+    assert run_tsne_command(args) == 0
+    with Image.open(run / "tsne_pos.png") as image:
+        assert image.size == (100, 60)
+    assert (run / "tsne_pos.pdf").read_bytes().startswith(b"%PDF")
+    record = read_points(run / "tsne_pos.png")
+    assert record["class_subset"] == select_classes(MANY, 6, class_seed=2).tolist()
+    printed = capsys.readouterr().out
+    assert "6 of 30 classes" in printed and str(run / "tsne_pos.pdf") in printed
 
 
 # --- compute_tsne ----------------------------------------------------------------------------
@@ -250,3 +333,12 @@ def test_cli_missing_nodes_file(tmp_path: Path, capsys: pytest.CaptureFixture) -
 def test_cli_unknown_ntype(run: Path, tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
     line = _cli_error(capsys, ["tsne", str(run), "--out", str(tmp_path / "f.png"), "--ntypes", "text"])
     assert "available: ['neg', 'pos', 'vis']" in line
+
+
+def test_labels_drop_the_words_every_class_name_shares() -> None:
+    from viz.tsne import _drop_shared_words
+
+    names = ["synthetic_family3_class4", "synthetic_family0_class1", "synthetic_family3_class0"]
+    assert _drop_shared_words(names) == ["family3 class4", "family0 class1", "family3 class0"]
+    assert _drop_shared_words(["apple_pie", "baby_back_ribs"]) == ["apple_pie", "baby_back_ribs"]
+    assert _drop_shared_words(["red wine", "red"]) == ["red wine", "red"]  # never empties a name

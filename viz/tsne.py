@@ -1,45 +1,68 @@
-"""t-SNE of heterograph node features before and after the adapter (the paper's t-SNE figure).
+"""t-SNE of heterograph node features before and after the adapter (the paper's Figure 3).
 
-The paper shows that adaptation pulls each class's positive text node away from its confusable
-neighbours: a t-SNE of the positive text nodes as initialised from the frozen CLIP text encoder,
-beside the same nodes after the heterogeneous graph adapter. :func:`plot_node_tsne` redraws that
-figure from what ``hgadapter run`` saved in a run directory, without re-training:
+The paper (Sec. 4.3, "Visualization") shows that adaptation pulls each class's positive text node
+away from its confusable neighbours: a 2-D t-SNE of the positive text nodes of 20 randomly chosen
+classes of Food101, for the "Base" model (nodes from the frozen CLIP text encoder) beside the
+same nodes after the heterogeneous graph adapter. :func:`plot_node_tsne` redraws that figure from
+what ``hgadapter run`` saved in a run directory, without re-training:
 
 - ``RUN/nodes.safetensors``: ``initial.{pos,neg,vis}`` (C, d), ``adapted.{ntype}`` (C, d) for the
   node types the variant adapts, optionally ``vis_bias`` (C, d);
 - ``RUN/classes.json``: the C class names;
-- ``RUN/metrics.json``: variant, shots, seed, accuracies and ``synthetic``.
+- ``RUN/metrics.json``: method, variant, shots, seed, accuracies and ``synthetic``.
 
-Both panels come from one t-SNE fitted on the stacked points of every panel, so they share
-coordinates and a point's move between the panels is the adapter's doing, not t-SNE's.
+A seeded random subset of the classes is drawn (:func:`select_classes`), every point labelled
+with its class name. Both panels come from one t-SNE fitted on the stacked points of every panel
+(of the chosen classes only), so they share coordinates and a point's move between the panels
+is the adapter's doing, not t-SNE's.
+
+:func:`add_tsne_arguments` and :func:`run_tsne_command` are the command line
+(``hgadapter tsne --run DIR`` and ``python -m viz tsne DIR``).
 """
 
 from __future__ import annotations
 
+import argparse
 import json
-import os
-import tempfile
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Callable, Sequence
+from typing import TYPE_CHECKING, Any, Sequence
 
 import numpy as np
 
+from viz import style
+
 if TYPE_CHECKING:
+    from matplotlib.axes import Axes
     from matplotlib.figure import Figure
 
-__all__ = ["compute_tsne", "default_perplexity", "load_run_nodes", "plot_node_tsne", "NODES_FILE", "FIGURE_FORMATS"]
+__all__ = [
+    "compute_tsne",
+    "default_perplexity",
+    "select_classes",
+    "load_run_nodes",
+    "plot_node_tsne",
+    "add_tsne_arguments",
+    "run_tsne_command",
+    "NODES_FILE",
+    "FIGURE_FORMATS",
+    "DEFAULT_NUM_CLASSES",
+]
 
 NODES_FILE = "nodes.safetensors"
 CLASSES_FILE = "classes.json"
 METRICS_FILE = "metrics.json"
-FIGURE_FORMATS = (".png", ".pdf", ".svg")
+FIGURE_FORMATS = tuple("." + f for f in style.FIGURE_FORMATS)
+DEFAULT_NUM_CLASSES = 20  # the paper's Figure 3 draws 20 random classes
+DEFAULT_FIGSIZE = (style.TEXT_WIDTH, 3.6)  # inches: two panels across the full text width
 
-_STAGE_TITLES = {"initial": "before adaptation", "adapted": "after adaptation"}
 _NTYPE_NAMES = {"pos": "positive text", "neg": "negative text", "vis": "visual"}
 _NTYPE_MARKERS = {"pos": "o", "neg": "X", "vis": "s"}
-_SPARE_MARKERS = ("^", "D", "v", "P", "*")
-_MAX_LEGEND_GROUPS = 10  # up to this many colours get a legend (tab10); more get a cyclic map
-_NUM_ANNOTATED = 8  # class names written beside their points when there is no class legend
+_MAX_LABELLED = 40  # up to this many classes every point gets its name; more get a few names
+_NUM_ANNOTATED = 8  # names written when there are too many classes to name them all
+_LABEL_CHARS = 16  # class names longer than this are shortened with an ellipsis
+_LABEL_FONT_SIZE = 6.0  # points, as printed: the smallest text in any figure
+_LABEL_GAP = 2.5  # points between a point and its label
+_EDGE = "0.25"  # thin dark marker edges: keep the palette's yellow visible on white
 
 
 def compute_tsne(points: np.ndarray, *, seed: int = 0, perplexity: float | None = None) -> np.ndarray:
@@ -174,29 +197,56 @@ def _read_json(path: Path) -> Any:
         raise ValueError(f"{path}: invalid JSON ({exc})") from None
 
 
+def select_classes(total: int, num_classes: int | None = DEFAULT_NUM_CLASSES, *, class_seed: int = 0) -> np.ndarray:
+    """A seeded random subset of ``num_classes`` class indices out of ``total``, in ascending order.
+
+    Args:
+        total: number of classes C in the run.
+        num_classes: how many to draw; ``None``, or a number >= C, takes every class.
+        class_seed: seed of the draw (numpy's ``default_rng``); the same seed always draws the
+            same classes from the same C.
+
+    Returns:
+        (k,) int64 indices, k = min(num_classes, C).
+    """
+    if total < 1:
+        raise ValueError(f"need at least one class to choose from, got {total}")
+    if num_classes is None or num_classes >= total:
+        return np.arange(total, dtype=np.int64)
+    if isinstance(num_classes, bool) or num_classes < 1:
+        raise ValueError(f"number of classes to draw must be >= 1 (or None for all), got {num_classes}")
+    chosen = np.random.default_rng(class_seed).choice(total, size=num_classes, replace=False)  # (k,)
+    return np.sort(chosen).astype(np.int64)
+
+
 def plot_node_tsne(
     run_dir: str | Path,
     out_path: str | Path,
     *,
     ntypes: Sequence[str] = ("pos",),
     stages: Sequence[str] = ("initial", "adapted"),
+    num_classes: int | None = DEFAULT_NUM_CLASSES,
+    class_seed: int = 0,
     seed: int = 0,
     families: Sequence[int] | None = None,
     perplexity: float | None = None,
     normalize: bool = True,
-    dpi: int = 150,
-    figsize: tuple[float, float] = (10, 5),
+    dpi: int = style.DPI,
+    figsize: tuple[float, float] = DEFAULT_FIGSIZE,
+    formats: Sequence[str] | None = None,
 ) -> Path:
     """Draw one t-SNE panel per stage of a run's node features, side by side.
 
-    All points of all panels are stacked and embedded by one :func:`compute_tsne` call, so the
-    panels share coordinates and axis limits. Points are coloured by class, or by family when
-    ``families`` is given; up to 10 colours get a legend, more get a cyclic colour map and a
-    few class names written beside their points. Each node type has its own marker.
+    ``num_classes`` classes are drawn at random (:func:`select_classes` with ``class_seed``); the
+    points of those classes in every panel are stacked and embedded by one :func:`compute_tsne`
+    call, so the panels share coordinates and axis limits. A class has the same colour (and,
+    with one ntype, the same marker) in every panel, and each point is labelled with its class
+    name; with ``families`` the colour shows the family instead. With several ntypes each ntype
+    has its own marker.
 
-    Besides the figure, ``<out stem>.tsne.json`` records the title, the settings and every
-    point's stage, ntype, class and coordinates, so the figure can be redrawn without t-SNE.
-    Both files are written atomically (temp file, then ``os.replace``).
+    Besides the figure, ``<out stem>.tsne.json`` records the title, the settings, the chosen
+    classes and every point's stage, ntype, class and coordinates, so the figure can be redrawn
+    without t-SNE. Every file is written atomically (temp file, then ``os.replace``).
 
     Args:
         run_dir: a directory written by ``hgadapter run``.
@@ -204,17 +254,21 @@ def plot_node_tsne(
         ntypes: node types to draw, e.g. ``("pos",)`` or ``("pos", "neg")``. A node type that a
             stage lacks (an ntype the variant does not adapt) is left out of that panel only.
         stages: one panel per stage, in order; a stage is a key prefix in ``nodes.safetensors``.
+        num_classes: how many classes to draw (default 20, as in the paper); ``None`` for all.
+        class_seed: seed of the class draw.
         seed: t-SNE seed (:func:`compute_tsne`).
-        families: optional (C,) group index per class; colours then show groups, not classes.
+        families: optional (C,) group index per class of the run; colours then show groups.
         perplexity: t-SNE perplexity; ``None`` for :func:`compute_tsne`'s default.
         normalize: L2-normalise every node before t-SNE. The classifier compares nodes by cosine
             similarity, so direction is what adaptation changes; leaving norms in would let a
             stage's overall scale push the two panels' points apart.
-        dpi: dots per inch; the image is ``figsize * dpi`` pixels.
-        figsize: (width, height) in inches.
+        dpi: dots per inch; a PNG is ``figsize * dpi`` pixels.
+        figsize: (width, height) in inches; the default fills the text width of a paper.
+        formats: further formats to write beside ``out_path`` (``("png", "pdf")``); ``None``
+            writes ``out_path`` alone.
 
     Returns:
-        The figure's path.
+        ``out_path`` as a Path (the siblings are ``out_path`` with the other suffixes).
 
     Raises:
         FileNotFoundError: the run directory or its node features are missing.
@@ -222,9 +276,9 @@ def plot_node_tsne(
             ``families``, an unsupported suffix or a bad size.
     """
     out = Path(out_path)
-    fmt = out.suffix.lower()
-    if fmt not in FIGURE_FORMATS:
-        raise ValueError(f"unsupported figure format '{out.suffix}' for {out}; use one of {list(FIGURE_FORMATS)}")
+    style.output_paths(out, formats)  # checks suffix and formats before any work
+    if not out.suffix:
+        raise ValueError(f"figure path {out} needs a suffix, one of {list(FIGURE_FORMATS)}")
     if dpi <= 0 or len(figsize) != 2 or min(figsize) <= 0:
         raise ValueError(f"dpi and figsize must be positive, got dpi={dpi} figsize={tuple(figsize)}")
     ntypes, stages = list(ntypes), list(stages)
@@ -235,27 +289,30 @@ def plot_node_tsne(
             raise ValueError(f"{name} must not repeat a name, got {values}")
 
     node_dict, classnames, metrics = load_run_nodes(run_dir)
-    num_classes = len(classnames)
+    total = len(classnames)
     panels = _select_panels(node_dict, ntypes, stages, run_dir)
-    groups = _check_families(families, num_classes)
+    groups = _check_families(families, total)
+    chosen = select_classes(total, num_classes, class_seed=class_seed)  # (k,)
 
-    blocks = [node_dict[f"{stage}.{ntype}"].astype(np.float64) for stage, present in panels for ntype in present]
-    points = np.concatenate(blocks)  # (S * T * C, d), S stages, T ntypes (fewer where a stage lacks one)
+    blocks = [node_dict[f"{stage}.{ntype}"][chosen].astype(np.float64) for stage, present in panels for ntype in present]
+    points = np.concatenate(blocks)  # (S * T * k, d), S stages, T ntypes (fewer where a stage lacks one)
     if normalize:
         norms = np.linalg.norm(points, axis=1, keepdims=True)  # (N, 1)
         points = points / np.where(norms > 0, norms, 1.0)
     coords = compute_tsne(points, seed=seed, perplexity=perplexity)  # (N, 2)
 
-    point_stage = [stage for stage, present in panels for _ in present for _ in range(num_classes)]
-    point_ntype = [ntype for _, present in panels for ntype in present for _ in range(num_classes)]
-    point_class = np.tile(np.arange(num_classes), len(blocks))  # (N,)
-    title = _title(metrics, ntypes, Path(run_dir))
+    point_stage = [stage for stage, present in panels for _ in present for _ in chosen]
+    point_ntype = [ntype for _, present in panels for ntype in present for _ in chosen]
+    point_class = np.tile(chosen, len(blocks))  # (N,) class index in the run
+    title = _title(metrics, ntypes, Path(run_dir), len(chosen), total)
 
-    figure = _draw(
-        coords, point_stage, point_ntype, point_class,
-        panels=panels, ntypes=ntypes, classnames=classnames, groups=groups, title=title, dpi=dpi, figsize=figsize,
-    )
-    _atomic_write(out, lambda tmp: figure.savefig(tmp, format=fmt[1:], dpi=dpi))
+    with style.style_context():
+        figure = _draw(
+            coords, point_stage, point_ntype, point_class,
+            panels=panels, ntypes=ntypes, chosen=chosen, classnames=classnames, groups=groups,
+            metrics=metrics, title=title, dpi=dpi, figsize=figsize,
+        )
+        style.save_figure(figure, out, formats=formats)
 
     record = {
         "title": title,
@@ -266,6 +323,9 @@ def plot_node_tsne(
         "normalize": normalize,
         "ntypes": ntypes,
         "stages": stages,
+        "num_classes": len(chosen),
+        "class_seed": class_seed,
+        "class_subset": chosen.tolist(),
         "classes": classnames,
         "families": None if groups is None else groups.tolist(),
         "points": {
@@ -277,8 +337,12 @@ def plot_node_tsne(
         },
     }
     text = json.dumps(record, indent=1, ensure_ascii=False) + "\n"
-    _atomic_write(out.with_name(out.stem + ".tsne.json"), lambda tmp: Path(tmp).write_text(text, encoding="utf-8"))
+    style.atomic_write(_coordinates_path(out), lambda tmp: Path(tmp).write_text(text, encoding="utf-8"))
     return out
+
+
+def _coordinates_path(out: Path) -> Path:
+    return out.with_name(out.stem + ".tsne.json")
 
 
 def _select_panels(
@@ -313,17 +377,56 @@ def _check_families(families: Sequence[int] | None, num_classes: int) -> np.ndar
     return np.asarray(values, dtype=np.int64)  # (C,)
 
 
-def _title(metrics: dict[str, Any], ntypes: list[str], run: Path) -> str:
+def _title(metrics: dict[str, Any], ntypes: list[str], run: Path, shown: int, total: int) -> str:
     what = _NTYPE_NAMES.get(ntypes[0], ntypes[0]) if len(ntypes) == 1 else ", ".join(ntypes)
-    parts = [f"t-SNE of {what} nodes", f"variant {metrics.get('variant', run.name)}"]
+    parts = [f"t-SNE of {what} nodes"]
+    if "variant" in metrics:
+        parts.append(f"variant {metrics['variant']}")
+    elif "method" not in metrics:
+        parts.append(run.name)
+    if "dataset" in metrics:
+        parts.append(str(metrics["dataset"]))
     if "shots" in metrics:
         parts.append(f"{metrics['shots']}-shot")
     if "seed" in metrics:
         parts.append(f"seed {metrics['seed']}")
     if isinstance(metrics.get("test_acc"), (int, float)):
         parts.append(f"test {metrics['test_acc']:.2f}%")
-    title = " · ".join(parts)
-    return title + " (synthetic task)" if metrics.get("synthetic") else title
+    head = parts.pop(0) + (f", {shown} of {total} classes" if shown < total else "")
+    if metrics.get("synthetic"):
+        parts.append("synthetic task")
+    return head + ("\n" + " · ".join(parts) if parts else "")  # two short lines fit a text-width figure
+
+
+def _stage_title(stage: str, metrics: dict[str, Any]) -> str:
+    """The paper's panel names: 'Base' before adaptation, the method's name after it."""
+    if stage == "initial":
+        return "Base (frozen CLIP)"
+    if stage == "adapted":
+        method = metrics.get("method")
+        return f"{style.method_label(method)} (adapted)" if isinstance(method, str) else "after adaptation"
+    return stage
+
+
+def _drop_shared_words(names: list[str]) -> list[str]:
+    """Names without the leading words all of them share ("synthetic family3 class4" -> "family3 class4").
+
+    The shortened label must keep the part that tells classes apart; a prefix every name has
+    tells nothing.
+    """
+    words = [" ".join(n.replace("_", " ").split()).split(" ") for n in names]
+    if len(words) < 2:
+        return names
+    shared = 0
+    while all(len(w) > shared + 1 for w in words) and len({w[shared] for w in words}) == 1:
+        shared += 1
+    return [" ".join(w[shared:]) for w in words] if shared else names
+
+
+def short_label(name: str, max_chars: int = _LABEL_CHARS) -> str:
+    """A class name fit for a point label: underscores as spaces, cut to ``max_chars`` with '…'."""
+    text = " ".join(name.replace("_", " ").split())
+    return text if len(text) <= max_chars else text[: max_chars - 1].rstrip() + "…"
 
 
 def _draw(
@@ -334,94 +437,218 @@ def _draw(
     *,
     panels: list[tuple[str, list[str]]],
     ntypes: list[str],
+    chosen: np.ndarray,
     classnames: list[str],
     groups: np.ndarray | None,
+    metrics: dict[str, Any],
     title: str,
     dpi: int,
     figsize: tuple[float, float],
 ) -> Figure:
-    # An explicit Figure on an Agg canvas: pyplot is never imported, so no window can open and
-    # the global backend the caller chose is left alone.
-    from matplotlib.backends.backend_agg import FigureCanvasAgg
-    from matplotlib.figure import Figure
     from matplotlib.lines import Line2D
 
-    num_classes = len(classnames)
-    colour_of = point_class if groups is None else groups[point_class]  # (N,) colour index per point
-    num_colours = num_classes if groups is None else int(groups.max()) + 1
-    palette = _palette(num_colours)  # (num_colours, 4)
-    with_legend = num_colours <= _MAX_LEGEND_GROUPS
-    markers = {t: _NTYPE_MARKERS.get(t, _SPARE_MARKERS[i % len(_SPARE_MARKERS)]) for i, t in enumerate(ntypes)}
-    size = max(8.0, min(40.0, 2400.0 / len(coords)))
+    # The j-th chosen class takes the j-th series look: a colour of the palette and, when one
+    # ntype is drawn, a marker; colour and marker together tell up to 32 classes apart.
+    rank = {int(c): j for j, c in enumerate(chosen)}
+    if groups is None:
+        looks = {int(c): style.series_style(j) for c, j in rank.items()}
+    else:
+        looks = {int(c): style.series_style(int(groups[c])) for c in chosen}
+    colour_of = np.array([looks[int(c)]["color"] for c in point_class])  # (N,)
+    ntype_markers = {t: _NTYPE_MARKERS.get(t, style.MARKERS[i % len(style.MARKERS)]) for i, t in enumerate(ntypes)}
+    size = max(8.0, min(24.0, 1200.0 / len(coords)))  # points^2: smaller markers when crowded
 
-    figure = Figure(figsize=tuple(figsize), dpi=dpi, layout="constrained")
-    FigureCanvasAgg(figure)
+    figure = style.new_figure(*figsize, dpi=dpi)
     axes = figure.subplots(1, len(panels), squeeze=False)[0]
-    pad = 0.05 * np.ptp(coords, axis=0) + 1e-6  # (2,)
+    pad = 0.06 * np.ptp(coords, axis=0) + 1e-6  # (2,)
     low, high = coords.min(axis=0) - pad, coords.max(axis=0) + pad  # (2,) each
     stage_arr, ntype_arr = np.asarray(point_stage), np.asarray(point_ntype)
-    annotated = np.unique(np.linspace(0, num_classes - 1, min(_NUM_ANNOTATED, num_classes)).round().astype(int))
+    if len(chosen) <= _MAX_LABELLED:
+        labelled = set(chosen.tolist())
+    else:
+        labelled = set(chosen[np.linspace(0, len(chosen) - 1, _NUM_ANNOTATED).round().astype(int)].tolist())
 
     for ax, (stage, present) in zip(axes, panels):
         for ntype in present:
             mask = (stage_arr == stage) & (ntype_arr == ntype)  # (N,)
-            ax.scatter(
-                coords[mask, 0], coords[mask, 1], c=palette[colour_of[mask]], marker=markers[ntype],
-                s=size, alpha=0.85, linewidths=0,
-            )
-        if not with_legend or groups is not None:
-            anchor = (stage_arr == stage) & (ntype_arr == present[0])  # one point per class to label
-            middle = (low[0] + high[0]) / 2
-            for c in annotated:
-                x, y = coords[anchor & (point_class == c)][0]
-                # labels point inwards so that they stay inside their panel
-                left = x > middle
-                ax.annotate(
-                    classnames[c], (x, y), xytext=(-3 if left else 3, 3), textcoords="offset points",
-                    ha="right" if left else "left", fontsize=7,
-                )
-        label = _STAGE_TITLES.get(stage, stage)
-        ax.set_title(label if present == ntypes else f"{label} ({', '.join(present)})", fontsize=10)
+            if len(ntypes) == 1 and groups is None:
+                # one scatter per class, so that each class keeps its own marker
+                for c in point_class[mask]:
+                    one = mask & (point_class == c)
+                    ax.scatter(coords[one, 0], coords[one, 1], c=colour_of[one], marker=looks[int(c)]["marker"],
+                               s=size, alpha=0.9, edgecolors=_EDGE, linewidths=0.3)
+            else:
+                ax.scatter(coords[mask, 0], coords[mask, 1], c=colour_of[mask], marker=ntype_markers[ntype],
+                           s=size, alpha=0.9, edgecolors=_EDGE, linewidths=0.3)
+        label = _stage_title(stage, metrics)
+        ax.set_title(label if present == ntypes else f"{label} ({', '.join(present)})")
         ax.set_xlim(low[0], high[0])
         ax.set_ylim(low[1], high[1])
         ax.set_xticks([])
         ax.set_yticks([])
+        ax.grid(False)
+        for spine in ax.spines.values():
+            spine.set_visible(True)
 
     handles = []
-    if with_legend:
-        names = classnames if groups is None else [f"family {g}" for g in range(num_colours)]
-        handles += [Line2D([], [], linestyle="", marker="o", color=palette[i], label=names[i]) for i in range(num_colours)]
+    if groups is not None:
+        shown = sorted({int(groups[c]) for c in chosen})
+        handles += [Line2D([], [], linestyle="", **_marker_only(style.series_style(g)), label=f"family {g}") for g in shown]
     if len(ntypes) > 1:
-        handles += [Line2D([], [], linestyle="", marker=markers[t], color="0.4", label=t) for t in ntypes]
+        handles += [Line2D([], [], linestyle="", marker=ntype_markers[t], color="0.4", label=t) for t in ntypes]
     if handles:
-        figure.legend(handles=handles, loc="outside right center", fontsize=8, frameon=False)
-    figure.suptitle(title, fontsize=11, wrap=True)
+        figure.legend(handles=handles, loc="outside right center")
+    figure.suptitle(title)
+
+    # Label placement needs the final axes positions, which constrained layout fixes on a draw.
+    figure.canvas.draw()
+    for ax, (stage, present) in zip(axes, panels):
+        anchor = (stage_arr == stage) & (ntype_arr == present[0])  # one point per class to label
+        pts = coords[anchor]  # (k, 2)
+        names = [short_label(n) for n in _drop_shared_words([classnames[c] for c in point_class[anchor]])]
+        keep = [i for i, c in enumerate(point_class[anchor]) if int(c) in labelled]
+        _place_labels(ax, pts, names, keep, dpi=dpi)
     return figure
 
 
-def _palette(num_colours: int) -> np.ndarray:
-    """(num_colours, 4) RGBA: tab10 when a legend can name every colour, else a cyclic map."""
-    from matplotlib import colormaps
-
-    if num_colours <= _MAX_LEGEND_GROUPS:
-        return colormaps["tab10"](np.arange(num_colours))
-    # hsv wraps around, so the first and last colours are as close as any neighbours.
-    return colormaps["hsv"](np.arange(num_colours) / num_colours)
+def _marker_only(look: dict[str, str]) -> dict[str, str]:
+    return {"marker": look["marker"], "color": look["color"]}
 
 
-def _atomic_write(path: Path, write: Callable[[str], None]) -> None:
-    """``write(tmp)`` on a temp file beside ``path``, then rename it into place.
+# Candidate label positions around a point: (dx, dy) in units of the gap, and the alignment that
+# keeps the text on that side. Tried in this order; the first one with the least overlap wins.
+_CANDIDATES = (
+    (1, 1, "left", "bottom"),
+    (-1, 1, "right", "bottom"),
+    (1, -1, "left", "top"),
+    (-1, -1, "right", "top"),
+    (0, 1.6, "center", "bottom"),
+    (0, -1.6, "center", "top"),
+    (1.6, 0, "left", "center"),
+    (-1.6, 0, "right", "center"),
+)
 
-    Kept here rather than imported from ``hgadapter._io``, which imports torch: plotting a saved
-    run should not need it.
+
+def _place_labels(ax: Axes, pts: np.ndarray, names: list[str], keep: list[int], *, dpi: int) -> None:
+    """Write ``names[i]`` beside ``pts[i]`` for ``i`` in ``keep``, avoiding earlier labels greedily.
+
+    Each label tries the positions in ``_CANDIDATES`` and takes the one whose estimated text box
+    overlaps least with the labels placed so far, the other points and the outside of the axes.
+    Text boxes are estimated from the character count (0.6 em per character), which is close
+    enough for the short names used here and needs no renderer.
     """
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.close(fd)
-    try:
-        write(tmp)
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
+    px_per_pt = dpi / 72.0
+    display = ax.transData.transform(pts)  # (k, 2) pixels
+    frame = ax.get_window_extent()
+    em = _LABEL_FONT_SIZE * px_per_pt
+    gap = _LABEL_GAP * px_per_pt
+    dot = 0.5 * em  # half-width of the box a point occupies
+    obstacles = [(x - dot, y - dot, x + dot, y + dot) for x, y in display]
+    placed: list[tuple[float, float, float, float]] = []
+    # Place the labels of crowded points first: they have the fewest good positions.
+    crowd = [-sum(np.hypot(*(display[j] - display[i])) < 4 * em for j in range(len(display))) for i in keep]
+    for _, i in sorted(zip(crowd, keep)):
+        x, y = display[i]
+        width, height = 0.6 * em * len(names[i]), 1.2 * em
+        best, best_cost = None, np.inf
+        for dx, dy, ha, va in _CANDIDATES:
+            ox, oy = x + dx * gap, y + dy * gap
+            x0 = ox if ha == "left" else ox - width if ha == "right" else ox - width / 2
+            y0 = oy if va == "bottom" else oy - height if va == "top" else oy - height / 2
+            box = (x0, y0, x0 + width, y0 + height)
+            cost = sum(_overlap(box, other) for other in placed)
+            cost += 0.5 * sum(_overlap(box, other) for j, other in enumerate(obstacles) if j != i)
+            inside = _overlap(box, (frame.x0, frame.y0, frame.x1, frame.y1))
+            cost += 4.0 * (width * height - inside)  # text leaving the panel is worst
+            if cost < best_cost - 1e-9:
+                best, best_cost = (dx, dy, ha, va, box), cost
+        assert best is not None  # _CANDIDATES is not empty
+        dx, dy, ha, va, box = best
+        placed.append(box)
+        text = ax.annotate(
+            names[i], tuple(pts[i]), xytext=(dx * _LABEL_GAP, dy * _LABEL_GAP), textcoords="offset points",
+            ha=ha, va=va, fontsize=_LABEL_FONT_SIZE, color="0.15",
+        )
+        text.set_in_layout(False)  # labels must not move the panels that their positions rely on
+
+
+def _overlap(a: tuple[float, float, float, float], b: tuple[float, float, float, float]) -> float:
+    """Area shared by two (x0, y0, x1, y1) boxes."""
+    w = min(a[2], b[2]) - max(a[0], b[0])
+    h = min(a[3], b[3]) - max(a[1], b[1])
+    return w * h if w > 0 and h > 0 else 0.0
+
+
+# --- command line ---------------------------------------------------------------------------
+
+
+def _positive_int(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be >= 1, got {value}")
+    return value
+
+
+def add_tsne_arguments(parser: argparse.ArgumentParser, *, positional_run: bool = False) -> None:
+    """Options of the t-SNE figure command (``hgadapter tsne`` and ``python -m viz tsne``).
+
+    Args:
+        parser: the (sub)parser to fill.
+        positional_run: take the run directory as a positional ``RUN`` instead of ``--run DIR``
+            (``python -m viz tsne RUN`` keeps its original form).
+    """
+    help_run = "run directory written by `hgadapter run` (holds nodes.safetensors)"
+    if positional_run:
+        parser.add_argument("run", metavar="RUN", help=help_run)
+    else:
+        parser.add_argument("--run", required=True, metavar="DIR", help=help_run)
+    parser.add_argument("--out", default=None, metavar="FIG",
+                        help="figure path, .png/.pdf/.svg (default: DIR/tsne_<ntypes>.png); coordinates go to <stem>.tsne.json")
+    parser.add_argument("--formats", nargs="+", default=list(style.DEFAULT_FORMATS), choices=style.FIGURE_FORMATS,
+                        metavar="FMT", help="also write these formats beside --out (default: png pdf)")
+    parser.add_argument("--classes", type=_positive_int, default=DEFAULT_NUM_CLASSES, metavar="N",
+                        help=f"draw N random classes (default: {DEFAULT_NUM_CLASSES}, as in the paper; all if the run has fewer)")
+    parser.add_argument("--all-classes", action="store_true", help="draw every class instead of --classes N")
+    parser.add_argument("--class-seed", type=int, default=0, help="seed of the class draw (default: 0)")
+    parser.add_argument("--seed", type=int, default=0, help="t-SNE seed (default: 0)")
+    parser.add_argument("--ntypes", nargs="+", default=["pos"], metavar="NTYPE", help="node types to draw (default: pos)")
+    parser.add_argument("--stages", nargs="+", default=["initial", "adapted"], metavar="STAGE",
+                        help="one panel per stage (default: initial adapted)")
+    parser.add_argument("--perplexity", type=float, default=None, help="t-SNE perplexity (default: min(30, (n - 1) / 3))")
+    parser.add_argument("--families", default=None, metavar="JSON",
+                        help="JSON file with one group index per class of the run; colours show groups")
+    parser.add_argument("--no-normalize", dest="normalize", action="store_false", help="skip L2-normalising nodes before t-SNE")
+    parser.add_argument("--dpi", type=int, default=style.DPI, help=f"dots per inch (default: {style.DPI})")
+    parser.add_argument("--figsize", nargs=2, type=float, default=list(DEFAULT_FIGSIZE), metavar=("W", "H"),
+                        help=f"inches (default: {DEFAULT_FIGSIZE[0]:g} {DEFAULT_FIGSIZE[1]:g}, the text width of a paper)")
+
+
+def run_tsne_command(args: argparse.Namespace) -> int:
+    """Draw the figure that :func:`add_tsne_arguments`' options describe; print what was written.
+
+    Returns 0. Bad input raises ``ValueError`` or ``FileNotFoundError`` with a one-line message,
+    for the caller to print.
+    """
+    run = Path(args.run)
+    out = Path(args.out) if args.out else run / f"tsne_{'_'.join(args.ntypes)}.png"
+    families = None
+    if args.families is not None:
+        path = Path(args.families)
+        try:
+            families = json.loads(path.read_text(encoding="utf-8"))
+        except json.JSONDecodeError as exc:
+            raise ValueError(f"{path}: invalid JSON ({exc})") from None
+        if not isinstance(families, list):
+            raise ValueError(f"{path}: should be a JSON list with one group index per class")
+    out = plot_node_tsne(
+        run, out, ntypes=args.ntypes, stages=args.stages, num_classes=None if args.all_classes else args.classes,
+        class_seed=args.class_seed, seed=args.seed, families=families, perplexity=args.perplexity,
+        normalize=args.normalize, dpi=args.dpi, figsize=tuple(args.figsize), formats=args.formats,
+    )
+    record = json.loads(_coordinates_path(out).read_text(encoding="utf-8"))
+    written = ", ".join(str(p) for p in style.output_paths(out, args.formats))
+    print(
+        f"t-SNE of {', '.join(args.ntypes)} nodes ({' vs '.join(args.stages)}), {record['num_classes']} of "
+        f"{len(record['classes'])} classes -> {written} (coordinates: {_coordinates_path(out).name})"
+    )
+    return 0

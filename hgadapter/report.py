@@ -1,0 +1,775 @@
+"""Finished runs as the paper's tables, with the paper's value and our difference beside each cell.
+
+``hgadapter report RUNS_DIR`` reads every run record below ``RUNS_DIR`` (:mod:`hgadapter.records`),
+groups them by (dataset, backbone, method, shots, params), averages each group over seeds (mean ±
+sample standard deviation) and lays the groups out as the tables of the paper's Sec. 4.2-4.3:
+
+- ``fewshot``: per (backbone, shots), methods x datasets + Average (Table 2, Fig. 2);
+- ``dg``: records with ``targets``, per backbone: source, each target, Average (Table 1);
+- ``sensitivity``: records with ``params``, one table per swept key: accuracy per value (Table 3);
+- ``backbones``: ImageNet 16-shot, methods x backbones (Table 4).
+
+``out_dir`` receives ``report.md`` (all tables), ``report.csv`` (one line per cell) and
+``report.json`` (the same lines plus each table's layout), written atomically. See
+docs/reports.md.
+
+The paper's numbers come from ``experiments/paper_results.yaml`` (or ``$HGADAPTER_PAPER_RESULTS``,
+or an explicit path). Its schema, checked by :func:`load_paper_results`:
+
+- ``datasets`` / ``dg_targets`` / ``backbones`` / ``methods``: id -> display name, in paper order;
+- ``tables``: name -> ``{caption, source, ..., values}`` with these ``values``:
+
+  - ``table1_dg``: backbone -> method -> {dataset or target or ``average``: accuracy};
+  - ``table2_fewshot16``: method -> {dataset or ``average``: accuracy} (``backbone``, ``shots``);
+  - ``table3_sensitivity``: list of {``key``, ``weights``, ``accuracy``, optional ``learned``}
+    (``dataset``, ``backbone``, ``shots``, ``method``);
+  - ``table4_backbones``: method -> backbone -> accuracy (``dataset``, ``shots``);
+  - ``table5_complexity``: method -> {quantity: number};
+  - ``figure2_text``: method -> shots -> {dataset or ``average``: accuracy} (``backbone``).
+
+A paper value is put beside a cell only when dataset, backbone, method, shots and (for Table 3)
+the swept key and value all match; runs without a recorded backbone and synthetic runs get none.
+
+This module imports neither torch nor dgl.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import io
+import math
+import os
+import statistics
+from collections import defaultdict
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from hgadapter._io import atomic_write_json, atomic_write_text
+from hgadapter.records import load_records, mean_std
+
+__all__ = [
+    "CSV_COLUMNS",
+    "ReportError",
+    "Cell",
+    "Row",
+    "Table",
+    "Report",
+    "paper_results_path",
+    "load_paper_results",
+    "build_report",
+    "format_cell",
+    "format_markdown",
+    "write_report",
+    "add_report_arguments",
+    "run_report",
+]
+
+CSV_COLUMNS: tuple[str, ...] = (
+    "table", "backbone", "dataset", "method", "shots", "key", "value", "mean", "std", "n", "paper", "diff", "note",
+)
+SYNTHETIC_NOTE = "(synthetic task: says nothing about real CLIP)"
+FULL_SEEDS = 3  # fewer seeds than this and a cell shows its n
+AVERAGE = "average"
+_TABLE_NAMES = ("table1_dg", "table2_fewshot16", "table3_sensitivity", "table4_backbones", "table5_complexity", "figure2_text")
+
+
+class ReportError(ValueError):
+    """The paper results file is missing or malformed."""
+
+
+# --------------------------------------------------------------------------------------------
+# The paper's numbers
+
+
+def paper_results_path() -> Path:
+    """``$HGADAPTER_PAPER_RESULTS`` or ``<repo>/experiments/paper_results.yaml``."""
+    env = os.environ.get("HGADAPTER_PAPER_RESULTS")
+    if env:
+        return Path(env)
+    return Path(__file__).resolve().parents[1] / "experiments" / "paper_results.yaml"
+
+
+def _is_number(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+
+
+class _Checker:
+    """Validates the parsed paper file; every error names the file and the key path."""
+
+    def __init__(self, path: Path, data: Any):
+        self.path = path
+        self.data = data
+
+    def fail(self, where: str, message: str) -> None:
+        raise ReportError(f"{self.path}: {where}: {message}")
+
+    def mapping(self, value: Any, where: str) -> dict:
+        if value is None:
+            self.fail(where, "missing; expected a mapping (see the schema in hgadapter/report.py)")
+        if not isinstance(value, dict):
+            self.fail(where, f"expected a mapping, got {type(value).__name__}")
+        return value
+
+    def names(self, key: str) -> dict[str, str]:
+        names = self.mapping(self.data.get(key), key)
+        for k, v in names.items():
+            if not isinstance(k, str) or not isinstance(v, str):
+                self.fail(f"{key}.{k}", f"expected id: display name (strings), got {k!r}: {v!r}")
+        return names
+
+    def number(self, value: Any, where: str) -> None:
+        if not _is_number(value):
+            self.fail(where, f"expected a number (percent), got {value!r}")
+
+    def member(self, value: Any, known: Iterable[Any], where: str, what: str) -> None:
+        known = list(known)
+        if value not in known:
+            self.fail(where, f"unknown {what} {value!r}; expected one of {known}")
+
+    def cells(self, row: Any, columns: Iterable[str], where: str, what: str) -> None:
+        for col, value in self.mapping(row, where).items():
+            self.member(col, [*columns, AVERAGE], f"{where}.{col}", what)
+            self.number(value, f"{where}.{col}")
+
+
+def load_paper_results(path: str | Path | None = None) -> dict[str, Any]:
+    """The paper's reported numbers (schema in this module's docstring), checked.
+
+    Args:
+        path: the YAML file; default :func:`paper_results_path`.
+
+    Returns:
+        The parsed file, plus ``_path``: where it was read from.
+
+    Raises:
+        ReportError: the file is missing, not YAML, or a key has the wrong shape (the message
+            names the key path, e.g. ``tables.table2_fewshot16.values.coop.imagenet``).
+    """
+    path = Path(path) if path is not None else paper_results_path()
+    try:
+        data = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except OSError as exc:
+        raise ReportError(f"{path}: cannot read the paper results: {exc.strerror or exc}; pass --paper PATH or --no-paper") from None
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        line = f" (line {mark.line + 1})" if mark is not None else ""
+        raise ReportError(f"{path}: not valid YAML{line}") from None
+    check = _Checker(path, data)
+    check.mapping(data, "top level")
+    datasets, targets, backbones, methods = (check.names(k) for k in ("datasets", "dg_targets", "backbones", "methods"))
+    tables = check.mapping(data.get("tables"), "tables")
+    for name, table in tables.items():
+        check.member(name, _TABLE_NAMES, f"tables.{name}", "table name")
+        table = check.mapping(table, f"tables.{name}")
+        for key in ("caption", "source"):
+            if not isinstance(table.get(key), str):
+                check.fail(f"tables.{name}.{key}", "expected a string")
+        where = f"tables.{name}.values"
+        values = table.get("values")
+        if name == "table3_sensitivity":
+            if not isinstance(values, list):
+                check.fail(where, "expected a list of rows {key, weights, accuracy}")
+            for i, row in enumerate(values):
+                row = check.mapping(row, f"{where}.{i}")
+                if not isinstance(row.get("key"), str):
+                    check.fail(f"{where}.{i}.key", "expected the dotted config key the row sweeps")
+                weights, accuracy = row.get("weights"), row.get("accuracy")
+                if not isinstance(weights, list) or not isinstance(accuracy, list) or len(weights) != len(accuracy):
+                    check.fail(f"{where}.{i}", "expected lists `weights` and `accuracy` of the same length")
+                for j, (w, a) in enumerate(zip(weights, accuracy)):
+                    check.number(w, f"{where}.{i}.weights.{j}")
+                    check.number(a, f"{where}.{i}.accuracy.{j}")
+                if "learned" in row:
+                    check.number(row["learned"], f"{where}.{i}.learned")
+            continue
+        for outer, row in check.mapping(values, where).items():
+            here = f"{where}.{outer}"
+            if name == "table1_dg":  # backbone -> method -> cells
+                check.member(outer, backbones, here, "backbone")
+                for m, cells in check.mapping(row, here).items():
+                    check.member(m, methods, f"{here}.{m}", "method")
+                    check.cells(cells, [*datasets, *targets], f"{here}.{m}", "dataset")
+                continue
+            check.member(outer, methods, here, "method")  # the other tables: method -> ...
+            if name == "table2_fewshot16":
+                check.cells(row, datasets, here, "dataset")
+            elif name == "table4_backbones":
+                for b, value in check.mapping(row, here).items():
+                    check.member(b, backbones, f"{here}.{b}", "backbone")
+                    check.number(value, f"{here}.{b}")
+            elif name == "table5_complexity":
+                for q, value in check.mapping(row, here).items():
+                    check.number(value, f"{here}.{q}")
+            elif name == "figure2_text":
+                for shots, cells in check.mapping(row, here).items():
+                    if not isinstance(shots, int) or isinstance(shots, bool):
+                        check.fail(f"{here}.{shots}", "expected a number of shots")
+                    check.cells(cells, datasets, f"{here}.{shots}", "dataset")
+    data["_path"] = str(path)
+    return data
+
+
+class _Paper:
+    """Look-ups into the paper's tables; every method answers ``None`` when nothing matches."""
+
+    def __init__(self, data: Mapping[str, Any] | None):
+        self.data = data or {}
+        self.tables: Mapping[str, Any] = self.data.get("tables", {})
+
+    def display(self, kind: str, ident: str | None) -> str:
+        """The paper's display name of a dataset (or DG target), backbone or method; else ``ident``."""
+        if ident is None:
+            return "backbone not recorded" if kind == "backbones" else "unknown"
+        names = dict(self.data.get(kind, {}))
+        if kind == "datasets":
+            names.update(self.data.get("dg_targets", {}))
+        return names.get(ident, ident)
+
+    def order(self, kind: str) -> list[str]:
+        return list(self.data.get(kind, {}))
+
+    def source(self, name: str) -> str:
+        return self.tables[name]["source"]
+
+    def fewshot(self, method: str, dataset: str, backbone: str | None, shots: int) -> tuple[float, str] | None:
+        """(value, table) of ``dataset`` (or ``average``) for a few-shot cell."""
+        t2, t4, fig2 = (self.tables.get(k) for k in ("table2_fewshot16", "table4_backbones", "figure2_text"))
+        if t2 and backbone == t2.get("backbone") and shots == t2.get("shots"):
+            value = t2["values"].get(method, {}).get(dataset)
+            if value is not None:
+                return value, "table2_fewshot16"
+        if t4 and dataset == t4.get("dataset") and shots == t4.get("shots"):
+            value = t4["values"].get(method, {}).get(backbone)
+            if value is not None:
+                return value, "table4_backbones"
+        if fig2 and backbone == fig2.get("backbone"):
+            value = fig2["values"].get(method, {}).get(shots, {}).get(dataset)
+            if value is not None:
+                return value, "figure2_text"
+        return None
+
+    def dg(self, method: str, column: str, dataset: str, backbone: str | None, shots: int) -> tuple[float, str] | None:
+        t1 = self.tables.get("table1_dg")
+        if not t1 or dataset != t1.get("dataset") or shots != t1.get("shots"):
+            return None
+        value = t1["values"].get(backbone, {}).get(method, {}).get(column)
+        return (value, "table1_dg") if value is not None else None
+
+    def backbone(self, method: str, backbone: str, dataset: str, shots: int) -> tuple[float, str] | None:
+        t4 = self.tables.get("table4_backbones")
+        if not t4 or dataset != t4.get("dataset") or shots != t4.get("shots"):
+            return None
+        value = t4["values"].get(method, {}).get(backbone)
+        return (value, "table4_backbones") if value is not None else None
+
+    def sensitivity_row(self, key: str, method: str, dataset: str, backbone: str | None, shots: int) -> dict | None:
+        t3 = self.tables.get("table3_sensitivity")
+        if not t3 or (method, dataset, backbone, shots) != (t3.get("method"), t3.get("dataset"), t3.get("backbone"), t3.get("shots")):
+            return None
+        return next((row for row in t3["values"] if row["key"] == key), None)
+
+
+# --------------------------------------------------------------------------------------------
+# The report's data
+
+
+@dataclass
+class Cell:
+    """One table cell: our mean ± std over n seeds, the paper's value and ours minus the paper's.
+
+    ``std`` is ``None`` for one seed and for an ``average`` over columns (the columns' seeds need
+    not match; ``n`` then counts columns). ``note`` says when an average is incomplete (``avg of
+    3/11``), ``paper_note`` when the paper's value is its mean over the same columns (``on the same 3``).
+    """
+
+    mean: float
+    std: float | None
+    n: int
+    paper: float | None = None
+    diff: float | None = None
+    note: str = ""
+    paper_note: str = ""
+    average: bool = False
+
+
+@dataclass
+class Row:
+    """One table row: ``id`` (a method id, or a label), its display name and cells by column id."""
+
+    id: str
+    label: str
+    cells: dict[str, Cell] = field(default_factory=dict)
+
+
+@dataclass
+class Table:
+    """One table in the paper's layout.
+
+    Attributes:
+        kind: ``fewshot``, ``dg``, ``sensitivity`` or ``backbones``.
+        title: the markdown heading (ends in :data:`SYNTHETIC_NOTE` for synthetic tasks).
+        paper_note: one line saying where the paper values come from (or why there are none).
+        setting: what the table holds fixed (``backbone``, ``shots``, ``dataset``, ``method``, ``key``).
+        columns: ``(column id, display name)`` in order.
+        rows: the rows in order.
+        synthetic: whether the table reports a synthetic task.
+    """
+
+    kind: str
+    title: str
+    paper_note: str
+    setting: dict[str, Any]
+    columns: list[tuple[str, str]]
+    rows: list[Row]
+    synthetic: bool = False
+
+
+@dataclass
+class Report:
+    """Every table, one long row per cell (``CSV_COLUMNS``), and notes on the records."""
+
+    tables: list[Table]
+    rows: list[dict[str, Any]]
+    runs: int
+    warnings: list[str] = field(default_factory=list)
+    paper_file: str | None = None
+
+
+# --------------------------------------------------------------------------------------------
+# Building
+
+
+def _is_synthetic(record: Mapping[str, Any]) -> bool:
+    return bool(record.get("synthetic")) or record.get("dataset") == "synthetic"
+
+
+def _freeze(params: Mapping[str, Any]) -> tuple[tuple[str, Any], ...]:
+    return tuple(sorted((str(k), v if isinstance(v, (int, float, str, bool, type(None))) else repr(v)) for k, v in params.items()))
+
+
+@dataclass
+class _Group:
+    """Records of one (dataset, backbone, method, shots, params), by seed."""
+
+    dataset: str
+    backbone: str | None
+    method: str
+    shots: int
+    params: tuple[tuple[str, Any], ...]
+    synthetic: bool
+    by_seed: dict[Any, list[Mapping[str, Any]]] = field(default_factory=lambda: defaultdict(list))
+
+    def per_seed(self, metric: str) -> list[float]:
+        """One value per seed of ``metric`` (``test_acc`` or a target name): repeats are averaged."""
+        values = []
+        for records in self.by_seed.values():
+            if metric == "test_acc":
+                got = [r["test_acc"] for r in records]
+            else:
+                got = [r["targets"][metric] for r in records if _is_number((r.get("targets") or {}).get(metric))]
+            if got:
+                values.append(statistics.fmean(got))
+        return values
+
+
+def _group(records: Sequence[Mapping[str, Any]], warnings: list[str]) -> list[_Group]:
+    groups: dict[tuple, _Group] = {}
+    for r in records:
+        synthetic = _is_synthetic(r)
+        dataset = r.get("dataset") or ("synthetic" if synthetic else "unknown")
+        params = _freeze(r.get("params") or {})
+        key = (dataset, r.get("backbone"), r["method"], int(r["shots"]), params, synthetic)
+        group = groups.get(key)
+        if group is None:
+            group = groups[key] = _Group(dataset, r.get("backbone"), r["method"], int(r["shots"]), params, synthetic)
+        group.by_seed[r["seed"]].append(r)
+    for g in groups.values():
+        for seed, rs in g.by_seed.items():
+            if len(rs) > 1:
+                dirs = ", ".join(str(r.get("run_dir", "?")) for r in rs)
+                warnings.append(f"{g.dataset} {g.backbone or '-'} {g.method} {g.shots} shots seed {seed}: {len(rs)} runs ({dirs}); averaged as one seed")
+    return list(groups.values())
+
+
+def _stat_cell(values: Sequence[float], paper: tuple[float, str] | None) -> Cell:
+    mean, std, n = mean_std(values)
+    cell = Cell(mean=mean, std=std if n > 1 else None, n=n)
+    if paper is not None:
+        cell.paper, cell.diff = float(paper[0]), mean - float(paper[0])
+    return cell
+
+
+def _ordered(items: Iterable[str], first: Sequence[str]) -> list[str]:
+    """``items`` in ``first``'s order, then the rest alphabetically."""
+    items = set(items)
+    return [x for x in first if x in items] + sorted(items - set(first), key=str)
+
+
+def _source_note(paper: _Paper, used: set[str], rows: Sequence[Row], synthetic: bool, enabled: bool, no_backbone: bool = False) -> str:
+    """One line: which of the paper's tables the values beside the cells come from, or why none."""
+    if synthetic:
+        return "Paper values: none (a synthetic task is not in the paper)."
+    if not enabled:
+        return "Paper values: not shown (--no-paper)."
+    if not used:
+        why = "no backbone recorded with these runs" if no_backbone else "the paper reports no cell of this setting"
+        return f"Paper values: none match ({why})."
+    where = "; ".join(paper.source(name) for name in _TABLE_NAMES if name in used)
+    copied = any(not row.id.startswith("hegraphadapter") and any(c.paper is not None for c in row.cells.values()) for row in rows)
+    caveat = " Its baseline rows are copied from earlier papers, not re-run." if copied else ""
+    return f"Paper values: HeGraphAdapter paper (Jiang et al.), {where}.{caveat}"
+
+
+def _average_cell(cells: Mapping[str, Cell], expected: Sequence[str], lookup, use_paper: bool, used: set[str]) -> Cell | None:
+    """Mean of ``cells`` over the ``expected`` columns it has (no std); ``None`` for fewer than two.
+
+    The paper's value is its stated average when every expected column is there, else the mean of
+    its values over the same columns when it has them all.
+    """
+    have = [c for c in expected if c in cells]
+    if len(have) < min(2, len(expected)):  # the average of one column would only repeat it
+        return None
+    mean = statistics.fmean(cells[c].mean for c in have)
+    complete = len(have) == len(expected)
+    cell = Cell(mean=mean, std=None, n=len(have), note="" if complete else f"avg of {len(have)}/{len(expected)}", average=True)
+    found = None
+    if use_paper and complete:
+        found = lookup(AVERAGE)
+    elif use_paper:
+        parts = [lookup(c) for c in have]
+        if all(parts):
+            found = (statistics.fmean(p[0] for p in parts), parts[0][1])
+            cell.paper_note = f"on the same {len(have)}"
+    if found is not None:
+        cell.paper, cell.diff = float(found[0]), mean - float(found[0])
+        used.add(found[1])
+    return cell
+
+
+def _method_rows(methods: Iterable[str], paper: _Paper) -> list[Row]:
+    return [Row(m, paper.display("methods", m)) for m in _ordered(methods, paper.order("methods"))]
+
+
+def _title_suffix(synthetic: bool) -> str:
+    return f" {SYNTHETIC_NOTE}" if synthetic else ""
+
+
+def _backbone_rank(paper: _Paper, backbone: str | None) -> tuple[int, str]:
+    """Sort key: the paper's backbones in its order, then others alphabetically, then none recorded."""
+    order = paper.order("backbones")
+    if backbone in order:
+        return (order.index(backbone), "")
+    return (len(order) + (backbone is None), backbone or "")
+
+
+def _backbone_label(backbone: str | None) -> str:
+    return backbone or "backbone not recorded"
+
+
+def _fewshot_tables(groups: Sequence[_Group], paper: _Paper, enabled: bool) -> list[Table]:
+    tables = []
+    by_setting: dict[tuple, list[_Group]] = defaultdict(list)
+    for g in groups:
+        if not g.params:
+            by_setting[(g.synthetic, g.backbone, g.shots)].append(g)
+    for (synthetic, backbone, shots), gs in sorted(by_setting.items(), key=lambda kv: (kv[0][0], _backbone_rank(paper, kv[0][1]), kv[0][2])):
+        use_paper = enabled and not synthetic and backbone is not None
+        datasets = _ordered({g.dataset for g in gs}, paper.order("datasets"))
+        expected = datasets if synthetic else _ordered({*datasets, *paper.order("datasets")}, paper.order("datasets"))
+        rows = _method_rows({g.method for g in gs}, paper)
+        used: set[str] = set()
+        for row in rows:
+            for g in gs:  # one group per (method, dataset) here: backbone, shots and params are fixed
+                if g.method == row.id:
+                    found = paper.fewshot(g.method, g.dataset, backbone, shots) if use_paper else None
+                    if found:
+                        used.add(found[1])
+                    row.cells[g.dataset] = _stat_cell(g.per_seed("test_acc"), found)
+            if len(datasets) > 1:
+                avg = _average_cell(row.cells, expected, lambda col, m=row.id: paper.fewshot(m, col, backbone, shots), use_paper, used)
+                if avg is not None:
+                    row.cells[AVERAGE] = avg
+        columns = [(d, paper.display("datasets", d)) for d in datasets] + ([(AVERAGE, "Average")] if len(datasets) > 1 else [])
+        title = f"Few-shot classification: {_backbone_label(backbone)}, {shots}-shot{_title_suffix(synthetic)}"
+        note = _source_note(paper, used, rows, synthetic, enabled, backbone is None)
+        tables.append(Table("fewshot", title, note, {"backbone": backbone, "shots": shots}, columns, rows, synthetic))
+    return tables
+
+
+def _dg_tables(groups: Sequence[_Group], paper: _Paper, enabled: bool) -> list[Table]:
+    tables = []
+    by_setting: dict[tuple, list[_Group]] = defaultdict(list)
+    for g in groups:
+        if not g.params and any(r.get("targets") for rs in g.by_seed.values() for r in rs):
+            by_setting[(g.synthetic, g.backbone, g.shots, g.dataset)].append(g)
+    for (synthetic, backbone, shots, dataset), gs in sorted(by_setting.items(), key=lambda kv: (kv[0][0], _backbone_rank(paper, kv[0][1]), *kv[0][2:])):
+        use_paper = enabled and not synthetic and backbone is not None
+        present = {t for g in gs for rs in g.by_seed.values() for r in rs for t in (r.get("targets") or {})}
+        targets = _ordered(present, paper.order("dg_targets"))
+        expected = [dataset, *(targets if synthetic else _ordered({*targets, *paper.order("dg_targets")}, paper.order("dg_targets")))]
+        rows = _method_rows({g.method for g in gs}, paper)
+        used: set[str] = set()
+        for row in rows:
+            mine = [g for g in gs if g.method == row.id]
+            for col in [dataset, *targets]:
+                metric = "test_acc" if col == dataset else col
+                values = [v for g in mine for v in g.per_seed(metric)]
+                if values:
+                    found = paper.dg(row.id, col, dataset, backbone, shots) if use_paper else None
+                    if found:
+                        used.add(found[1])
+                    row.cells[col] = _stat_cell(values, found)
+            avg = _average_cell(row.cells, expected, lambda col, m=row.id: paper.dg(m, col, dataset, backbone, shots), use_paper, used)
+            if avg is not None:
+                row.cells[AVERAGE] = avg
+        columns = [(dataset, paper.display("datasets", dataset))]
+        columns += [(t, paper.display("datasets", t)) for t in targets] + [(AVERAGE, "Average")]
+        title = (
+            f"Domain generalisation: {_backbone_label(backbone)}, trained on {paper.display('datasets', dataset)} "
+            f"{shots}-shot (Average: source and targets, as the paper){_title_suffix(synthetic)}"
+        )
+        note = _source_note(paper, used, rows, synthetic, enabled, backbone is None)
+        tables.append(Table("dg", title, note, {"backbone": backbone, "shots": shots, "dataset": dataset}, columns, rows, synthetic))
+    return tables
+
+
+def _value_label(value: Any) -> str:
+    return f"{value:g}" if isinstance(value, float) else str(value)
+
+
+def _sort_value(value: Any) -> tuple:
+    return (0, float(value), "") if _is_number(value) else (1, 0.0, str(value))
+
+
+def _sensitivity_tables(groups: Sequence[_Group], paper: _Paper, enabled: bool) -> list[Table]:
+    tables = []
+    by_sweep: dict[tuple, list[_Group]] = defaultdict(list)
+    for g in groups:
+        if g.params:
+            keys = tuple(k for k, _ in g.params)
+            by_sweep[(g.synthetic, g.dataset, g.backbone, g.shots, keys)].append(g)
+    for (synthetic, dataset, backbone, shots, keys), gs in sorted(by_sweep.items(), key=lambda kv: tuple(map(str, kv[0]))):
+        use_paper = enabled and not synthetic and backbone is not None
+        key = ", ".join(keys)
+        points = sorted({tuple(v for _, v in g.params) for g in gs}, key=lambda p: tuple(map(_sort_value, p)))
+        columns = [(" / ".join(map(_value_label, p)), " / ".join(map(_value_label, p))) for p in points]
+        rows = _method_rows({g.method for g in gs}, paper)
+        used: set[str] = set()
+        for row in rows:
+            ref = paper.sensitivity_row(key, row.id, dataset, backbone, shots) if use_paper and len(keys) == 1 else None
+            for point, (col, _) in zip(points, columns):
+                values = [v for g in gs if g.method == row.id and tuple(v for _, v in g.params) == point for v in g.per_seed("test_acc")]
+                if not values:
+                    continue
+                found = None
+                if ref is not None and _is_number(point[0]):
+                    match = [a for w, a in zip(ref["weights"], ref["accuracy"]) if math.isclose(w, point[0], abs_tol=1e-9)]
+                    found = (match[0], "table3_sensitivity") if match else None
+                if found:
+                    used.add(found[1])
+                row.cells[col] = _stat_cell(values, found)
+        where = f"{paper.display('datasets', dataset)}, {_backbone_label(backbone)}, {shots}-shot"
+        reading = ""
+        if use_paper and "table3_sensitivity" in used:
+            row_no = next(i for i, r in enumerate(paper.tables["table3_sensitivity"]["values"], 1) if r["key"] == key)
+            reading = f" (paper Table 3 row {row_no}, by our reading of its lost symbols)"
+        title = f"Sensitivity to `{key}`{reading}: {where}{_title_suffix(synthetic)}"
+        note = _source_note(paper, used, rows, synthetic, enabled, backbone is None)
+        setting = {"backbone": backbone, "shots": shots, "dataset": dataset, "key": key}
+        setting["values"] = {col: (p[0] if len(p) == 1 else list(p)) for (col, _), p in zip(columns, points)}
+        tables.append(Table("sensitivity", title, note, setting, columns, rows, synthetic))
+    return tables
+
+
+def _backbone_tables(groups: Sequence[_Group], paper: _Paper, enabled: bool) -> list[Table]:
+    t4 = paper.tables.get("table4_backbones") or {}
+    dataset, shots = t4.get("dataset", "imagenet"), t4.get("shots", 16)
+    gs = [g for g in groups if not g.params and not g.synthetic and g.backbone and g.dataset == dataset and g.shots == shots]
+    if not gs:
+        return []
+    backbones = _ordered({g.backbone for g in gs}, paper.order("backbones"))
+    rows = _method_rows({g.method for g in gs}, paper)
+    used: set[str] = set()
+    for row in rows:
+        for b in backbones:
+            values = [v for g in gs if (g.method, g.backbone) == (row.id, b) for v in g.per_seed("test_acc")]
+            if values:
+                found = paper.backbone(row.id, b, dataset, shots) if enabled else None
+                if found:
+                    used.add(found[1])
+                row.cells[b] = _stat_cell(values, found)
+    columns = [(b, paper.display("backbones", b)) for b in backbones]
+    title = f"CLIP backbones: {paper.display('datasets', dataset)}, {shots}-shot"
+    note = _source_note(paper, used, rows, False, enabled)
+    return [Table("backbones", title, note, {"dataset": dataset, "shots": shots}, columns, rows)]
+
+
+def _long_rows(table: Table) -> list[dict[str, Any]]:
+    out = []
+    for row in table.rows:
+        for col, _ in table.columns:
+            cell = row.cells.get(col)
+            if cell is None:
+                continue
+            line = {
+                "table": table.kind,
+                "backbone": table.setting.get("backbone"),
+                "dataset": table.setting.get("dataset"),
+                "method": row.id,
+                "shots": table.setting.get("shots"),
+                "key": table.setting.get("key"),
+                "value": None,
+            }
+            if table.kind == "fewshot":
+                line["dataset"] = col
+            elif table.kind == "dg":  # the column is the tested dataset; key/value name the training set
+                line["dataset"], line["key"], line["value"] = col, "trained_on", table.setting["dataset"]
+            elif table.kind == "sensitivity":
+                line["value"] = table.setting["values"][col]
+            elif table.kind == "backbones":
+                line["backbone"] = col
+            note = "; ".join(x for x in (cell.note, cell.paper_note and f"paper {cell.paper_note}") if x)
+            line.update(mean=cell.mean, std=cell.std, n=cell.n, paper=cell.paper, diff=cell.diff, note=note)
+            out.append(line)
+    return out
+
+
+def build_report(records: Sequence[Mapping[str, Any]], paper: Mapping[str, Any] | None) -> Report:
+    """Group ``records`` by (dataset, backbone, method, shots, params), average over seeds, lay out tables.
+
+    Args:
+        records: run records (:func:`hgadapter.records.load_records`).
+        paper: :func:`load_paper_results`'s answer, or ``None`` for no paper values.
+
+    Returns:
+        The tables (few-shot, domain generalisation, sensitivity, backbones; each only when some
+        records fit it) and one long row per cell.
+    """
+    warnings: list[str] = []
+    groups = _group(records, warnings)
+    look = _Paper(paper)
+    enabled = paper is not None
+    tables = [
+        *_fewshot_tables(groups, look, enabled),
+        *_dg_tables(groups, look, enabled),
+        *_sensitivity_tables(groups, look, enabled),
+        *_backbone_tables(groups, look, enabled),
+    ]
+    rows = [line for table in tables for line in _long_rows(table)]
+    return Report(tables=tables, rows=rows, runs=len(records), warnings=warnings, paper_file=(paper or {}).get("_path"))
+
+
+# --------------------------------------------------------------------------------------------
+# Formatting and writing
+
+
+def _signed(x: float) -> str:
+    return f"+{x:.2f}" if x >= 0.005 else (f"−{-x:.2f}" if x <= -0.005 else "±0.00")
+
+
+def format_cell(cell: Cell | None) -> str:
+    """``65.20 ± 0.31 (n=2; paper 66.18, −0.98)``; ``—`` for no runs."""
+    if cell is None:
+        return "—"
+    text = f"{cell.mean:.2f}" + (f" ± {cell.std:.2f}" if cell.std is not None else "")
+    extra = []
+    if not cell.average and cell.n < FULL_SEEDS:
+        extra.append(f"n={cell.n}")
+    if cell.note:
+        extra.append(cell.note)
+    if cell.paper is not None:
+        same = f" {cell.paper_note}" if cell.paper_note else ""
+        extra.append(f"paper {cell.paper:.2f}{same}, {_signed(cell.diff)}")
+    return text + (f" ({'; '.join(extra)})" if extra else "")
+
+
+def _escape(text: str) -> str:
+    return text.replace("|", "\\|")
+
+
+def format_markdown(report: Report) -> str:
+    """All tables as markdown: a heading, one line on the paper values, the table."""
+    lines = [
+        "# Results report",
+        "",
+        f"{report.runs} runs. Test accuracy (%), mean ± sample std over seeds; `n=` when fewer than {FULL_SEEDS} seeds. "
+        "Beside a cell: the paper's value and ours minus the paper's.",
+    ]
+    if report.paper_file:
+        lines.append(f"Paper values from `{report.paper_file}`.")
+    for table in report.tables:
+        lines += ["", f"## {table.title}", "", table.paper_note, ""]
+        head = ["Method", *(label for _, label in table.columns)]
+        lines.append("| " + " | ".join(_escape(h) for h in head) + " |")
+        lines.append("|" + "|".join(["---"] + ["---:"] * len(table.columns)) + "|")
+        for row in table.rows:
+            cells = [format_cell(row.cells.get(col)) for col, _ in table.columns]
+            lines.append("| " + " | ".join(_escape(c) for c in [row.label, *cells]) + " |")
+    if report.warnings:
+        lines += ["", "## Notes", ""] + [f"- {w}" for w in report.warnings]
+    return "\n".join(lines) + "\n"
+
+
+def _csv_text(rows: Sequence[Mapping[str, Any]]) -> str:
+    buffer = io.StringIO()
+    writer = csv.DictWriter(buffer, fieldnames=CSV_COLUMNS, lineterminator="\n")
+    writer.writeheader()
+    for row in rows:
+        writer.writerow({k: "" if row.get(k) is None else (round(row[k], 4) if isinstance(row[k], float) else row[k]) for k in CSV_COLUMNS})
+    return buffer.getvalue()
+
+
+def write_report(runs_dir: str | Path, out_dir: str | Path | None = None, *, paper_path: str | Path | None = None, use_paper: bool = True) -> Path:
+    """Read the runs below ``runs_dir`` and write ``report.md``, ``report.csv`` and ``report.json``.
+
+    Args:
+        runs_dir: a folder of run directories (each with ``metrics.json``).
+        out_dir: where to write; default ``runs_dir/report``.
+        paper_path: the paper results file; default :func:`paper_results_path`.
+        use_paper: ``False`` leaves the paper's values out (and reads no paper file).
+
+    Returns:
+        ``out_dir``.
+
+    Raises:
+        RecordError: ``runs_dir`` holds no run or a malformed metrics file.
+        ReportError: the paper results file is missing or malformed.
+    """
+    records = load_records(runs_dir)
+    paper = load_paper_results(paper_path) if use_paper else None
+    report = build_report(records, paper)
+    out = Path(out_dir) if out_dir is not None else Path(runs_dir) / "report"
+    atomic_write_text(out / "report.md", format_markdown(report))
+    atomic_write_text(out / "report.csv", _csv_text(report.rows))
+    payload = {
+        "runs": report.runs,
+        "paper_file": report.paper_file,
+        "columns": list(CSV_COLUMNS),
+        "rows": report.rows,
+        "tables": [asdict(t) for t in report.tables],
+        "warnings": report.warnings,
+    }
+    atomic_write_json(out / "report.json", payload)
+    return out
+
+
+def add_report_arguments(parser: argparse.ArgumentParser) -> None:
+    """Add ``hgadapter report``'s arguments to ``parser``."""
+    parser.add_argument("runs_dir", metavar="RUNS_DIR", help="folder of finished runs (searched recursively for metrics.json)")
+    parser.add_argument("--out", default=None, help="output directory (default: RUNS_DIR/report)")
+    parser.add_argument("--paper", default=None, metavar="PATH", help="paper results YAML (default: experiments/paper_results.yaml)")
+    parser.add_argument("--no-paper", action="store_true", help="leave the paper's values out")
+
+
+def run_report(args: argparse.Namespace) -> int:
+    """Run ``hgadapter report`` from parsed arguments; prints where it wrote, then the markdown."""
+    out = write_report(args.runs_dir, args.out, paper_path=args.paper, use_paper=not args.no_paper)
+    print(f"wrote {out / 'report.md'}, {out / 'report.csv'}, {out / 'report.json'}")
+    print()
+    print((out / "report.md").read_text(encoding="utf-8"), end="")
+    return 0

@@ -1,0 +1,252 @@
+"""The look of every figure in :mod:`viz`: palette, markers, sizes, fonts, and how files are saved.
+
+Figures are meant for a paper: a single column is about 3.5 in wide, the full text width about
+7.2 in. Figures are drawn at the size they will be printed, so a font size in points here is the
+size on paper (8 pt text, 7 pt ticks and legends; no smaller than 6 pt anywhere).
+
+Colours are the Okabe-Ito palette (Okabe and Ito, "Color Universal Design", 2008): eight colours
+that stay distinct under the common forms of colour blindness and in greyscale print. When more
+than eight series share a plot, markers and line styles tell them apart; the known methods have a
+fixed colour, marker and line style so that a method looks the same in every figure.
+
+PNG files are ``width * dpi`` by ``height * dpi`` pixels exactly: figures use matplotlib's
+constrained layout to fit their text and are saved without ``bbox_inches="tight"``, which would
+crop the canvas to an unpredictable size.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import zlib
+from collections.abc import Iterator, Sequence
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from hgadapter._io import atomic_write  # imports no torch
+
+if TYPE_CHECKING:
+    from matplotlib.figure import Figure
+
+__all__ = [
+    "OKABE_ITO",
+    "PALETTE",
+    "MARKERS",
+    "LINESTYLES",
+    "HATCHES",
+    "COLUMN_WIDTH",
+    "TEXT_WIDTH",
+    "DPI",
+    "FONT_SIZE",
+    "SMALL_FONT_SIZE",
+    "TITLE_FONT_SIZE",
+    "FIGURE_FORMATS",
+    "DEFAULT_FORMATS",
+    "series_style",
+    "method_style",
+    "method_label",
+    "method_order",
+    "style_context",
+    "new_figure",
+    "output_paths",
+    "save_figure",
+    "atomic_write",  # re-exported from hgadapter._io
+]
+
+# Okabe-Ito, by name. Hex strings so that tests and users can compare colours exactly.
+OKABE_ITO: dict[str, str] = {
+    "black": "#000000",
+    "orange": "#E69F00",
+    "sky_blue": "#56B4E9",
+    "bluish_green": "#009E73",
+    "yellow": "#F0E442",
+    "blue": "#0072B2",
+    "vermillion": "#D55E00",
+    "reddish_purple": "#CC79A7",
+}
+# The order series take their colours in: the darker, high-contrast colours first; yellow, the
+# hardest to see on white, last.
+PALETTE: tuple[str, ...] = tuple(
+    OKABE_ITO[name]
+    for name in ("blue", "vermillion", "bluish_green", "orange", "reddish_purple", "sky_blue", "black", "yellow")
+)
+MARKERS: tuple[str, ...] = ("o", "s", "^", "D", "v", "P", "X", "*")
+LINESTYLES: tuple[str, ...] = ("-", "--", "-.", ":")
+HATCHES: tuple[str, ...] = ("", "//", "\\\\", "xx", "..", "++", "oo", "--")
+
+COLUMN_WIDTH = 3.5  # inches: one column of a two-column paper
+TEXT_WIDTH = 7.2  # inches: the full text width
+DPI = 300  # dots per inch of PNG files: print quality
+FONT_SIZE = 8.0  # points, as printed: labels and text
+SMALL_FONT_SIZE = 7.0  # points: ticks, legends, point labels
+TITLE_FONT_SIZE = 9.0  # points: panel and figure titles
+
+FIGURE_FORMATS: tuple[str, ...] = ("png", "pdf", "svg")
+DEFAULT_FORMATS: tuple[str, ...] = ("png", "pdf")
+
+_RC: dict[str, Any] = {
+    "font.size": FONT_SIZE,
+    "axes.titlesize": TITLE_FONT_SIZE,
+    "axes.labelsize": FONT_SIZE,
+    "xtick.labelsize": SMALL_FONT_SIZE,
+    "ytick.labelsize": SMALL_FONT_SIZE,
+    "legend.fontsize": SMALL_FONT_SIZE,
+    "figure.titlesize": TITLE_FONT_SIZE,
+    "axes.linewidth": 0.6,
+    "lines.linewidth": 1.2,
+    "lines.markersize": 4.0,
+    "xtick.major.width": 0.6,
+    "ytick.major.width": 0.6,
+    "axes.spines.top": False,
+    "axes.spines.right": False,
+    "axes.grid": True,
+    "grid.linewidth": 0.4,
+    "grid.alpha": 0.4,
+    "legend.frameon": False,
+    "pdf.fonttype": 42,  # TrueType in PDFs: text stays text, as journals ask
+    "svg.fonttype": "none",
+}
+
+# Fixed looks for the registered methods (hgadapter.baselines.list_methods()); HeGraphAdapter
+# is vermillion, its ablation variants take the warm colours, baselines the cool ones.
+_METHOD_STYLES: dict[str, tuple[str, str, str]] = {
+    "hegraphadapter": (OKABE_ITO["vermillion"], "o", "-"),
+    "hegraphadapter:t": (OKABE_ITO["reddish_purple"], "s", "-"),
+    "hegraphadapter:t_p": (OKABE_ITO["orange"], "^", "-"),
+    "hegraphadapter:t_n": (OKABE_ITO["orange"], "v", "--"),
+    "hegraphadapter:base": (OKABE_ITO["black"], "X", "--"),
+    "zero_shot": (OKABE_ITO["black"], "*", ":"),
+    "tip_adapter": (OKABE_ITO["blue"], "D", "-"),
+    "tip_adapter_f": (OKABE_ITO["blue"], "P", "--"),
+    "clip_adapter": (OKABE_ITO["bluish_green"], "s", "--"),
+    "graphadapter": (OKABE_ITO["bluish_green"], "^", "-"),
+    "taskres": (OKABE_ITO["sky_blue"], "D", "-."),
+    "linear_probe": (OKABE_ITO["sky_blue"], "o", ":"),
+}
+_METHOD_LABELS: dict[str, str] = {
+    "hegraphadapter": "HeGraphAdapter",
+    "hegraphadapter:t": "HeGraphAdapter(T)",
+    "hegraphadapter:t_p": "HeGraphAdapter(T-P)",
+    "hegraphadapter:t_n": "HeGraphAdapter(T-N)",
+    "hegraphadapter:base": "Base",
+    "zero_shot": "Zero-shot CLIP",
+    "tip_adapter": "Tip-Adapter",
+    "tip_adapter_f": "Tip-Adapter-F",
+    "clip_adapter": "CLIP-Adapter",
+    "graphadapter": "GraphAdapter",
+    "taskres": "TaskRes",
+    "linear_probe": "Linear probe",
+}
+
+
+def series_style(index: int) -> dict[str, str]:
+    """Colour, marker and line style of the ``index``-th series of a plot.
+
+    Colour and marker cycle together through eight values, so the first eight series differ in
+    both (a greyscale print still tells them apart); the next eight reuse them with a dashed line,
+    and so on, so 32 series get 32 different looks.
+    """
+    if index < 0:
+        raise ValueError(f"series index must be >= 0, got {index}")
+    return {
+        "color": PALETTE[index % len(PALETTE)],
+        "marker": MARKERS[index % len(MARKERS)],
+        "linestyle": LINESTYLES[(index // len(PALETTE)) % len(LINESTYLES)],
+    }
+
+
+def method_style(method: str) -> dict[str, str]:
+    """The look of a method in every figure: fixed for registered methods, else from its name.
+
+    An unregistered name gets a look from a checksum of the name (not Python's ``hash``, which
+    changes between processes), so it is stable too, though two such names may share a colour.
+    """
+    if method in _METHOD_STYLES:
+        color, marker, linestyle = _METHOD_STYLES[method]
+        return {"color": color, "marker": marker, "linestyle": linestyle}
+    return series_style(zlib.crc32(method.encode("utf-8")) % (len(PALETTE) * len(LINESTYLES)))
+
+
+def method_label(method: str) -> str:
+    """The paper's name for a registered method (``hegraphadapter:t`` -> ``HeGraphAdapter(T)``)."""
+    return _METHOD_LABELS.get(method, method)
+
+
+def method_order(method: str) -> tuple[int, str]:
+    """Sort key: registered methods in the order of the table above, then others by name."""
+    order = list(_METHOD_STYLES)
+    return (order.index(method), "") if method in order else (len(order), method)
+
+
+@contextlib.contextmanager
+def style_context() -> Iterator[None]:
+    """Matplotlib settings of :mod:`viz` (fonts, lines, grid) for the figures built inside."""
+    import matplotlib
+
+    with matplotlib.rc_context(_RC):
+        yield
+
+
+def new_figure(width: float, height: float, *, dpi: int = DPI) -> Figure:
+    """An empty constrained-layout figure of ``width`` x ``height`` inches on an Agg canvas.
+
+    pyplot is never imported: no window can open and the caller's global backend is left alone.
+    Build it inside :func:`style_context` so that its text takes the house font sizes.
+    """
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    if dpi <= 0 or width <= 0 or height <= 0:
+        raise ValueError(f"figure size and dpi must be positive, got {width} x {height} in at {dpi} dpi")
+    figure = Figure(figsize=(width, height), dpi=dpi, layout="constrained")
+    FigureCanvasAgg(figure)
+    return figure
+
+
+def output_paths(out: str | Path, formats: Sequence[str] | None = None) -> list[Path]:
+    """The files :func:`save_figure` writes for ``out``: ``out`` itself, then its other ``formats``.
+
+    ``out`` names the figure with or without a suffix (``figs/acc.png`` or ``figs/acc``); each
+    format in ``formats`` adds a sibling with that suffix (``figs/acc.pdf``). Formats are
+    ``png``, ``pdf`` and ``svg``, with or without the dot.
+
+    Raises:
+        ValueError: an unsupported suffix or format, or nothing to write.
+    """
+    path = Path(out)
+    wanted = [f.lower().lstrip(".") for f in (formats or ())]
+    for fmt in wanted:
+        if fmt not in FIGURE_FORMATS:
+            raise ValueError(f"unsupported figure format '{fmt}'; use some of {list(FIGURE_FORMATS)}")
+    suffix = path.suffix.lower().lstrip(".")
+    paths = []
+    if suffix:
+        if suffix not in FIGURE_FORMATS:
+            raise ValueError(f"unsupported figure format '{path.suffix}' for {path}; use one of {['.' + f for f in FIGURE_FORMATS]}")
+        paths.append(path)
+        stem = path.with_suffix("")
+    else:
+        stem = path
+    for fmt in wanted:
+        sibling = stem.with_name(f"{stem.name}.{fmt}")
+        if sibling not in paths:
+            paths.append(sibling)
+    if not paths:
+        raise ValueError(f"figure path {path} has no suffix and no formats were given; add .png or .pdf, or pass formats")
+    return paths
+
+
+def save_figure(figure: Figure, out: str | Path, *, formats: Sequence[str] | None = None) -> list[Path]:
+    """Write ``figure`` to ``out`` and to a sibling per format in ``formats``, each atomically.
+
+    The figure's own size and dpi are used: a PNG is ``width * dpi`` by ``height * dpi`` pixels.
+
+    Returns:
+        The written paths (:func:`output_paths`).
+    """
+    paths = output_paths(out, formats)
+    for path in paths:
+        fmt = path.suffix.lower().lstrip(".")
+        atomic_write(path, lambda tmp, fmt=fmt: figure.savefig(tmp, format=fmt, dpi=figure.dpi))
+    return paths
+
+
