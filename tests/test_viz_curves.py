@@ -297,3 +297,19 @@ def test_output_paths_and_save_figure(tmp_path: Path) -> None:
     assert written == [tmp_path / "out" / "f.png", tmp_path / "out" / "f.pdf"]
     assert png_size(written[0]) == (350, 200)
     assert sorted(p.name for p in (tmp_path / "out").iterdir()) == ["f.pdf", "f.png"]
+
+
+def test_imagenet_sweeps_get_the_papers_table3_line_and_synthetic_ones_do_not(tmp_path: Path) -> None:
+    from viz.curves import paper_sensitivity, plot_figures
+
+    key = "stages.1.metapaths.2.beta"  # p2p: Table 3's first row
+    for value in (0.0, 0.06):
+        write_run(tmp_path / "real", f"w={value}/seed1", method="hegraphadapter:t", dataset="imagenet", backbone="RN50",
+                  shots=16, seed=1, params={key: value}, test_acc=60.0, synthetic=False)
+        write_run(tmp_path / "synth", f"w={value}/seed1", method="hegraphadapter:t", dataset="synthetic",
+                  shots=16, seed=1, params={key: value}, test_acc=60.0, synthetic=True)
+    paper = paper_sensitivity(load_records(tmp_path / "real"))
+    assert set(paper) == {key} and paper[key][0.06] == 66.06 and paper[key][0.0] == 65.96
+    assert paper_sensitivity(load_records(tmp_path / "synth")) is None
+    plot_figures(tmp_path / "real", tmp_path / "figs", formats=("png",))
+    assert (tmp_path / "figs" / "sensitivity.png").is_file()

@@ -38,6 +38,7 @@ __all__ = [
     "add_figures_arguments",
     "run_figures_command",
     "load_paper_values",
+    "paper_sensitivity",
     "MAX_TRAINING_RUNS",
 ]
 
@@ -387,7 +388,9 @@ def plot_figures(
         runs_dir: a folder of run directories (searched recursively).
         out_dir: where the figures go; created if missing.
         formats: one file per format and figure, e.g. ``("png", "pdf")``.
-        paper: published sensitivity numbers for :func:`plot_sensitivity`.
+        paper: published sensitivity numbers for :func:`plot_sensitivity`; ``None`` takes the
+            paper's Table 3 when the swept runs are real ImageNet runs (:func:`paper_sensitivity`),
+            ``{}`` draws none.
         dpi: dots per inch of the PNGs.
 
     Returns:
@@ -412,6 +415,8 @@ def plot_figures(
             written += style.save_figure(figure, out_root / name, formats=formats)
 
     if any(r.get("params") for r in records):
+        if paper is None:
+            paper = paper_sensitivity(records)
         figure = plot_sensitivity(records, None, paper=paper, dpi=dpi)
         written += style.save_figure(figure, out_root / "sensitivity", formats=formats)
 
@@ -430,6 +435,27 @@ def plot_figures(
             "accuracy vs shots needs runs at 2 or more shot counts"
         )
     return written
+
+
+def paper_sensitivity(records: Sequence[Record], path: str | Path | None = None) -> dict[str, dict[float, float]] | None:
+    """The paper's Table 3 (``experiments/paper_results.yaml``) for the keys ``records`` sweep.
+
+    Only for real ImageNet runs: the paper swept the weights there, and a synthetic task or
+    another dataset has nothing to compare with. ``None`` when nothing applies.
+    """
+    swept = [r for r in records if r.get("params")]
+    if not swept or any(r.get("synthetic") or r.get("dataset") != "imagenet" for r in swept):
+        return None
+    from hgadapter.report import load_paper_results  # torch-free
+
+    table = load_paper_results(path)["tables"].get("table3_sensitivity", {})
+    keys = {k for r in swept for k in r["params"]}
+    paper = {
+        row["key"]: {float(w): float(a) for w, a in zip(row["weights"], row["accuracy"])}
+        for row in table.get("values", [])
+        if row.get("key") in keys
+    }
+    return paper or None
 
 
 def _one_setting(records: list[Record]) -> tuple[list[Record], str]:
@@ -459,7 +485,8 @@ def add_figures_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--formats", nargs="+", default=list(style.DEFAULT_FORMATS), choices=style.FIGURE_FORMATS,
                         metavar="FMT", help="one file per format and figure (default: png pdf)")
     parser.add_argument("--paper", default=None, metavar="JSON",
-                        help='published sensitivity values to draw dashed, {"key": {"value": accuracy}}')
+                        help='sensitivity values to draw dashed, {"key": {"value": accuracy}} (default: the paper\'s Table 3 for ImageNet runs)')
+    parser.add_argument("--no-paper", action="store_true", help="draw no published values")
     parser.add_argument("--dpi", type=int, default=style.DPI, help=f"dots per inch of PNGs (default: {style.DPI})")
 
 
@@ -470,7 +497,7 @@ def run_figures_command(args: argparse.Namespace) -> int:
     caller to print.
     """
     out = Path(args.out) if args.out else Path(args.runs_dir) / "figures"
-    paper = load_paper_values(args.paper) if args.paper else None
+    paper = load_paper_values(args.paper) if args.paper else ({} if getattr(args, "no_paper", False) else None)
     for path in plot_figures(args.runs_dir, out, formats=args.formats, paper=paper, dpi=args.dpi):
         print(path)
     return 0
