@@ -4,7 +4,8 @@
 groups them by (dataset, backbone, method, shots, params), averages each group over seeds (mean ±
 sample standard deviation) and lays the groups out as the tables of the paper's Sec. 4.2-4.3:
 
-- ``fewshot``: per (backbone, shots), methods x datasets + Average (Table 2, Fig. 2);
+- ``shots``: per backbone, methods x shots for one dataset or the average over datasets (Fig. 2);
+- ``fewshot``: per (backbone, shots), methods x datasets + Average (Table 2);
 - ``dg``: records with ``targets``, per backbone: source, each target, Average (Table 1);
 - ``sensitivity``: records with ``params``, one table per swept key: accuracy per value (Table 3);
 - ``backbones``: ImageNet 16-shot, methods x backbones (Table 4).
@@ -311,7 +312,7 @@ class Table:
     """One table in the paper's layout.
 
     Attributes:
-        kind: ``fewshot``, ``dg``, ``sensitivity`` or ``backbones``.
+        kind: ``shots``, ``fewshot``, ``dg``, ``sensitivity`` or ``backbones``.
         title: the markdown heading (ends in :data:`SYNTHETIC_NOTE` for synthetic tasks).
         paper_note: one line saying where the paper values come from (or why there are none).
         setting: what the table holds fixed (``backbone``, ``shots``, ``dataset``, ``method``, ``key``).
@@ -501,6 +502,49 @@ def _fewshot_tables(groups: Sequence[_Group], paper: _Paper, enabled: bool) -> l
     return tables
 
 
+def _shots_tables(groups: Sequence[_Group], paper: _Paper, enabled: bool) -> list[Table]:
+    """Fig. 2 as a table: methods x shots, for one dataset or averaged over several."""
+    tables = []
+    by_setting: dict[tuple, list[_Group]] = defaultdict(list)
+    for g in groups:
+        if not g.params:
+            by_setting[(g.synthetic, g.backbone)].append(g)
+    for (synthetic, backbone), gs in sorted(by_setting.items(), key=lambda kv: (kv[0][0], _backbone_rank(paper, kv[0][1]))):
+        shots = sorted({g.shots for g in gs})
+        if len(shots) < 2:
+            continue
+        use_paper = enabled and not synthetic and backbone is not None
+        datasets = _ordered({g.dataset for g in gs}, paper.order("datasets"))
+        expected = datasets if synthetic else _ordered({*datasets, *paper.order("datasets")}, paper.order("datasets"))
+        target = datasets[0] if len(datasets) == 1 else AVERAGE
+        rows = _method_rows({g.method for g in gs}, paper)
+        used: set[str] = set()
+        for row in rows:
+            for k in shots:
+                mine = [g for g in gs if g.method == row.id and g.shots == k]
+                if not mine:
+                    continue
+                if target != AVERAGE:
+                    found = paper.fewshot(row.id, target, backbone, k) if use_paper else None
+                    row.cells[str(k)] = _stat_cell(mine[0].per_seed("test_acc"), found)
+                else:  # the mean over datasets of each dataset's seed mean, as the paper averages
+                    means = {g.dataset: statistics.fmean(g.per_seed("test_acc")) for g in mine}
+                    complete = all(d in means for d in expected)
+                    note = "" if complete else f"avg of {len(means)}/{len(expected)}"
+                    found = paper.fewshot(row.id, AVERAGE, backbone, k) if use_paper and complete else None
+                    row.cells[str(k)] = cell = Cell(mean=statistics.fmean(means.values()), std=None, n=len(means), note=note, average=True)
+                    if found is not None:
+                        cell.paper, cell.diff = float(found[0]), cell.mean - float(found[0])
+                if found is not None:
+                    used.add(found[1])
+        columns = [(str(k), f"{k}-shot") for k in shots]
+        what = paper.display("datasets", target) if target != AVERAGE else f"average over {len(datasets)} datasets"
+        title = f"Accuracy vs shots (Fig. 2): {_backbone_label(backbone)}, {what}{_title_suffix(synthetic)}"
+        note = _source_note(paper, used, rows, synthetic, enabled, backbone is None)
+        tables.append(Table("shots", title, note, {"backbone": backbone, "dataset": target}, columns, rows, synthetic))
+    return tables
+
+
 def _dg_tables(groups: Sequence[_Group], paper: _Paper, enabled: bool) -> list[Table]:
     tables = []
     by_setting: dict[tuple, list[_Group]] = defaultdict(list)
@@ -627,6 +671,8 @@ def _long_rows(table: Table) -> list[dict[str, Any]]:
             }
             if table.kind == "fewshot":
                 line["dataset"] = col
+            elif table.kind == "shots":
+                line["shots"] = int(col)
             elif table.kind == "dg":  # the column is the tested dataset; key/value name the training set
                 line["dataset"], line["key"], line["value"] = col, "trained_on", table.setting["dataset"]
             elif table.kind == "sensitivity":
@@ -647,14 +693,15 @@ def build_report(records: Sequence[Mapping[str, Any]], paper: Mapping[str, Any] 
         paper: :func:`load_paper_results`'s answer, or ``None`` for no paper values.
 
     Returns:
-        The tables (few-shot, domain generalisation, sensitivity, backbones; each only when some
-        records fit it) and one long row per cell.
+        The tables (accuracy vs shots, few-shot, domain generalisation, sensitivity, backbones;
+        each only when some records fit it) and one long row per cell.
     """
     warnings: list[str] = []
     groups = _group(records, warnings)
     look = _Paper(paper)
     enabled = paper is not None
     tables = [
+        *_shots_tables(groups, look, enabled),
         *_fewshot_tables(groups, look, enabled),
         *_dg_tables(groups, look, enabled),
         *_sensitivity_tables(groups, look, enabled),

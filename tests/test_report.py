@@ -366,3 +366,27 @@ def test_malformed_metrics_file_gives_a_one_line_error_naming_it(tmp_path):
 def test_report_module_imports_no_torch():
     code = "import sys, hgadapter.report; sys.exit('torch' in sys.modules or 'dgl' in sys.modules)"
     assert subprocess.run([sys.executable, "-c", code], cwd=REPO).returncode == 0
+
+
+def test_accuracy_vs_shots_table_averages_datasets_and_takes_the_papers_fig2_average(tmp_path):
+    from hgadapter.report import build_report, load_paper_results
+
+    datasets = ["imagenet", "caltech101", "oxford_pets", "stanford_cars", "oxford_flowers", "food101",
+                "fgvc_aircraft", "sun397", "dtd", "eurosat", "ucf101"]
+    records = []
+    for i, dataset in enumerate(datasets):
+        for shots in (1, 2):
+            for seed in (1, 2, 3):
+                records.append({"method": "hegraphadapter", "dataset": dataset, "backbone": "RN50", "shots": shots, "seed": seed,
+                                "val_acc": 0.0, "test_acc": 60.0 + i + shots + (seed - 2), "params": {}})
+    # one dataset short at 2 shots: that average is marked incomplete and gets no paper value
+    records = [r for r in records if not (r["dataset"] == "ucf101" and r["shots"] == 2)]
+    report = build_report(records, load_paper_results())
+    table = next(t for t in report.tables if t.kind == "shots")
+    assert [c for c, _ in table.columns] == ["1", "2"] and "average over 11 datasets" in table.title
+    one, two = table.rows[0].cells["1"], table.rows[0].cells["2"]
+    assert one.mean == pytest.approx(60.0 + 5.0 + 1) and one.n == 11 and one.note == ""
+    assert one.paper == 66.89 and one.diff == pytest.approx(66.0 - 66.89)  # the paper's 1-shot average (Fig. 2 text)
+    assert two.mean == pytest.approx(60.0 + 4.5 + 2) and two.note == "avg of 10/11" and two.paper is None
+    csv_rows = [r for r in report.rows if r["table"] == "shots"]
+    assert sorted(r["shots"] for r in csv_rows) == [1, 2]
