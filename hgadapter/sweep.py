@@ -378,17 +378,23 @@ def run_sweep(
 
     bar = tqdm(total=len(pending), desc="sweep", unit="run", disable=None if progress else True, dynamic_ncols=True)
 
+    def emit(line: str) -> None:
+        if bar.disable:
+            log(line)
+        else:
+            bar.write(line)  # above the progress bar, not through it
+
     def finish(spec: RunSpec, record: dict | None, error: str | None) -> None:
         bar.update(1)
         if error is not None:
             result.failed.append((spec, error))
-            bar.write(f"  FAILED {spec.label()}: {error}") if not bar.disable else log(f"  FAILED {spec.label()}: {error}")
+            emit(f"  FAILED {spec.label()}: {error}")
             return
         result.finished.append(record)
         line = f"  {spec.label()}: val {record['val_acc']:6.2f}  test {record['test_acc']:6.2f}"
         if record.get("targets"):
             line += "  " + " ".join(f"{k} {v:.2f}" for k, v in record["targets"].items())
-        bar.write(line) if not bar.disable else log(line)
+        emit(line)
 
     try:
         if backend == "ray":

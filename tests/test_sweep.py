@@ -290,3 +290,17 @@ def test_cli_report_figures_and_tsne_on_a_swept_run(tiny, capsys):
     capsys.readouterr()
     assert main(["report", str(root / "nothing")]) == 2
     assert "not a directory" in capsys.readouterr().err
+
+
+def test_a_failing_run_is_reported_and_the_others_go_on(tiny, capsys):
+    root, exp = tiny
+    other = make_random_cache(num_classes=6, dim=16, shots=2, seed=7)
+    other = type(other)(**{**other.__dict__, "classnames": [f"other{i}" for i in range(6)], "train_sets": {}})
+    save_cache(root / "features" / "bad-RN50", other)
+    exp.write_text(exp.read_text().replace("toy_a: '{dataset}-{backbone}'", "bad: '{dataset}-{backbone}'"))
+    code = main(["sweep", str(exp), "--out", str(root / "runs"), "--features-root", str(root / "features"), "--quiet"])
+    captured = capsys.readouterr()
+    assert code == 1
+    assert "0 runs finished, 0 already done, 6 failed" in captured.out
+    assert "class names differ" in captured.err
+    assert not list((root / "runs").rglob("metrics.json"))  # nothing half-done counts as finished
