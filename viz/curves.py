@@ -301,8 +301,8 @@ def plot_training_curves(
 ) -> Figure:
     """Training loss and validation accuracy per epoch, one line per run, from ``history.json``.
 
-    A run's colour is its method's (:func:`viz.style.method_style`); runs of one method differ
-    by line style. Runs without a history (``zero_shot``, older runs) are skipped. Entries
+    A run's colour and marker are its method's (:func:`viz.style.method_style`); runs of one
+    method differ by line style. Runs without a history (``zero_shot``, older runs) are skipped. Entries
     without a loss or a validation accuracy leave a gap in that panel only.
 
     Args:
@@ -351,8 +351,10 @@ def plot_training_curves(
             label = style.method_label(method) + (f" / seed {record['seed']}" if "seed" in record else "")
             for ax, key in ((loss_ax, "loss"), (acc_ax, "val_acc")):
                 pts = [(h["epoch"], h[key]) for h in history if _is_number(h.get(key)) and math.isfinite(h[key])]
+                # the method's marker every ~8 points: colours alone repeat beyond eight methods
                 ax.plot([p[0] for p in pts], [p[1] for p in pts], label=label, gid=str(run_dir),
-                        color=look["color"], linestyle=look["linestyle"])
+                        color=look["color"], linestyle=look["linestyle"], marker=look["marker"],
+                        markevery=max(1, len(pts) // 8), markersize=3.5)
         loss_ax.set(xlabel="epoch", ylabel="training loss", title="loss")
         acc_ax.set(xlabel="epoch", ylabel="validation accuracy (%)", title="validation accuracy")
         if len(curves) <= 2 * MAX_TRAINING_RUNS:
@@ -420,7 +422,8 @@ def plot_figures(
         figure = plot_sensitivity(records, None, paper=paper, dpi=dpi)
         written += style.save_figure(figure, out_root / "sensitivity", formats=formats)
 
-    trained = [r for r in records if (root / r["run_dir"] / HISTORY_FILE).is_file()]
+    # training-free methods write an empty history: only runs with epochs to draw count
+    trained = [r for r in records if (root / r["run_dir"] / HISTORY_FILE).is_file() and load_history(root / r["run_dir"])]
     chosen = [r for r in trained if not r.get("params")] or trained
     if chosen:
         chosen, setting = _one_setting(chosen)
