@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import json
 import math
+import re
 import statistics
 from collections.abc import Iterable, Sequence
 from pathlib import Path
@@ -39,6 +40,7 @@ __all__ = [
     "load_record",
     "load_history",
     "mean_std",
+    "backbone_of_encoder",
 ]
 
 METRICS_FILE = "metrics.json"
@@ -119,3 +121,26 @@ def mean_std(values: Iterable[float]) -> tuple[float, float, int]:
         raise ValueError("mean_std of no values")
     std = statistics.stdev(data) if len(data) > 1 else 0.0
     return statistics.fmean(data), std, len(data)
+
+
+_VIT_WIDTHS = {"base": "B", "large": "L", "huge": "H"}
+
+
+def backbone_of_encoder(encoder_id: str | None) -> str | None:
+    """The paper's backbone name for a CLIP encoder id, ``None`` when the id does not say.
+
+    ``openai/clip-vit-base-patch16`` -> ``ViT-B/16``; ``open_clip:RN50/openai`` -> ``RN50``;
+    ``open_clip:ViT-B-32/openai`` -> ``ViT-B/32``; ``...-patch14-336`` -> ``ViT-L/14@336px``.
+    A local folder or a synthetic encoder gives ``None``.
+    """
+    if not isinstance(encoder_id, str):
+        return None
+    text = encoder_id.removeprefix("open_clip:")
+    if match := re.search(r"(?:^|[/:])(RN\d+(?:x\d+)?)(?:[/@-]|$)", text):
+        return match.group(1)
+    if match := re.search(r"ViT-([BLH])-(\d+)", text):
+        return f"ViT-{match.group(1)}/{match.group(2)}"
+    if match := re.search(r"clip-vit-(base|large|huge)-patch(\d+)(-336)?", text):
+        name = f"ViT-{_VIT_WIDTHS[match.group(1)]}/{match.group(2)}"
+        return name + ("@336px" if match.group(3) else "")
+    return None

@@ -31,6 +31,7 @@ from hgadapter.config import RunConfig
 from hgadapter.features import FeatureCache
 from hgadapter.method import fit_hegraphadapter, resolve_device
 from hgadapter.protocol import Fitted, score_on_target, score_on_test, selection_data
+from hgadapter.records import backbone_of_encoder
 
 __all__ = ["run_experiment", "run_method", "environment_info", "json_safe"]
 
@@ -156,6 +157,7 @@ def run_method(
         train_seconds=round(float(fitted.train_seconds), 3),
         epochs=int(fitted.epochs),
         dataset=_dataset_name(cache.meta),
+        backbone=backbone_of_encoder((cache.meta.get("encoder") or {}).get("id")),
         synthetic=bool(cache.meta.get("synthetic", False)),
         device=str(used),
     )

@@ -35,6 +35,7 @@ from pathlib import Path
 from typing import Any
 
 from hgadapter.config import ConfigError, ExperimentConfig, backbone_slug, load_experiment
+from hgadapter.records import backbone_of_encoder
 
 __all__ = [
     "RunSpec",
@@ -210,7 +211,7 @@ def expand_experiment(
 # Planning: which runs are finished
 
 
-def _cache_fingerprint(path: str, train_key: tuple[int, int] | None, sidecars: dict[str, dict]) -> str:
+def _cache_fingerprint(path: str, train_key: tuple[int, int] | None, sidecars: dict[str, dict], backbone: str | None) -> str:
     from hgadapter.features import CacheError, load_sidecar
 
     if path not in sidecars:
@@ -219,6 +220,11 @@ def _cache_fingerprint(path: str, train_key: tuple[int, int] | None, sidecars: d
         except CacheError as exc:
             raise CacheError(f"{exc} (write it with `hgadapter extract --out {path} ...` or point --features-root at the caches)") from None
     sidecar = sidecars[path]
+    if backbone is not None:
+        encoder_id = (sidecar.get("meta", {}).get("encoder") or {}).get("id")
+        extracted = backbone_of_encoder(encoder_id)
+        if extracted is not None and extracted != backbone:
+            raise CacheError(f"{path}: features were extracted with {encoder_id} ({extracted}), but the experiment says backbone {backbone}; fix sweep.backbone or the cache folder")
     shared = {k: v for k, v in sidecar.items() if k not in ("train_sets", "files")}
     files = {name: v for name, v in sidecar.get("files", {}).items() if not str(name).startswith("train_")}
     own = None
@@ -239,8 +245,8 @@ def plan_runs(specs: Iterable[RunSpec]) -> tuple[list[RunSpec], list[RunSpec]]:
     sidecars: dict[str, dict] = {}
     pending, done = [], []
     for spec in specs:
-        cache_fp = _cache_fingerprint(spec.features, (spec.shots, spec.seed), sidecars)
-        target_fps = {name: _cache_fingerprint(path, None, sidecars) for name, path in spec.targets.items()}
+        cache_fp = _cache_fingerprint(spec.features, (spec.shots, spec.seed), sidecars, spec.backbone)
+        target_fps = {name: _cache_fingerprint(path, None, sidecars, spec.backbone) for name, path in spec.targets.items()}
         full = _digest(
             {
                 "version": HASH_VERSION,
@@ -297,13 +303,9 @@ def execute_run(spec: RunSpec, *, device: str | None = None, progress: bool = Fa
     method = create_method(spec.method, config_file=spec.config_file, overrides=spec.overrides)
     cache = _load(spec.features, ((spec.shots, spec.seed),))
     targets = {name: _load(path, ()) for name, path in spec.targets.items()}
-    extra = {
-        "experiment": spec.experiment,
-        "dataset": spec.dataset,
-        "backbone": spec.backbone,
-        "params": spec.params,
-        "config_hash": spec.config_hash,
-    }
+    extra = {"experiment": spec.experiment, "dataset": spec.dataset, "params": spec.params, "config_hash": spec.config_hash}
+    if spec.backbone is not None:  # else the runner names it from the cache's encoder id, if it can
+        extra["backbone"] = spec.backbone
     return run_method(method, cache, shots=spec.shots, seed=spec.seed, out_dir=spec.out_dir, targets=targets, extra=extra, device=device, progress=progress)
 
 

@@ -304,3 +304,36 @@ def test_a_failing_run_is_reported_and_the_others_go_on(tiny, capsys):
     assert "0 runs finished, 0 already done, 6 failed" in captured.out
     assert "class names differ" in captured.err
     assert not list((root / "runs").rglob("metrics.json"))  # nothing half-done counts as finished
+
+
+def test_a_cache_of_another_backbone_is_refused(tiny):
+    root, exp = tiny
+    cache = make_random_cache(num_classes=6, dim=16, shots=2)
+    cache = type(cache)(**{**cache.__dict__, "meta": {**cache.meta, "encoder": {"id": "openai/clip-vit-base-patch16"}}})
+    exp.write_text(exp.read_text().replace("dataset: toy", "dataset: vit").replace("  targets: {toy_a: '{dataset}-{backbone}'}\n", "").replace("seeds: [1, 2]", "seeds: [1]"))
+    save_cache(root / "features" / "vit-RN50", cache)
+    with pytest.raises(CacheError, match=r"extracted with openai/clip-vit-base-patch16 \(ViT-B/16\), but the experiment says backbone RN50"):
+        run_sweep([exp], out_root=root / "runs", features_root=root / "features", progress=False, log=None)
+    exp.write_text(exp.read_text().replace("backbone: RN50", "backbone: null"))
+    save_cache(root / "features" / "vit-none", cache)
+    record = run_sweep([exp], out_root=root / "runs", features_root=root / "features", progress=False, log=None).finished[0]
+    assert record["backbone"] == "ViT-B/16"  # named from the cache's encoder when the experiment does not say
+
+
+@pytest.mark.parametrize(
+    "encoder_id, backbone",
+    [
+        ("openai/clip-vit-base-patch16", "ViT-B/16"),
+        ("openai/clip-vit-base-patch32", "ViT-B/32"),
+        ("openai/clip-vit-large-patch14-336", "ViT-L/14@336px"),
+        ("open_clip:RN50/openai", "RN50"),
+        ("open_clip:RN101/openai", "RN101"),
+        ("open_clip:ViT-B-16/laion2b_s34b_b88k", "ViT-B/16"),
+        ("synthetic-clip", None),
+        ("/models/my-clip", None),
+    ],
+)
+def test_backbone_names_from_encoder_ids(encoder_id, backbone):
+    from hgadapter.records import backbone_of_encoder
+
+    assert backbone_of_encoder(encoder_id) == backbone
