@@ -313,3 +313,9 @@ def test_imagenet_sweeps_get_the_papers_table3_line_and_synthetic_ones_do_not(tm
     assert paper_sensitivity(load_records(tmp_path / "synth")) is None
     plot_figures(tmp_path / "real", tmp_path / "figs", formats=("png",))
     assert (tmp_path / "figs" / "sensitivity.png").is_file()
+    from viz.curves import plot_sensitivity, sensitivity_labels
+
+    labels = sensitivity_labels()
+    assert labels[key] == "p2p weight" and labels["stages.1.metapaths.0.beta_test"] == "n2p (test time) weight"
+    figure = plot_sensitivity(load_records(tmp_path / "real"), None, labels=labels)
+    assert figure.axes[0].get_title() == "p2p weight"

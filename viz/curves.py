@@ -39,6 +39,7 @@ __all__ = [
     "run_figures_command",
     "load_paper_values",
     "paper_sensitivity",
+    "sensitivity_labels",
     "MAX_TRAINING_RUNS",
 ]
 
@@ -161,6 +162,7 @@ def plot_sensitivity(
     out: str | Path | None,
     *,
     paper: Mapping[str, Mapping[float, float]] | None = None,
+    labels: Mapping[str, str] | None = None,
     dataset: str | Sequence[str] | None = None,
     backbone: str | None = None,
     formats: Sequence[str] | None = style.DEFAULT_FORMATS,
@@ -178,6 +180,8 @@ def plot_sensitivity(
     Args:
         records: run records (:func:`hgadapter.records.load_records`).
         out: figure path; ``None`` draws without saving.
+        labels: panel titles by key (e.g. ``{"stages.1.metapaths.2.beta": "p2p weight"}``); the
+            key itself otherwise.
         paper: optional published numbers, ``{key: {value: accuracy}}``, drawn dashed in black
             and labelled "paper" in the panel of that key.
         dataset: keep only this dataset (or these); ``None`` keeps all.
@@ -240,7 +244,7 @@ def plot_sensitivity(
                 ax.plot([p[0] for p in pts], [p[1] for p in pts], color=style.OKABE_ITO["black"], linestyle="--",
                         marker="x", label="paper", gid=f"{key}|paper")
             _value_axis(ax, position, numeric=_all_numeric(values))
-            ax.set_title(key)
+            ax.set_title((labels or {}).get(key, key))
         _label_outer(axes[: len(keys)], figure, xlabel="value", ylabel="test accuracy (%)")
         _legend_below(figure, *axes[: len(keys)])
         figure.suptitle("Sensitivity to swept hyper-parameters" + _synthetic_note(swept))
@@ -419,7 +423,7 @@ def plot_figures(
     if any(r.get("params") for r in records):
         if paper is None:
             paper = paper_sensitivity(records)
-        figure = plot_sensitivity(records, None, paper=paper, dpi=dpi)
+        figure = plot_sensitivity(records, None, paper=paper, labels=sensitivity_labels(), dpi=dpi)
         written += style.save_figure(figure, out_root / "sensitivity", formats=formats)
 
     # training-free methods write an empty history: only runs with epochs to draw count
@@ -459,6 +463,17 @@ def paper_sensitivity(records: Sequence[Record], path: str | Path | None = None)
         if row.get("key") in keys
     }
     return paper or None
+
+
+def sensitivity_labels(path: str | Path | None = None) -> dict[str, str]:
+    """Readable panel titles for the config keys the paper's Table 3 sweeps ("p2p weight" ...)."""
+    from hgadapter.report import ReportError, load_paper_results  # torch-free
+
+    try:
+        rows = load_paper_results(path)["tables"].get("table3_sensitivity", {}).get("values", [])
+    except ReportError:  # no paper file (e.g. an installed wheel): keys stay as titles
+        return {}
+    return {row["key"]: f"{row['metapath']} weight" for row in rows if "key" in row and "metapath" in row}
 
 
 def _one_setting(records: list[Record]) -> tuple[list[Record], str]:
