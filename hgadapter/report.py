@@ -597,7 +597,15 @@ def _sensitivity_tables(groups: Sequence[_Group], paper: _Paper, enabled: bool) 
         if g.params:
             keys = tuple(k for k, _ in g.params)
             by_sweep[(g.synthetic, g.dataset, g.backbone, g.shots, keys)].append(g)
-    for (synthetic, dataset, backbone, shots, keys), gs in sorted(by_sweep.items(), key=lambda kv: tuple(map(str, kv[0]))):
+    # the paper's Table 3 row order (p2p, v2p, n2p, n2p at test time), then other keys by name
+    row_keys = [row.get("key") for row in (paper.tables.get("table3_sensitivity") or {}).get("values", [])]
+
+    def rank(item: tuple) -> tuple:
+        synthetic, dataset, backbone, shots, keys = item[0]
+        first = row_keys.index(keys[0]) if len(keys) == 1 and keys[0] in row_keys else len(row_keys)
+        return (synthetic, str(dataset), str(backbone), shots, first, keys)
+
+    for (synthetic, dataset, backbone, shots, keys), gs in sorted(by_sweep.items(), key=rank):
         use_paper = enabled and not synthetic and backbone is not None
         key = ", ".join(keys)
         points = sorted({tuple(v for _, v in g.params) for g in gs}, key=lambda p: tuple(map(_sort_value, p)))
@@ -619,9 +627,11 @@ def _sensitivity_tables(groups: Sequence[_Group], paper: _Paper, enabled: bool) 
                 row.cells[col] = _stat_cell(values, found)
         where = f"{paper.display('datasets', dataset)}, {_backbone_label(backbone)}, {shots}-shot"
         reading = ""
+        if key in row_keys:  # name the meta-path the key weights, e.g. "p2p weight"
+            reading = f" ({paper.tables['table3_sensitivity']['values'][row_keys.index(key)].get('metapath', '?')} weight)"
         if use_paper and "table3_sensitivity" in used:
             row_no = next(i for i, r in enumerate(paper.tables["table3_sensitivity"]["values"], 1) if r["key"] == key)
-            reading = f" (paper Table 3 row {row_no}, by our reading of its lost symbols)"
+            reading = f"{reading[:-1]}; paper Table 3 row {row_no}, by our reading of its lost symbols)"
         title = f"Sensitivity to `{key}`{reading}: {where}{_title_suffix(synthetic)}"
         note = _source_note(paper, used, rows, synthetic, enabled, backbone is None)
         setting = {"backbone": backbone, "shots": shots, "dataset": dataset, "key": key}

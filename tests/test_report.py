@@ -282,7 +282,7 @@ def test_sensitivity_table_from_hand_made_records(tmp_path, paper):
             write_run(runs, f"sens/{value}/s{seed}", method="hegraphadapter:t", shots=16, seed=seed, test_acc=acc, dataset="imagenet", backbone="RN50", params={key: value})
     out = write_report(runs, tmp_path / "out")
     markdown = (out / "report.md").read_text(encoding="utf-8")
-    block = table_block(markdown, f"Sensitivity to `{key}` (paper Table 3 row 4")
+    block = table_block(markdown, f"Sensitivity to `{key}` (n2p (test time) weight; paper Table 3 row 4")
     assert block[0] == "| Method | 0.1 | 0.6 | 0.7 |"
     assert cells_of(block, "HeGraphAdapter(T)")[1:] == [
         "65.50 ± 0.71 (n=2; paper 66.06, −0.56)",
