@@ -55,24 +55,33 @@ class HeteroGraphAdapter(nn.Module):
     - bias stage: :math:`b = \gamma \sum_P \beta_P z(P)` (Eqs. 5-6).
 
     ``hop`` is the engine's normalised propagation (see :mod:`hgadapter.engines`); ``beta_test``
-    replaces ``beta`` outside training.
+    replaces ``beta`` outside training. With ``learn_betas`` every :math:`\beta_P` is a parameter
+    initialised at the configured ``beta`` (``beta_test`` is then unused), the paper's Table 3
+    "learn" setting.
 
     Shapes:
         - input ``feat_dict[ntype]``: ``(C, d)``
         - output: :class:`AdapterOutput` with ``(C, d)`` tensors
     """
 
-    def __init__(self, *, dim: int, stages: Sequence[StageConfig], init: str = "identity") -> None:
+    def __init__(self, *, dim: int, stages: Sequence[StageConfig], init: str = "identity", learn_betas: bool = False) -> None:
         super().__init__()
         self.dim = dim
         self.stages = tuple(stages)
         self.projections = nn.ModuleList(nn.Linear(dim, dim, bias=False) for _ in self.stages)
+        # Learned fusion weights (the paper's Table 3 "learn" column), one per meta-path, starting
+        # at the configured beta and used in training and testing alike.
+        self.betas = (
+            nn.ParameterList(nn.Parameter(torch.tensor([mp.beta for mp in stage.metapaths])) for stage in self.stages)  # (P_s,) each
+            if learn_betas
+            else None
+        )
         self._memo: dict[tuple[int, int], tuple] = {}  # see _propagate_path
         self.reset_parameters(init)
 
     @classmethod
-    def from_config(cls, variant: VariantConfig, *, dim: int, init: str = "identity") -> "HeteroGraphAdapter":
-        return cls(dim=dim, stages=variant.stages, init=init)
+    def from_config(cls, variant: VariantConfig, *, dim: int, init: str = "identity", learn_betas: bool = False) -> "HeteroGraphAdapter":
+        return cls(dim=dim, stages=variant.stages, init=init, learn_betas=learn_betas)
 
     def reset_parameters(self, init: str = "identity") -> None:
         for proj in self.projections:
@@ -96,7 +105,8 @@ class HeteroGraphAdapter(nn.Module):
                 # hop(x W, h W) = hop(x, h) W: the projection commutes with propagation, so each
                 # meta-path is propagated on raw features and projected once.
                 agg = self._propagate_path(graph, stage, mp, h, feat_dict, key=(s_idx, p_idx))  # (C, d)
-                term = mp.weight(training=training) * act(proj(agg))  # (C, d)
+                beta = self.betas[s_idx][p_idx] if self.betas is not None else mp.weight(training=training)
+                term = beta * act(proj(agg))  # (C, d)
                 fused = term if fused is None else fused + term
             if stage.mode == "residual":
                 h[stage.target] = h[stage.target] + fused

@@ -124,6 +124,7 @@ class TrainConfig:
     cache_loss_weight: float = 0.1  # lambda in CE_text + lambda * CE_cache
     cache_beta: float = 5.5  # cache sharpness used during training
     init: str = "identity"  # initial stage projections: identity | zeros | xavier
+    learn_betas: bool = False  # learn every fusion weight, starting at its beta (paper Table 3, "learn"); beta_test unused
 
 
 @dataclass(frozen=True)
@@ -526,6 +527,8 @@ class _Parser:
             ftype = str(fields[key].type)
             if key == "init":
                 kwargs[key] = self.choice(value, kpath, INITS)
+            elif ftype == "bool":
+                kwargs[key] = self.boolean(value, kpath)
             elif ftype.startswith("tuple"):
                 kwargs[key] = self.number_list(value, kpath)
             elif ftype == "int":

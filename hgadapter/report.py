@@ -76,6 +76,7 @@ CSV_COLUMNS: tuple[str, ...] = (
 SYNTHETIC_NOTE = "(synthetic task: says nothing about real CLIP)"
 FULL_SEEDS = 3  # fewer seeds than this and a cell shows its n
 AVERAGE = "average"
+LEARN_KEY = "train.learn_betas"  # a sweep of it is Table 3's "learn" column
 _TABLE_NAMES = ("table1_dg", "table2_fewshot16", "table3_sensitivity", "table4_backbones", "table5_complexity", "figure2_text")
 
 
@@ -272,6 +273,9 @@ class _Paper:
         t3 = self.tables.get("table3_sensitivity")
         if not t3 or (method, dataset, backbone, shots) != (t3.get("method"), t3.get("dataset"), t3.get("backbone"), t3.get("shots")):
             return None
+        if key == LEARN_KEY:  # the "learn" column: every fusion weight learned (stored on row 1)
+            learned = next((row["learned"] for row in t3["values"] if "learned" in row), None)
+            return None if learned is None else {"key": key, "metapath": "all", "weights": [True], "accuracy": [learned]}
         return next((row for row in t3["values"] if row["key"] == key), None)
 
 
@@ -619,7 +623,10 @@ def _sensitivity_tables(groups: Sequence[_Group], paper: _Paper, enabled: bool) 
                 if not values:
                     continue
                 found = None
-                if ref is not None and _is_number(point[0]):
+                if ref is not None and isinstance(point[0], bool):
+                    match = [a for w, a in zip(ref["weights"], ref["accuracy"]) if w is point[0]]
+                    found = (match[0], "table3_sensitivity") if match else None
+                elif ref is not None and _is_number(point[0]):
                     match = [a for w, a in zip(ref["weights"], ref["accuracy"]) if math.isclose(w, point[0], abs_tol=1e-9)]
                     found = (match[0], "table3_sensitivity") if match else None
                 if found:
@@ -629,9 +636,13 @@ def _sensitivity_tables(groups: Sequence[_Group], paper: _Paper, enabled: bool) 
         reading = ""
         if key in row_keys:  # name the meta-path the key weights, e.g. "p2p weight"
             reading = f" ({paper.tables['table3_sensitivity']['values'][row_keys.index(key)].get('metapath', '?')} weight)"
-        if use_paper and "table3_sensitivity" in used:
-            row_no = next(i for i, r in enumerate(paper.tables["table3_sensitivity"]["values"], 1) if r["key"] == key)
+        elif key == LEARN_KEY:
+            reading = " (all fusion weights learned)"
+        if use_paper and "table3_sensitivity" in used and key in row_keys:
+            row_no = row_keys.index(key) + 1
             reading = f"{reading[:-1]}; paper Table 3 row {row_no}, by our reading of its lost symbols)"
+        elif use_paper and "table3_sensitivity" in used:
+            reading = f"{reading[:-1]}; paper Table 3, column 'learn')"
         title = f"Sensitivity to `{key}`{reading}: {where}{_title_suffix(synthetic)}"
         note = _source_note(paper, used, rows, synthetic, enabled, backbone is None)
         setting = {"backbone": backbone, "shots": shots, "dataset": dataset, "key": key}

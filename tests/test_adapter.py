@@ -99,3 +99,28 @@ def _check_shifted_affinity(query, keys, labels):
     torch.testing.assert_close(results[0][0], results[1][0])
     torch.testing.assert_close(results[0][1], results[1][1])
     torch.testing.assert_close(shifted_cache_affinity(query, keys, labels, None), cache_affinity(query, keys))
+
+
+def test_learned_betas_start_at_the_configured_weights_and_get_gradients(random_cache):
+    variant, train, feats, graph = _setup(random_cache, "full")
+    fixed = HeteroGraphAdapter.from_config(variant, dim=random_cache.dim)
+    learned = HeteroGraphAdapter.from_config(variant, dim=random_cache.dim, learn_betas=True)
+    for b, s in zip(learned.betas, variant.stages):
+        assert b.tolist() == pytest.approx([m.beta for m in s.metapaths])
+    out_fixed, out_learned = fixed(graph, feats, training=True), learned(graph, feats, training=True)
+    torch.testing.assert_close(out_learned.feat_dict["pos"], out_fixed.feat_dict["pos"])  # same start
+    # at test time the learned weights stay: beta_test (0.1 for n2p in `full`) no longer applies
+    assert not torch.allclose(learned(graph, feats, training=False).feat_dict["pos"], fixed(graph, feats, training=False).feat_dict["pos"])
+    query = train.features[:, 0]  # (N, d)
+    F.cross_entropy(text_logits(query, out_learned.feat_dict["pos"], 100.0), train.labels).backward()
+    pos_stage = [s.target for s in variant.stages].index("pos")
+    assert learned.betas[pos_stage].grad is not None and learned.betas[pos_stage].grad.abs().sum() > 0
+
+
+def test_learn_betas_config_key(tmp_path):
+    from hgadapter.config import ConfigError, load_config
+
+    assert load_config("t", overrides=["train.learn_betas=true"]).train.learn_betas is True
+    assert load_config("t").train.learn_betas is False
+    with pytest.raises(ConfigError, match=r"train\.learn_betas: expected true or false, got 'yes please'"):
+        load_config("t", overrides=["train.learn_betas=yes please"])

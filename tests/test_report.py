@@ -390,3 +390,17 @@ def test_accuracy_vs_shots_table_averages_datasets_and_takes_the_papers_fig2_ave
     assert two.mean == pytest.approx(60.0 + 4.5 + 2) and two.note == "avg of 10/11" and two.paper is None
     csv_rows = [r for r in report.rows if r["table"] == "shots"]
     assert sorted(r["shots"] for r in csv_rows) == [1, 2]
+
+
+def test_learned_fusion_weights_meet_the_papers_learn_column(tmp_path, paper):
+    from hgadapter.report import build_report
+
+    records = [
+        {"method": "hegraphadapter:t", "dataset": "imagenet", "backbone": "RN50", "shots": 16, "seed": seed,
+         "val_acc": 0.0, "test_acc": acc, "params": {"train.learn_betas": True}}
+        for seed, acc in ((1, 65.0), (2, 66.0), (3, 67.0))
+    ]
+    table = next(t for t in build_report(records, paper).tables if t.kind == "sensitivity")
+    cell = table.rows[0].cells["True"]
+    assert cell.mean == 66.0 and cell.paper == 65.68 and cell.diff == pytest.approx(0.32)
+    assert "all fusion weights learned; paper Table 3, column 'learn'" in table.title

@@ -65,8 +65,8 @@ def test_ablation_dg_sensitivity_and_backbone_grids():
     assert dg[0].targets["imagenet_a"] == str(Path("f", "imagenet_a-ViT-B-16")) and dg[0].features == str(Path("f", "imagenet-ViT-B-16"))
     sens = expand_experiment(REPO / "experiments" / "sensitivity" / "imagenet.yaml", out_root="r", features_root="f")
     keys = {k for s in sens for k in s.params}
-    assert keys == {"stages.1.metapaths.0.beta", "stages.1.metapaths.1.beta", "stages.1.metapaths.2.beta", "stages.1.metapaths.0.beta_test"}
-    assert len(sens) == 40 * 3 and all(len(s.params) == 1 for s in sens)
+    assert keys == {"stages.1.metapaths.0.beta", "stages.1.metapaths.1.beta", "stages.1.metapaths.2.beta", "stages.1.metapaths.0.beta_test", "train.learn_betas"}
+    assert len(sens) == 41 * 3 and all(len(s.params) == 1 for s in sens)
     backbones = {load_experiment(p).sweep.backbone for p in (REPO / "experiments" / "backbones").glob("*.yaml")}
     assert backbones == {"RN50", "RN101", "ViT-B/32", "ViT-B/16"}
 
