@@ -6,6 +6,7 @@ as :mod:`viz` and :mod:`hgadapter.report` can use it.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import tempfile
@@ -48,6 +49,23 @@ def atomic_write_text(path: str | Path, text: str) -> Path:
             handle.write(text)
 
     return atomic_write(path, write)
+
+
+def json_safe(value: Any) -> Any:
+    """``value`` with numpy/torch scalars turned into Python numbers and tuples into lists."""
+    if isinstance(value, dict):
+        return {str(k): json_safe(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [json_safe(v) for v in value]
+    if hasattr(value, "item") and callable(value.item):  # numpy / torch scalars
+        return value.item()
+    return value
+
+
+def json_digest(data: Any) -> str:
+    """A short, stable fingerprint of JSON-able ``data`` (key order does not matter)."""
+    text = json.dumps(data, sort_keys=True, default=str)
+    return hashlib.sha256(text.encode("utf-8")).hexdigest()[:16]
 
 
 def atomic_write_json(path: str | Path, data: Any) -> Path:

@@ -17,7 +17,6 @@ The directory accumulates: the table and the chart cover every record in ``resul
 from __future__ import annotations
 
 import argparse
-import hashlib
 import json
 import math
 import statistics
@@ -26,10 +25,10 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from hgadapter._io import atomic_write, atomic_write_json, atomic_write_text
+from hgadapter._io import atomic_write, atomic_write_json, atomic_write_text, json_digest, json_safe
 from hgadapter.baselines import Method, create_method, list_methods
 from hgadapter.config import ConfigError
-from hgadapter.features import FeatureCache
+from hgadapter.features import FeatureCache, dataset_name
 from hgadapter.method import resolve_device
 from hgadapter.protocol import score_on_test, selection_data
 
@@ -86,29 +85,9 @@ _HATCHES = ("", "//", "..", "xx", "\\\\")
 # Running
 
 
-def _digest(data: Any) -> str:
-    text = json.dumps(data, sort_keys=True, default=str)
-    return hashlib.sha256(text.encode("utf-8")).hexdigest()[:16]
-
-
 def _cache_key(cache: FeatureCache) -> str:
     """Fingerprint of what determines the features: class names, dim, logit scale and sidecar meta."""
-    return _digest({"classnames": list(cache.classnames), "dim": cache.dim, "logit_scale": cache.logit_scale, "meta": cache.meta})
-
-
-def _dataset_name(meta: Mapping[str, Any]) -> str | None:
-    dataset = meta.get("dataset")
-    return dataset.get("name") if isinstance(dataset, Mapping) else dataset
-
-
-def _json_safe(value: Any) -> Any:
-    if isinstance(value, Mapping):
-        return {str(k): _json_safe(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [_json_safe(v) for v in value]
-    if hasattr(value, "item") and callable(value.item):  # numpy / torch scalars
-        return value.item()
-    return value
+    return json_digest({"classnames": list(cache.classnames), "dim": cache.dim, "logit_scale": cache.logit_scale, "meta": cache.meta})
 
 
 def load_results(out_dir: str | Path) -> list[dict]:
@@ -188,12 +167,12 @@ def compare(
     records = load_results(out)
     index = {(r["method"], r["shots"], r["seed"]): i for i, r in enumerate(records)}
     cache_key = _cache_key(cache)
-    dataset = _dataset_name(cache.meta)
+    dataset = dataset_name(cache.meta)
     synthetic = bool(cache.meta.get("synthetic", False))
     grid: list[dict] = []
     for method in resolved:
-        config = _json_safe(method.config_dict())
-        config_hash = _digest({"method": method.name, "config": config})
+        config = json_safe(method.config_dict())
+        config_hash = json_digest({"method": method.name, "config": config})
         for k in shots:
             for s in seeds:
                 key = (method.name, k, s)
@@ -217,7 +196,7 @@ def compare(
                     "train_seconds": round(float(fitted.train_seconds), 3),
                     "fit_seconds": round(fit_seconds, 3),
                     "epochs": int(fitted.epochs),
-                    "hparams": _json_safe(fitted.hparams),
+                    "hparams": json_safe(fitted.hparams),
                     "dataset": dataset,
                     "synthetic": synthetic,
                     "device": str(used),
@@ -419,7 +398,7 @@ def run_compare(args: argparse.Namespace) -> int:
         shots = list(dict.fromkeys(args.shots))
     cache = load_cache(args.features, train_keys=[(k, s) for k in shots for s in seeds])
     tag = " (SYNTHETIC task: says nothing about real CLIP)" if cache.meta.get("synthetic") else ""
-    print(f"compare {len(methods)} methods x shots {shots} x seeds {seeds} on {_dataset_name(cache.meta)}{tag}")
+    print(f"compare {len(methods)} methods x shots {shots} x seeds {seeds} on {dataset_name(cache.meta)}{tag}")
     start = time.perf_counter()
     compare(
         cache, methods, shots, seeds, args.out,

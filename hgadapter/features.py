@@ -152,6 +152,12 @@ class FeatureCache:
 # --------------------------------------------------------------------------------------------
 
 
+def dataset_name(meta: dict[str, Any]) -> str | None:
+    """The dataset a cache's sidecar ``meta`` names (``meta["dataset"]["name"]`` or a plain string)."""
+    dataset = meta.get("dataset")
+    return dataset.get("name") if isinstance(dataset, dict) else dataset
+
+
 def save_cache(path: str | Path, cache: FeatureCache, *, overwrite: bool = False) -> Path:
     """Write ``cache`` to the directory ``path``, one atomic file at a time.
 

@@ -17,23 +17,22 @@ import importlib.metadata
 import platform
 import subprocess
 import time
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
 import yaml
 
-from collections.abc import Mapping
-
-from hgadapter._io import atomic_save_tensors, atomic_write_json, atomic_write_text
+from hgadapter._io import atomic_save_tensors, atomic_write_json, atomic_write_text, json_safe
 from hgadapter.baselines import Method
 from hgadapter.baselines.hegraphadapter import HeGraphAdapter
 from hgadapter.config import RunConfig
-from hgadapter.features import FeatureCache
+from hgadapter.features import FeatureCache, dataset_name
 from hgadapter.method import fit_hegraphadapter, resolve_device
 from hgadapter.protocol import Fitted, score_on_target, score_on_test, selection_data
 from hgadapter.records import backbone_of_encoder
 
-__all__ = ["run_experiment", "run_method", "environment_info", "json_safe"]
+__all__ = ["run_experiment", "run_method", "environment_info"]
 
 
 def _git_commit() -> str | None:
@@ -55,22 +54,6 @@ def environment_info() -> dict[str, Any]:
         except importlib.metadata.PackageNotFoundError:
             versions[pkg] = None
     return {"python": platform.python_version(), "packages": versions, "git_commit": _git_commit()}
-
-
-def _dataset_name(meta: dict[str, Any]) -> str | None:
-    dataset = meta.get("dataset")
-    return dataset.get("name") if isinstance(dataset, dict) else dataset
-
-
-def json_safe(value: Any) -> Any:
-    """``value`` with numpy/torch scalars turned into Python numbers and tuples into lists."""
-    if isinstance(value, Mapping):
-        return {str(k): json_safe(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [json_safe(v) for v in value]
-    if hasattr(value, "item") and callable(value.item):
-        return value.item()
-    return value
 
 
 def run_experiment(
@@ -156,7 +139,7 @@ def run_method(
         hparams=json_safe(fitted.hparams),
         train_seconds=round(float(fitted.train_seconds), 3),
         epochs=int(fitted.epochs),
-        dataset=_dataset_name(cache.meta),
+        dataset=dataset_name(cache.meta),
         backbone=backbone_of_encoder((cache.meta.get("encoder") or {}).get("id")),
         synthetic=bool(cache.meta.get("synthetic", False)),
         device=str(used),

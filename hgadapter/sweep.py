@@ -23,7 +23,6 @@ from __future__ import annotations
 import argparse
 import concurrent.futures
 import dataclasses
-import hashlib
 import json
 import multiprocessing
 import os
@@ -34,6 +33,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from hgadapter._io import json_digest
 from hgadapter.config import ConfigError, ExperimentConfig, backbone_slug, load_experiment
 from hgadapter.records import backbone_of_encoder
 
@@ -86,11 +86,6 @@ class SweepResult:
     skipped: list[RunSpec] = field(default_factory=list)
     failed: list[tuple[RunSpec, str]] = field(default_factory=list)
     interrupted: bool = False
-
-
-def _digest(data: Any) -> str:
-    text = json.dumps(data, sort_keys=True, default=str)
-    return hashlib.sha256(text.encode("utf-8")).hexdigest()[:16]
 
 
 # --------------------------------------------------------------------------------------------
@@ -181,7 +176,7 @@ def expand_experiment(
         for point in points:
             overrides = (*extra, *(_override(k, v) for k, v in point.items()))
             method = create_method(method_name, config_file=experiment.path if is_hegraph else None, overrides=overrides)
-            digest = _digest({"method": method.name, "config": method.config_dict()})
+            digest = json_digest({"method": method.name, "config": method.config_dict()})
             for shots in sweep.shots:
                 for seed in sweep.seeds:
                     parts = [sweep.name, _slug(method.name)] + ([_point_slug(point)] if point else []) + [f"{shots}shot-seed{seed}"]
@@ -233,7 +228,7 @@ def _cache_fingerprint(path: str, train_key: tuple[int, int] | None, sidecars: d
         if not own:
             have = sorted((t.get("shots"), t.get("seed")) for t in sidecar.get("train_sets", []))
             raise CacheError(f"{path}: no training set for (shots={train_key[0]}, seed={train_key[1]}); present: {have}")
-    return _digest({"shared": shared, "files": files, "train": own})
+    return json_digest({"shared": shared, "files": files, "train": own})
 
 
 def plan_runs(specs: Iterable[RunSpec]) -> tuple[list[RunSpec], list[RunSpec]]:
@@ -247,7 +242,7 @@ def plan_runs(specs: Iterable[RunSpec]) -> tuple[list[RunSpec], list[RunSpec]]:
     for spec in specs:
         cache_fp = _cache_fingerprint(spec.features, (spec.shots, spec.seed), sidecars, spec.backbone)
         target_fps = {name: _cache_fingerprint(path, None, sidecars, spec.backbone) for name, path in spec.targets.items()}
-        full = _digest(
+        full = json_digest(
             {
                 "version": HASH_VERSION,
                 "config": spec.config_digest,
