@@ -197,6 +197,10 @@ def _cmd_demo(args: argparse.Namespace) -> int:
         base_table = format_table(base_records, title="Baselines, same synthetic task and protocol (SYNTHETIC)")
         atomic_write_text(out / "results.md", table + "\n" + base_table)
         print(base_table)
+    from hgadapter.report import write_report
+
+    report = write_report(out, out / "report")
+    print(f"variants and baselines in the paper's Table 2 layout -> {report / 'report.md'}")
     try:
         from viz.tsne import plot_node_tsne
 

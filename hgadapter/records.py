@@ -34,6 +34,7 @@ from typing import Any
 __all__ = [
     "METRICS_FILE",
     "HISTORY_FILE",
+    "RESULTS_FILE",
     "REQUIRED_KEYS",
     "RecordError",
     "load_records",
@@ -45,6 +46,7 @@ __all__ = [
 
 METRICS_FILE = "metrics.json"
 HISTORY_FILE = "history.json"
+RESULTS_FILE = "results.json"  # `hgadapter compare` writes its records as one list
 REQUIRED_KEYS: tuple[str, ...] = ("method", "shots", "seed", "val_acc", "test_acc")
 
 
@@ -80,9 +82,11 @@ def load_record(run_dir: str | Path) -> dict[str, Any]:
 def load_records(runs_dir: str | Path) -> list[dict[str, Any]]:
     """Every run record under ``runs_dir`` (searched recursively), sorted by run directory.
 
-    Each record gets ``run_dir``: its directory relative to ``runs_dir`` (``"."`` when
-    ``runs_dir`` is itself a run). Directories whose name starts with ``.`` (temporary or
-    in-progress output) are skipped.
+    Records come from run directories (``metrics.json``) and from ``hgadapter compare`` folders
+    (``results.json``, a list of records that carry a ``config_hash``). Each record gets
+    ``run_dir``: its directory relative to ``runs_dir`` (``"."`` when ``runs_dir`` is itself a
+    run; ``<folder>/results.json#<i>`` for a comparison's i-th record). Directories whose name
+    starts with ``.`` (temporary or in-progress output) are skipped.
 
     Raises:
         RecordError: ``runs_dir`` is not a directory, holds no run, or a metrics file is malformed.
@@ -98,6 +102,19 @@ def load_records(runs_dir: str | Path) -> list[dict[str, Any]]:
         record = load_record(path.parent)
         record["run_dir"] = rel.as_posix() or "."
         records.append(record)
+    for path in sorted(root.rglob(RESULTS_FILE)):
+        rel = path.relative_to(root)
+        if any(part.startswith(".") for part in rel.parts):
+            continue
+        data = _read_json(path)
+        # hgadapter compare's format; other results.json files (e.g. the demo's summary) are not records
+        if not isinstance(data, list) or not data or not all(isinstance(r, dict) and "config_hash" in r for r in data):
+            continue
+        for i, record in enumerate(data):
+            missing = [k for k in REQUIRED_KEYS if k not in record]
+            if missing:
+                raise RecordError(f"{path}: record {i} lacks keys {missing}; a run record needs {list(REQUIRED_KEYS)}")
+            records.append({**record, "run_dir": f"{rel.as_posix()}#{i}"})
     if not records:
         raise RecordError(f"{root}: no run found (no {METRICS_FILE} below it); run `hgadapter sweep` or `hgadapter run` first")
     return records

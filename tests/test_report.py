@@ -404,3 +404,19 @@ def test_learned_fusion_weights_meet_the_papers_learn_column(tmp_path, paper):
     cell = table.rows[0].cells["True"]
     assert cell.mean == 66.0 and cell.paper == 65.68 and cell.diff == pytest.approx(0.32)
     assert "all fusion weights learned; paper Table 3, column 'learn'" in table.title
+
+
+def test_compare_results_files_are_records_too(tmp_path):
+    from hgadapter.records import RecordError, load_records
+
+    runs = tmp_path / "runs"
+    (runs / "cmp").mkdir(parents=True)
+    rows = [{"method": "tip_adapter", "shots": 16, "seed": s, "val_acc": 60.0, "test_acc": 61.0 + s, "config_hash": "x"} for s in (1, 2)]
+    (runs / "cmp" / "results.json").write_text(json.dumps(rows))
+    (runs / "results.json").write_text(json.dumps([{"variant": "t", "seed": 1}]))  # the demo's summary: not records
+    records = load_records(runs)
+    assert [(r["method"], r["seed"], r["run_dir"]) for r in records] == [("tip_adapter", 1, "cmp/results.json#0"), ("tip_adapter", 2, "cmp/results.json#1")]
+    rows[1].pop("test_acc")
+    (runs / "cmp" / "results.json").write_text(json.dumps(rows))
+    with pytest.raises(RecordError, match=r"results\.json: record 1 lacks keys \['test_acc'\]"):
+        load_records(runs)
