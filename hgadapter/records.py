@@ -17,7 +17,8 @@ Keys a record may have: ``dataset`` (``imagenet``, ``caltech101``, ...; ``synthe
 ``backbone`` (``RN50``, ``ViT-B/16``, ...), ``variant``, ``experiment`` (the sweep's name),
 ``params`` (dotted config key -> value of a sweep grid point, e.g. a fusion weight),
 ``targets`` (domain-generalisation dataset -> test accuracy of the same fitted model),
-``synthetic``, ``config_hash``, ``train_seconds``, ``epochs``, ``hparams``.
+``synthetic``, ``config_hash``, ``train_seconds``, ``epochs``, ``hparams``, ``trainable_params``
+(HeGraphAdapter runs: the adapter's trained parameter count).
 :func:`load_records` adds ``run_dir``, the directory the record came from.
 """
 

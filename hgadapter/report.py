@@ -8,7 +8,9 @@ sample standard deviation) and lays the groups out as the tables of the paper's 
 - ``fewshot``: per (backbone, shots), methods x datasets + Average (Table 2);
 - ``dg``: records with ``targets``, per backbone: source, each target, Average (Table 1);
 - ``sensitivity``: records with ``params``, one table per swept key: accuracy per value (Table 3);
-- ``backbones``: ImageNet 16-shot, methods x backbones (Table 4).
+- ``backbones``: ImageNet 16-shot, methods x backbones (Table 4);
+- ``complexity``: trained methods at 16 shots, per (dataset, backbone): seconds per epoch,
+  epochs and trained parameters in millions (Table 5).
 
 ``out_dir`` receives ``report.md`` (all tables), ``report.csv`` (one line per cell) and
 ``report.json`` (the same lines plus each table's layout), written atomically. See
@@ -316,7 +318,7 @@ class Table:
     """One table in the paper's layout.
 
     Attributes:
-        kind: ``shots``, ``fewshot``, ``dg``, ``sensitivity`` or ``backbones``.
+        kind: ``shots``, ``fewshot``, ``dg``, ``sensitivity``, ``backbones`` or ``complexity``.
         title: the markdown heading (ends in :data:`SYNTHETIC_NOTE` for synthetic tasks).
         paper_note: one line saying where the paper values come from (or why there are none).
         setting: what the table holds fixed (``backbone``, ``shots``, ``dataset``, ``method``, ``key``).
@@ -674,6 +676,47 @@ def _backbone_tables(groups: Sequence[_Group], paper: _Paper, enabled: bool) -> 
     return [Table("backbones", title, note, {"dataset": dataset, "shots": shots}, columns, rows)]
 
 
+def _complexity_tables(groups: Sequence[_Group], paper: _Paper, enabled: bool) -> list[Table]:
+    """Table 5: seconds per training epoch, epochs and trained parameters, per (dataset, backbone)."""
+    t5 = paper.tables.get("table5_complexity") or {}
+    shots = t5.get("shots", 16)
+    tables = []
+    by_setting: dict[tuple, list[_Group]] = defaultdict(list)
+    for g in groups:
+        if not g.params and g.shots == shots:
+            trained = [r for rs in g.by_seed.values() for r in rs if _is_number(r.get("epochs")) and r["epochs"] > 0 and _is_number(r.get("train_seconds"))]
+            if trained:
+                by_setting[(g.synthetic, g.dataset, g.backbone)].append(g)
+    for (synthetic, dataset, backbone), gs in sorted(by_setting.items(), key=lambda kv: (kv[0][0], str(kv[0][1]), _backbone_rank(paper, kv[0][2]))):
+        use_paper = enabled and not synthetic and (dataset, backbone) == (t5.get("dataset"), t5.get("backbone"))
+        rows = _method_rows({g.method for g in gs}, paper)
+        used: set[str] = set()
+        for row in rows:
+            records = [r for g in gs if g.method == row.id for rs in g.by_seed.values() for r in rs if r.get("epochs")]
+            published = (t5.get("values") or {}).get(row.id, {}) if use_paper else {}
+            columns = (
+                ("seconds_per_epoch", [r["train_seconds"] / r["epochs"] for r in records], "seconds_per_epoch"),
+                ("epochs", [float(r["epochs"]) for r in records], None),
+                ("params_millions", [r["trainable_params"] / 1e6 for r in records if _is_number(r.get("trainable_params"))], "tunable_params_millions"),
+            )
+            for col, values, paper_key in columns:
+                if values:
+                    found = (published[paper_key], "table5_complexity") if paper_key in published else None
+                    if found:
+                        used.add(found[1])
+                    row.cells[col] = cell = _stat_cell(values, found)
+                    if col != "seconds_per_epoch" and min(values) == max(values):
+                        cell.std = None  # a setting, not a measurement: no spread to show
+        title = f"Complexity (Table 5): {paper.display('datasets', dataset)}, {_backbone_label(backbone)}, {shots}-shot{_title_suffix(synthetic)}"
+        note = _source_note(paper, used, rows, synthetic, enabled, backbone is None)
+        if "table5_complexity" in used:  # timings only compare on the same hardware
+            devices = sorted({str(r.get("device", "?")) for g in gs for rs in g.by_seed.values() for r in rs})
+            note += f" Seconds per epoch: ours on {', '.join(devices)}, the paper's on an {t5.get('device', 'unnamed device')}."
+        columns = [("seconds_per_epoch", "s / epoch"), ("epochs", "epochs"), ("params_millions", "trained params (M)")]
+        tables.append(Table("complexity", title, note, {"dataset": dataset, "backbone": backbone, "shots": shots}, columns, rows, synthetic))
+    return tables
+
+
 def _long_rows(table: Table) -> list[dict[str, Any]]:
     out = []
     for row in table.rows:
@@ -700,6 +743,8 @@ def _long_rows(table: Table) -> list[dict[str, Any]]:
                 line["value"] = table.setting["values"][col]
             elif table.kind == "backbones":
                 line["backbone"] = col
+            elif table.kind == "complexity":  # the column is the quantity: s/epoch, epochs, params (M)
+                line["key"] = col
             note = "; ".join(x for x in (cell.note, cell.paper_note and f"paper {cell.paper_note}") if x)
             line.update(mean=cell.mean, std=cell.std, n=cell.n, paper=cell.paper, diff=cell.diff, note=note)
             out.append(line)
@@ -727,6 +772,7 @@ def build_report(records: Sequence[Mapping[str, Any]], paper: Mapping[str, Any] 
         *_dg_tables(groups, look, enabled),
         *_sensitivity_tables(groups, look, enabled),
         *_backbone_tables(groups, look, enabled),
+        *_complexity_tables(groups, look, enabled),
     ]
     rows = [line for table in tables for line in _long_rows(table)]
     return Report(tables=tables, rows=rows, runs=len(records), warnings=warnings, paper_file=(paper or {}).get("_path"))

@@ -127,6 +127,8 @@ def run_method(
         cfg = method.config
         record.update(variant=cfg.variant.name, classifier=cfg.variant.classifier, engine=fitted.artifacts["engine"])
         record.update(alpha=fitted.hparams.get("alpha"), beta=fitted.hparams.get("beta"))  # the cache classifier's pair
+        adapter = fitted.artifacts.get("adapter")
+        record["trainable_params"] = 0 if adapter is None else sum(p.numel() for p in adapter.parameters() if p.requires_grad)
     record.update(
         shots=shots,
         seed=seed,

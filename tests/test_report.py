@@ -420,3 +420,21 @@ def test_compare_results_files_are_records_too(tmp_path):
     (runs / "cmp" / "results.json").write_text(json.dumps(rows))
     with pytest.raises(RecordError, match=r"results\.json: record 1 lacks keys \['test_acc'\]"):
         load_records(runs)
+
+
+def test_complexity_table_divides_time_by_epochs_and_sets_the_papers_table5_beside(paper):
+    from hgadapter.report import build_report
+
+    records = [
+        {"method": "hegraphadapter", "dataset": "imagenet", "backbone": "RN50", "shots": 16, "seed": seed, "val_acc": 0.0,
+         "test_acc": 66.0, "params": {}, "train_seconds": secs, "epochs": 30, "trainable_params": 3 * 1024 * 1024, "device": "cuda:0"}
+        for seed, secs in ((1, 60.0), (2, 66.0), (3, 54.0))
+    ] + [{"method": "zero_shot", "dataset": "imagenet", "backbone": "RN50", "shots": 16, "seed": 1, "val_acc": 0.0,
+          "test_acc": 58.0, "params": {}, "train_seconds": 0.1, "epochs": 0}]
+    table = next(t for t in build_report(records, paper).tables if t.kind == "complexity")
+    assert [r.id for r in table.rows] == ["hegraphadapter"]  # training-free methods have no epochs
+    cells = table.rows[0].cells
+    assert cells["seconds_per_epoch"].mean == pytest.approx(2.0) and cells["seconds_per_epoch"].std == pytest.approx(0.2)
+    assert cells["seconds_per_epoch"].paper == 33.95 and cells["epochs"].mean == 30 and cells["epochs"].std is None
+    assert cells["params_millions"].mean == pytest.approx(3.145728) and cells["params_millions"].paper == 10.367
+    assert "ours on cuda:0, the paper's on an NVIDIA RTX 3090" in table.paper_note
