@@ -22,6 +22,7 @@ from typing import Any
 
 import yaml
 
+from hgadapter._resources import resource_path
 from hgadapter.metapaths import (
     ACTIVATIONS,
     CANONICAL_ETYPES,
@@ -182,11 +183,8 @@ def backbone_slug(backbone: str | None) -> str:
 
 
 def metapaths_dir() -> Path:
-    """The directory of shipped variants (``$HGADAPTER_METAPATHS`` or ``<repo>/metapaths``)."""
-    env = os.environ.get("HGADAPTER_METAPATHS")
-    if env:
-        return Path(env)
-    return Path(__file__).resolve().parent.parent / "metapaths"
+    """The directory of shipped variants: ``$HGADAPTER_METAPATHS``, ``<repo>/metapaths`` or the installed copy."""
+    return resource_path("metapaths", "HGADAPTER_METAPATHS")
 
 
 def list_variants() -> list[str]:

@@ -42,7 +42,6 @@ import argparse
 import csv
 import io
 import math
-import os
 import statistics
 from collections import defaultdict
 from collections.abc import Iterable, Mapping, Sequence
@@ -53,6 +52,7 @@ from typing import Any
 import yaml
 
 from hgadapter._io import atomic_write_json, atomic_write_text
+from hgadapter._resources import resource_path
 from hgadapter.records import load_records, mean_std
 
 __all__ = [
@@ -92,10 +92,7 @@ class ReportError(ValueError):
 
 def paper_results_path() -> Path:
     """``$HGADAPTER_PAPER_RESULTS`` or ``<repo>/experiments/paper_results.yaml``."""
-    env = os.environ.get("HGADAPTER_PAPER_RESULTS")
-    if env:
-        return Path(env)
-    return Path(__file__).resolve().parents[1] / "experiments" / "paper_results.yaml"
+    return resource_path("experiments/paper_results.yaml", "HGADAPTER_PAPER_RESULTS")
 
 
 def _is_number(value: Any) -> bool:

@@ -25,6 +25,7 @@ import torch
 
 # config.py is the only module that parses YAML; its raw-tree helpers carry the provenance that
 # error messages need, so they are reused here instead of a second parser.
+from hgadapter._resources import resource_path
 from hgadapter.config import ConfigError, _parse_override, _Parser, _read_yaml, _Tree, read_config_layers
 from hgadapter.protocol import Fitted, SelectionData
 
@@ -42,10 +43,7 @@ __all__ = [
 
 def methods_dir() -> Path:
     """Directory of the method configs (``$HGADAPTER_METHODS`` or ``<repo>/experiments/methods``)."""
-    env = os.environ.get("HGADAPTER_METHODS")
-    if env:
-        return Path(env)
-    return Path(__file__).resolve().parents[2] / "experiments" / "methods"
+    return resource_path("experiments/methods", "HGADAPTER_METHODS")
 
 
 def method_config_path(name: str) -> Path:
