@@ -337,3 +337,13 @@ def test_backbone_names_from_encoder_ids(encoder_id, backbone):
     from hgadapter.records import backbone_of_encoder
 
     assert backbone_of_encoder(encoder_id) == backbone
+
+
+def test_a_variant_file_can_start_from_a_shipped_one(tmp_path):
+    from hgadapter.config import load_variant, metapaths_dir
+
+    path = tmp_path / "sparse8.yaml"
+    path.write_text(f"_base_: {metapaths_dir() / 'full.yaml'}\nname: sparse8\ngraph: {{topk: 8}}\n")
+    variant, full = load_variant(path), load_variant("full")
+    assert variant.name == "sparse8" and variant.graph.topk == 8
+    assert variant.stages == full.stages and variant.graph.relations == full.graph.relations
