@@ -45,6 +45,7 @@ __all__ = [
     "plan_runs",
     "execute_run",
     "run_sweep",
+    "spread_device",
     "add_sweep_arguments",
     "run_sweep_command",
 ]
@@ -342,7 +343,8 @@ def run_sweep(
         features_root: where relative feature cache folders start (``$HGADAPTER_FEATURES``,
             else ``features``).
         jobs: runs at once; ``1`` runs in this process, more start worker processes (local) or
-            bounds the concurrent Ray tasks (ray).
+            bounds the concurrent Ray tasks (ray). Locally, ``device="cuda"`` with several GPUs
+            deals the runs round-robin over them (:func:`spread_device`).
         backend: ``local`` or ``ray``.
         ray_address: Ray cluster address (``auto`` for a running cluster); ``None`` starts a local one.
         device: ``auto``, ``cpu``, ``cuda[:N]`` for every run; ``None`` keeps each config's.
@@ -425,11 +427,25 @@ def _payload(spec: RunSpec, *, device: str | None, threads: int | None) -> dict:
     return {"spec": dataclasses.asdict(spec), "device": device, "threads": threads}
 
 
+def spread_device(device: str | None, index: int, gpus: int) -> str | None:
+    """The device of the ``index``-th run: plain ``cuda`` (or ``auto`` with GPUs) goes round-robin
+    over ``cuda:0 .. cuda:gpus-1``; anything else (``cpu``, ``cuda:1``, ``None``) is kept."""
+    if gpus > 1 and device in ("cuda", "auto"):
+        return f"cuda:{index % gpus}"
+    return device
+
+
 def _run_local_pool(pending: list[RunSpec], finish: Callable, *, jobs: int, device: str | None) -> None:
+    import torch
+
     threads = max(1, (os.cpu_count() or 1) // jobs)
+    gpus = torch.cuda.device_count() if torch.cuda.is_available() else 0
     context = multiprocessing.get_context("spawn")  # no fork after torch has started threads
     with concurrent.futures.ProcessPoolExecutor(max_workers=jobs, mp_context=context) as pool:
-        futures = {pool.submit(_execute_payload, _payload(s, device=device, threads=threads)): s for s in pending}
+        futures = {
+            pool.submit(_execute_payload, _payload(s, device=spread_device(device, i, gpus), threads=threads)): s
+            for i, s in enumerate(pending)
+        }
         try:
             for future in concurrent.futures.as_completed(futures):
                 spec = futures[future]

@@ -347,3 +347,14 @@ def test_a_variant_file_can_start_from_a_shipped_one(tmp_path):
     variant, full = load_variant(path), load_variant("full")
     assert variant.name == "sparse8" and variant.graph.topk == 8
     assert variant.stages == full.stages and variant.graph.relations == full.graph.relations
+
+
+@pytest.mark.parametrize(
+    "device, gpus, expected",
+    [("cuda", 4, ["cuda:0", "cuda:1", "cuda:2", "cuda:3", "cuda:0"]), ("auto", 2, ["cuda:0", "cuda:1", "cuda:0", "cuda:1", "cuda:0"]),
+     ("cuda", 1, ["cuda"] * 5), ("cuda:3", 4, ["cuda:3"] * 5), ("cpu", 4, ["cpu"] * 5), (None, 4, [None] * 5)],
+)
+def test_runs_are_dealt_over_gpus(device, gpus, expected):
+    from hgadapter.sweep import spread_device
+
+    assert [spread_device(device, i, gpus) for i in range(5)] == expected
