@@ -29,8 +29,7 @@ from hgadapter._io import atomic_write, atomic_write_json, atomic_write_text, js
 from hgadapter.baselines import Method, create_method, list_methods
 from hgadapter.config import ConfigError
 from hgadapter.features import FeatureCache, dataset_name
-from hgadapter.method import resolve_device
-from hgadapter.protocol import score_on_test, selection_data
+from hgadapter.runner import run_method
 
 __all__ = [
     "DEFAULT_METHODS",
@@ -181,25 +180,20 @@ def compare(
                     log(f"  {method.name:22s} shots {k:2d} seed {s}: done before (test {old['test_acc']:.2f}), skipped")
                     grid.append(old)
                     continue
-                data = selection_data(cache, shots=k, seed=s)
                 start = time.perf_counter()
-                fitted = method.fit(data, seed=s, device=device, progress=progress)
+                # the same fit -> select on validation -> test once path as `hgadapter run` and sweeps
+                run = run_method(method, cache, shots=k, seed=s, device=device, progress=progress)
                 fit_seconds = time.perf_counter() - start
-                used = fitted.artifacts.get("device") or resolve_device(device)
-                test_acc = score_on_test(fitted, cache, device=used)
                 record = {
                     "method": method.name,
                     "shots": k,
                     "seed": s,
-                    "val_acc": round(float(fitted.val_acc), 4),
-                    "test_acc": round(float(test_acc), 4),
-                    "train_seconds": round(float(fitted.train_seconds), 3),
+                    **{key_: run[key_] for key_ in ("val_acc", "test_acc", "train_seconds")},
                     "fit_seconds": round(fit_seconds, 3),
-                    "epochs": int(fitted.epochs),
-                    "hparams": json_safe(fitted.hparams),
+                    **{key_: run[key_] for key_ in ("epochs", "hparams")},
                     "dataset": dataset,
                     "synthetic": synthetic,
-                    "device": str(used),
+                    "device": run["device"],
                     "config_hash": config_hash,
                     "cache_key": cache_key,
                     "config": config,

@@ -59,9 +59,13 @@ def test_the_guard_trips():
 
 
 def test_selection_never_reads_the_test_split(tmp_path, monkeypatch):
-    """Every method fits and selects with the test split locked; only score_on_test opens it, once per run."""
+    """Every method fits and selects with the test split locked; only score_on_test opens it, once per run.
+
+    compare goes through hgadapter.runner.run_method, the path `hgadapter run` and sweeps take too."""
+    import hgadapter.runner as runner_module
+
     guarded = GuardedCache(small_task())
-    real_score = compare_module.score_on_test
+    real_score = runner_module.score_on_test
     scored = []
 
     def score_with_guard_open(fitted, cache, **kwargs):
@@ -73,7 +77,7 @@ def test_selection_never_reads_the_test_split(tmp_path, monkeypatch):
             guarded.closed = True
             scored.append(1)
 
-    monkeypatch.setattr(compare_module, "score_on_test", score_with_guard_open)
+    monkeypatch.setattr(runner_module, "score_on_test", score_with_guard_open)
     methods = list_methods()
     records = compare(guarded, methods, [2], [1], tmp_path, progress=False, device="cpu", overrides=quick(methods), log=None)
     assert [r["method"] for r in records] == [m for m in methods]
