@@ -8,7 +8,6 @@ import json
 
 import pytest
 
-import hgadapter.compare as compare_module
 from hgadapter.baselines import list_methods
 from hgadapter.compare import RECORD_KEYS, add_compare_arguments, compare, format_table, run_compare
 from hgadapter.config import ConfigError
