@@ -7,6 +7,7 @@ and exit code 2, never a traceback; set ``HGADAPTER_DEBUG=1`` to see the traceba
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import importlib
 import os
 import statistics
@@ -14,6 +15,8 @@ import sys
 import time
 from pathlib import Path
 from typing import Sequence
+
+import yaml
 
 from hgadapter._dgl import DGLUnavailableError
 from hgadapter.config import ConfigError, list_variants, load_config, load_variant
@@ -45,6 +48,8 @@ def _add_synth(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--families", type=int, default=None, help="number of confusable class families")
     p.add_argument("--shots", type=int, nargs="+", default=None, help="few-shot sizes K to write")
     p.add_argument("--seeds", type=int, nargs="+", default=None, help="sampling seeds to write")
+    p.add_argument("--set", dest="sets", action="append", default=[], metavar="FIELD=VALUE",
+                   help="any other generator field (docs/synthetic.md), e.g. image_noise=2.6; repeatable")
     p.add_argument("--overwrite", action="store_true", help="replace an existing, different cache")
     p.set_defaults(func=_cmd_synth)
 
@@ -63,7 +68,15 @@ def _cmd_synth(args: argparse.Namespace) -> int:
     from hgadapter.features import save_cache
     from hgadapter.synthetic import SyntheticTaskConfig, build_synthetic_task
 
-    cfg = SyntheticTaskConfig(**_synth_overrides(args))
+    fields = {f.name for f in dataclasses.fields(SyntheticTaskConfig)}
+    overrides = _synth_overrides(args)
+    for text in args.sets:
+        name, sep, raw = text.partition("=")
+        if not sep or name.strip() not in fields:
+            raise UsageError(f"--set {text!r}: expected FIELD=VALUE with FIELD one of {sorted(fields)}")
+        value = yaml.safe_load(raw)
+        overrides[name.strip()] = tuple(value) if isinstance(value, list) else value
+    cfg = SyntheticTaskConfig(**overrides)
     cache = build_synthetic_task(cfg)
     path = save_cache(args.out, cache, overwrite=args.overwrite)
     print(

@@ -3,6 +3,7 @@
 import json
 
 import pytest
+import torch
 
 from hgadapter.cli import main
 
@@ -92,3 +93,19 @@ def test_demo_writes_tables_report_and_tsne(tmp_path, monkeypatch, capsys):
         assert row in report, row
     assert "synthetic task: says nothing about real CLIP" in report
     assert (tmp_path / "tsne_pos_full_seed1.png").stat().st_size > 0 and (tmp_path / "tsne_pos_full_seed1.pdf").is_file()
+
+
+def test_synth_set_changes_images_but_not_classes_or_prompts(tmp_path, capsys):
+    from hgadapter.cli import main
+    from hgadapter.features import load_cache
+
+    base = ["synth", "--classes", "12", "--families", "3", "--dim", "24", "--shots", "1", "--seeds", "1"]
+    assert main([*base, "--out", str(tmp_path / "a")]) == 0
+    assert main([*base, "--out", str(tmp_path / "b"), "--set", "image_noise=2.6", "--set", "image_gap=3.0"]) == 0
+    a, b = load_cache(tmp_path / "a"), load_cache(tmp_path / "b")
+    assert a.classnames == b.classnames and torch.equal(a.pos_text, b.pos_text)  # a valid domain-generalisation target
+    assert not torch.equal(a.test_features, b.test_features)
+    assert b.meta["config"]["image_noise"] == 2.6
+    capsys.readouterr()
+    assert main([*base, "--out", str(tmp_path / "c"), "--set", "imagenoise=2"]) == 2
+    assert "expected FIELD=VALUE with FIELD one of" in capsys.readouterr().err
