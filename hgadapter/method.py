@@ -42,7 +42,8 @@ def fit_hegraphadapter(
     """Build the heterograph, train the variant's stages and choose alpha/beta on validation.
 
     ``Fitted.artifacts`` holds ``engine``, ``feat_dict`` (initial node features), ``adapted``
-    (node features after the adapter at test-time betas, plus ``vis_bias``) and ``adapter``.
+    (node features after the adapter at test-time betas, plus ``vis_bias``), ``adapter`` and
+    ``trainable_params``.
     """
     log = log or (lambda message: None)
     device = resolve_device(cfg.device)
@@ -96,5 +97,12 @@ def fit_hegraphadapter(
         train_seconds=result.train_seconds if result.adapter is not None else time.perf_counter() - start,
         epochs=result.epochs,
         history=result.history,
-        artifacts={"engine": engine, "feat_dict": feat_dict, "adapted": adapted, "adapter": result.adapter, "device": device},
+        artifacts={
+            "engine": engine,
+            "feat_dict": feat_dict,
+            "adapted": adapted,
+            "adapter": result.adapter,
+            "device": device,
+            "trainable_params": 0 if result.adapter is None else sum(p.numel() for p in result.adapter.parameters() if p.requires_grad),
+        },
     )

@@ -18,7 +18,7 @@ Keys a record may have: ``dataset`` (``imagenet``, ``caltech101``, ...; ``synthe
 ``params`` (dotted config key -> value of a sweep grid point, e.g. a fusion weight),
 ``targets`` (domain-generalisation dataset -> test accuracy of the same fitted model),
 ``synthetic``, ``config_hash``, ``train_seconds``, ``epochs``, ``hparams``, ``trainable_params``
-(HeGraphAdapter runs: the adapter's trained parameter count).
+(methods trained by gradient descent: the number of trained parameter values).
 :func:`load_records` adds ``run_dir``, the directory the record came from.
 """
 

@@ -127,8 +127,6 @@ def run_method(
         cfg = method.config
         record.update(variant=cfg.variant.name, classifier=cfg.variant.classifier, engine=fitted.artifacts["engine"])
         record.update(alpha=fitted.hparams.get("alpha"), beta=fitted.hparams.get("beta"))  # the cache classifier's pair
-        adapter = fitted.artifacts.get("adapter")
-        record["trainable_params"] = 0 if adapter is None else sum(p.numel() for p in adapter.parameters() if p.requires_grad)
     record.update(
         shots=shots,
         seed=seed,
@@ -137,6 +135,8 @@ def run_method(
     )
     if targets:
         record["targets"] = target_acc
+    if "trainable_params" in fitted.artifacts:  # methods trained by gradient descent report it
+        record["trainable_params"] = int(fitted.artifacts["trainable_params"])
     record.update(
         hparams=json_safe(fitted.hparams),
         train_seconds=round(float(fitted.train_seconds), 3),

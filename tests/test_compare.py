@@ -183,3 +183,21 @@ def test_cli_argument_errors(tmp_path, argv, message):
     args = parser.parse_args(["--features", str(cache_dir), "--methods", "taskres", "--out", str(tmp_path / "o"), *argv])
     with pytest.raises(ConfigError, match=message):
         run_compare(args)
+
+
+def test_trained_methods_report_their_parameter_count(tmp_path):
+    from hgadapter.features import save_cache
+    from hgadapter.sweep import run_sweep
+
+    cache = small_task()
+    save_cache(tmp_path / "features" / "toy", cache)
+    (tmp_path / "exp.yaml").write_text(
+        "train: {epochs: 1}\nsweep: {name: p, dataset: toy, features: toy, methods: [taskres, clip_adapter, hegraphadapter, zero_shot], "
+        f"shots: [2], seeds: [1], method_overrides: {{taskres: {{epochs: 1}}, clip_adapter: {{epochs: 1}}}}}}\n"
+    )
+    records = {r["method"]: r for r in run_sweep([tmp_path / "exp.yaml"], out_root=tmp_path / "runs", features_root=tmp_path / "features", progress=False, log=None).finished}
+    C, d = cache.num_classes, cache.dim
+    assert records["taskres"]["trainable_params"] == C * d  # one residual per class
+    assert records["hegraphadapter"]["trainable_params"] == 3 * d * d  # one d x d projection per stage
+    assert records["clip_adapter"]["trainable_params"] > 0
+    assert "trainable_params" not in records["zero_shot"]  # nothing trained

@@ -12,6 +12,7 @@ import functools
 import math
 import time
 from collections.abc import Callable, Iterator
+from typing import Any
 from dataclasses import dataclass, field
 
 import torch
@@ -22,7 +23,7 @@ from tqdm.auto import tqdm
 from hgadapter.adapter import text_logits as zero_shot_logits  # CLIP's classifier s * cos(f, t_c)
 from hgadapter.graph import class_means, prompt_ensemble
 from hgadapter.method import resolve_device
-from hgadapter.protocol import SelectionData, accuracy
+from hgadapter.protocol import Fitted, SelectionData, accuracy
 
 __all__ = [
     "CHECKPOINTS",
@@ -36,6 +37,8 @@ __all__ = [
     "step_cosine_lr",
     "TrainResult",
     "train_loop",
+    "train_dassl",
+    "trained_fitted",
 ]
 
 # Which trained weights a method keeps: the last epoch's (Dassl's default), or the epoch with the
@@ -123,12 +126,14 @@ class TrainResult:
         epoch: the epoch whose weights were kept (0 = the initial weights).
         val_acc: validation accuracy of the kept weights (percent).
         seconds: wall time of the loop.
+        trainable_params: number of trained parameter values in the module.
     """
 
     history: list[dict] = field(default_factory=list)
     epoch: int = 0
     val_acc: float = 0.0
     seconds: float = 0.0
+    trainable_params: int = 0
 
 
 def train_loop(
@@ -171,7 +176,7 @@ def train_loop(
             return accuracy(logits_fn(val_x), val_y)
 
     start = time.perf_counter()
-    result = TrainResult()
+    result = TrainResult(trainable_params=sum(p.numel() for p in module.parameters() if p.requires_grad))
     if epochs == 0:
         result.val_acc = val_accuracy()
         result.seconds = time.perf_counter() - start
@@ -207,3 +212,54 @@ def train_loop(
     module.eval()
     result.seconds = time.perf_counter() - start
     return result
+
+
+def train_dassl(
+    module: nn.Module,
+    logits_fn: Callable[[torch.Tensor], torch.Tensor],
+    optimizer: torch.optim.Optimizer,
+    cfg: Any,
+    *,
+    data: SelectionData,
+    seed: int,
+    device: torch.device,
+    progress: bool,
+    desc: str,
+) -> TrainResult:
+    """:func:`train_loop` with :func:`dassl_lr` and the config's ``epochs``, ``lr``,
+    ``warmup_epochs``, ``warmup_lr``, ``batch_size`` and ``checkpoint`` (TaskRes, CLIP-Adapter,
+    GraphAdapter)."""
+
+    def lr_at(epoch: int, step: int, steps_per_epoch: int) -> float:
+        return dassl_lr(epoch, epochs=cfg.epochs, lr=cfg.lr, warmup_epochs=cfg.warmup_epochs, warmup_lr=cfg.warmup_lr)
+
+    return train_loop(
+        module, logits_fn, optimizer, lr_at,
+        data=data, epochs=cfg.epochs, batch_size=cfg.batch_size, checkpoint=cfg.checkpoint,
+        seed=seed, device=device, progress=progress, desc=desc,
+    )
+
+
+def trained_fitted(
+    result: TrainResult,
+    predict: Callable[[torch.Tensor], torch.Tensor],
+    *,
+    val_acc: float | None = None,
+    hparams: dict[str, Any] | None = None,
+    epochs: int,
+    start: float,
+) -> Fitted:
+    """The :class:`Fitted` of a method trained by :func:`train_loop` (``start``: its fit's clock).
+
+    ``val_acc`` defaults to the kept weights' validation accuracy; ``hparams`` gain the kept
+    epoch; ``artifacts["trainable_params"]`` is the module's trained parameter count.
+    """
+    return Fitted(
+        predict=predict,
+        val_acc=result.val_acc if val_acc is None else val_acc,
+        hparams={**(hparams or {}), "checkpoint_epoch": result.epoch},
+        train_seconds=time.perf_counter() - start,
+        epochs=epochs,
+        history=result.history,
+        artifacts={"trainable_params": result.trainable_params},
+    )

@@ -36,7 +36,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from hgadapter.baselines._common import CHECKPOINTS, class_means, dassl_lr, device_of, fit_on_device, prompt_ensemble, train_loop, zero_shot_logits
+from hgadapter.baselines._common import CHECKPOINTS, class_means, device_of, fit_on_device, prompt_ensemble, train_dassl, trained_fitted, zero_shot_logits
 from hgadapter.baselines._registry import Method, hparam, register_method
 from hgadapter.protocol import Fitted, SelectionData
 
@@ -141,26 +141,11 @@ class GraphAdapter(Method):
             return zero_shot_logits(x, learner(), scale)
 
         optimizer = torch.optim.AdamW(learner.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
-
-        def lr_at(epoch: int, step: int, steps_per_epoch: int) -> float:
-            return dassl_lr(epoch, epochs=cfg.epochs, lr=cfg.lr, warmup_epochs=cfg.warmup_epochs, warmup_lr=cfg.warmup_lr)
-
-        result = train_loop(
-            learner, logits_fn, optimizer, lr_at,
-            data=data, epochs=cfg.epochs, batch_size=cfg.batch_size, checkpoint=cfg.checkpoint,
-            seed=seed, device=dev, progress=progress, desc=self.name,
-        )
+        result = train_dassl(learner, logits_fn, optimizer, cfg, data=data, seed=seed, device=dev, progress=progress, desc=self.name)
         with torch.no_grad():
             adapted = learner()  # (C, d)
 
         def predict(x: torch.Tensor) -> torch.Tensor:
             return zero_shot_logits(x.to(dev), adapted, scale)
 
-        return Fitted(
-            predict=predict,
-            val_acc=result.val_acc,
-            hparams={"checkpoint_epoch": result.epoch},
-            train_seconds=time.perf_counter() - start,
-            epochs=cfg.epochs,
-            history=result.history,
-        )
+        return trained_fitted(result, predict, epochs=cfg.epochs, start=start)

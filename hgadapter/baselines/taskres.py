@@ -22,7 +22,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from hgadapter.baselines._common import CHECKPOINTS, dassl_lr, device_of, fit_on_device, prompt_ensemble, train_loop, zero_shot_logits
+from hgadapter.baselines._common import CHECKPOINTS, device_of, fit_on_device, prompt_ensemble, train_dassl, trained_fitted, zero_shot_logits
 from hgadapter.baselines._registry import Method, hparam, register_method
 from hgadapter.protocol import Fitted, SelectionData
 
@@ -78,25 +78,10 @@ class TaskRes(Method):
             return zero_shot_logits(x, module(), scale)
 
         optimizer = torch.optim.Adam(module.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
-
-        def lr_at(epoch: int, step: int, steps_per_epoch: int) -> float:
-            return dassl_lr(epoch, epochs=cfg.epochs, lr=cfg.lr, warmup_epochs=cfg.warmup_epochs, warmup_lr=cfg.warmup_lr)
-
-        result = train_loop(
-            module, logits_fn, optimizer, lr_at,
-            data=data, epochs=cfg.epochs, batch_size=cfg.batch_size, checkpoint=cfg.checkpoint,
-            seed=seed, device=dev, progress=progress, desc=self.name,
-        )
+        result = train_dassl(module, logits_fn, optimizer, cfg, data=data, seed=seed, device=dev, progress=progress, desc=self.name)
         text = module().detach()  # (C, d)
 
         def predict(x: torch.Tensor) -> torch.Tensor:
             return zero_shot_logits(x.to(dev), text, scale)
 
-        return Fitted(
-            predict=predict,
-            val_acc=result.val_acc,
-            hparams={"checkpoint_epoch": result.epoch},
-            train_seconds=time.perf_counter() - start,
-            epochs=cfg.epochs,
-            history=result.history,
-        )
+        return trained_fitted(result, predict, epochs=cfg.epochs, start=start)

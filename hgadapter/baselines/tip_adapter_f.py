@@ -21,7 +21,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from hgadapter.baselines._common import CHECKPOINTS, cache_model, device_of, fit_on_device, prompt_ensemble, step_cosine_lr, train_loop, zero_shot_logits
+from hgadapter.baselines._common import CHECKPOINTS, cache_model, device_of, fit_on_device, prompt_ensemble, step_cosine_lr, train_loop, trained_fitted, zero_shot_logits
 from hgadapter.baselines._registry import Method, hparam, register_method
 from hgadapter.baselines.tip_adapter import search_grid, select_cache_predictor, tip_logits
 from hgadapter.protocol import Fitted, SelectionData
@@ -87,11 +87,4 @@ class TipAdapterF(Method):
         betas = (cfg.beta,) if cfg.beta is not None else search_grid(cfg.search_scale[0], cfg.search_step[0])
         trained = keys.weight.detach()
         predict, alpha, beta, val_acc = select_cache_predictor(data, text, trained, values, alphas, betas, dev)
-        return Fitted(
-            predict=predict,
-            val_acc=val_acc,
-            hparams={"alpha": float(alpha), "beta": float(beta), "checkpoint_epoch": result.epoch},
-            train_seconds=time.perf_counter() - start,
-            epochs=cfg.epochs,
-            history=result.history,
-        )
+        return trained_fitted(result, predict, val_acc=val_acc, hparams={"alpha": float(alpha), "beta": float(beta)}, epochs=cfg.epochs, start=start)
