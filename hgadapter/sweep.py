@@ -277,18 +277,42 @@ def _finished(spec: RunSpec) -> bool:
 # --------------------------------------------------------------------------------------------
 # Execution (runs in the worker process)
 
-_CACHE_MEMO: dict[tuple[str, tuple], Any] = {}
+# A worker keeps the training cache of its current (features, shots, seed), which plan_runs
+# orders consecutively, and every domain-generalisation target it has read (they serve every run).
+# Keys carry the sidecar's modification time, so a cache rewritten between two sweeps of one
+# process is read again.
+_TRAIN_MEMO: dict[tuple[str, int, int, int], Any] = {}
+_TARGET_MEMO: dict[tuple[str, int], Any] = {}
 
 
-def _load(path: str, train_keys: tuple) -> Any:
+def _stamp(path: str) -> int:
+    from hgadapter.features import SIDECAR_NAME
+
+    try:
+        return os.stat(Path(path) / SIDECAR_NAME).st_mtime_ns
+    except OSError:
+        return 0  # load_cache will say what is missing
+
+
+def _training_cache(path: str, shots: int, seed: int) -> Any:
     from hgadapter.features import load_cache
 
-    key = (path, train_keys)
-    if key not in _CACHE_MEMO:
-        if len(_CACHE_MEMO) >= 4:  # a few caches: the current training set and the DG targets
-            _CACHE_MEMO.pop(next(iter(_CACHE_MEMO)))
-        _CACHE_MEMO[key] = load_cache(path, train_keys=list(train_keys))
-    return _CACHE_MEMO[key]
+    key = (path, shots, seed, _stamp(path))
+    if key not in _TRAIN_MEMO:
+        _TRAIN_MEMO.clear()
+        _TRAIN_MEMO[key] = load_cache(path, train_keys=[(shots, seed)])
+    return _TRAIN_MEMO[key]
+
+
+def _target_cache(path: str) -> Any:
+    from hgadapter.features import load_cache
+
+    key = (path, _stamp(path))
+    if key not in _TARGET_MEMO:
+        for old in [k for k in _TARGET_MEMO if k[0] == path]:
+            del _TARGET_MEMO[old]
+        _TARGET_MEMO[key] = load_cache(path, train_keys=[])
+    return _TARGET_MEMO[key]
 
 
 def execute_run(spec: RunSpec, *, device: str | None = None, progress: bool = False) -> dict:
@@ -297,8 +321,8 @@ def execute_run(spec: RunSpec, *, device: str | None = None, progress: bool = Fa
     from hgadapter.runner import run_method
 
     method = create_method(spec.method, config_file=spec.config_file, overrides=spec.overrides)
-    cache = _load(spec.features, ((spec.shots, spec.seed),))
-    targets = {name: _load(path, ()) for name, path in spec.targets.items()}
+    cache = _training_cache(spec.features, spec.shots, spec.seed)
+    targets = {name: _target_cache(path) for name, path in spec.targets.items()}
     extra = {"experiment": spec.experiment, "dataset": spec.dataset, "params": spec.params, "config_hash": spec.config_hash}
     if spec.backbone is not None:  # else the runner names it from the cache's encoder id, if it can
         extra["backbone"] = spec.backbone

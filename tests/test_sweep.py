@@ -358,3 +358,19 @@ def test_runs_are_dealt_over_gpus(device, gpus, expected):
     from hgadapter.sweep import spread_device
 
     assert [spread_device(device, i, gpus) for i in range(5)] == expected
+
+
+def test_a_rewritten_target_cache_is_read_again_in_the_same_process(tiny):
+    root, exp = tiny
+    first = run_sweep([exp], out_root=root / "runs", features_root=root / "features", progress=False, log=None)
+    # another target written in place (its sidecar differs, as a re-extraction's would): every run
+    # re-runs and scores the new images, not a copy the process kept from the first sweep
+    from hgadapter.features import load_cache
+
+    target = load_cache(root / "features" / "toy_a-RN50", train_keys=[])
+    meta = {**target.meta, "split_source": "relabelled"}
+    relabelled = type(target)(**{**target.__dict__, "test_labels": torch.zeros_like(target.test_labels) + 2, "meta": meta})
+    save_cache(root / "features" / "toy_a-RN50", relabelled, overwrite=True)
+    second = run_sweep([exp], out_root=root / "runs", features_root=root / "features", progress=False, log=None)
+    assert len(second.finished) == 6 and not second.skipped
+    assert [r["targets"]["toy_a"] for r in second.finished] != [r["targets"]["toy_a"] for r in first.finished]
