@@ -763,9 +763,14 @@ def build_report(records: Sequence[Mapping[str, Any]], paper: Mapping[str, Any] 
     groups = _group(records, warnings)
     look = _Paper(paper)
     enabled = paper is not None
+    shots_tables = _shots_tables(groups, look, enabled)
+    # With one dataset the accuracy-vs-shots table already holds every per-shots cell; one-column
+    # few-shot tables would only repeat it.
+    single = {(t.synthetic, t.setting["backbone"]) for t in shots_tables if t.setting["dataset"] != AVERAGE}
+    fewshot_tables = [t for t in _fewshot_tables(groups, look, enabled) if (t.synthetic, t.setting["backbone"]) not in single]
     tables = [
-        *_shots_tables(groups, look, enabled),
-        *_fewshot_tables(groups, look, enabled),
+        *shots_tables,
+        *fewshot_tables,
         *_dg_tables(groups, look, enabled),
         *_sensitivity_tables(groups, look, enabled),
         *_backbone_tables(groups, look, enabled),

@@ -438,3 +438,16 @@ def test_complexity_table_divides_time_by_epochs_and_sets_the_papers_table5_besi
     assert cells["seconds_per_epoch"].paper == 33.95 and cells["epochs"].mean == 30 and cells["epochs"].std is None
     assert cells["params_millions"].mean == pytest.approx(3.145728) and cells["params_millions"].paper == 10.367
     assert "ours on cuda:0, the paper's on an NVIDIA RTX 3090" in table.paper_note
+
+
+def test_one_dataset_gets_the_shots_table_instead_of_one_column_tables():
+    from hgadapter.report import build_report
+
+    def records(datasets):
+        return [{"method": "tip_adapter", "dataset": d, "backbone": "RN50", "shots": k, "seed": 1, "val_acc": 0.0, "test_acc": 50.0 + k}
+                for d in datasets for k in (1, 16)]
+
+    kinds = [t.kind for t in build_report(records(["dtd"]), None).tables]
+    assert kinds == ["shots"]
+    kinds = [t.kind for t in build_report(records(["dtd", "eurosat"]), None).tables]
+    assert kinds == ["shots", "fewshot", "fewshot"]
