@@ -85,6 +85,7 @@ class GraphConfig:
     weights: dict[str, str] = field(default_factory=lambda: dict(DEFAULT_WEIGHT_KIND))  # relation -> cosine|contrast
     contrast: str = "one_minus_cos"  # same-class contrast weight: one_minus_cos (1 - cos) | neg_cos (-cos)
     topk: int | None = None  # keep each destination's top-k sources by weight; None = dense (all C sources)
+    topk_by_relation: dict[str, int | None] = field(default_factory=dict)  # relation -> its own top-k (None = dense), over topk
     self_loops: bool = False  # keep the i -> i edge on p2p and v2v
     clamp_negative: bool = False  # clamp negative edge weights to 0 (GraphAdapter does)
 
@@ -438,6 +439,16 @@ class _Parser:
             kwargs["contrast"] = self.choice(raw["contrast"], (*path, "contrast"), CONTRAST_MODES)
         if "topk" in raw and raw["topk"] is not None:
             kwargs["topk"] = self.integer(raw["topk"], (*path, "topk"))
+        if raw.get("topk_by_relation") is not None:
+            given = self.mapping(raw["topk_by_relation"], (*path, "topk_by_relation"), ETYPES)
+            relations = kwargs.get("relations", GraphConfig.relations)
+            per_relation: dict[str, int | None] = {}
+            for etype, k in given.items():
+                kpath = (*path, "topk_by_relation", etype)
+                if etype not in relations:
+                    raise self.fail(kpath, f"relation {etype!r} is not in graph.relations {list(relations)}")
+                per_relation[etype] = None if k is None else self.integer(k, kpath)
+            kwargs["topk_by_relation"] = per_relation
         for key in ("self_loops", "clamp_negative"):
             if key in raw:
                 kwargs[key] = self.boolean(raw[key], (*path, key))

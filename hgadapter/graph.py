@@ -134,14 +134,17 @@ def build_relation_graph(
     weights: dict[str, str] | None = None,
     contrast: str = "one_minus_cos",
     topk: int | None = None,
+    topk_by_relation: dict[str, int | None] | None = None,
     self_loops: bool = False,
     clamp_negative: bool = False,
 ) -> RelationGraph:
     """Build the typed, weighted edge lists of every relation in ``relations``.
 
     Dense by default (every source -> every destination); with ``topk`` each destination keeps
-    its ``topk`` highest-weight sources. All inputs are frozen, so nothing here needs gradients.
+    its ``topk`` highest-weight sources; ``topk_by_relation`` gives a relation its own k (``None``:
+    dense) instead. All inputs are frozen, so nothing here needs gradients.
     """
+    topk_by_relation = topk_by_relation or {}
     weights = weights or DEFAULT_WEIGHT_KIND
     num_nodes_dict = {ntype: int(feat_dict[ntype].shape[0]) for ntype in NTYPES if ntype in feat_dict}
     edges_dict = {}
@@ -156,10 +159,11 @@ def build_relation_graph(
                 clamp_negative=clamp_negative,
             )  # (n_dst, n_src), NaN where no edge may exist
             valid = ~torch.isnan(w)
-            if topk is not None and topk < w.shape[1]:
+            k = topk_by_relation.get(etype, topk)
+            if k is not None and k < w.shape[1]:
                 scores = w.masked_fill(~valid, float("-inf"))
                 keep = torch.zeros_like(valid)
-                idx = scores.topk(topk, dim=1).indices  # (n_dst, k)
+                idx = scores.topk(k, dim=1).indices  # (n_dst, k)
                 keep.scatter_(1, idx, True)
                 valid = valid & keep
             dst, src = torch.nonzero(valid, as_tuple=True)

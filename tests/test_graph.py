@@ -109,3 +109,24 @@ def test_edgeless_relation_graph():
     g = RelationGraph({"pos": 2, "neg": 2, "vis": 2}, {"v2n": (empty, empty, torch.zeros(0))})
     hg = build_heterograph(g)
     assert hg.num_edges("v2n") == 0
+
+
+def test_a_relation_can_have_its_own_topk():
+    g = build_relation_graph(FEATS, relations=("v2p", "n2p"), topk=1, topk_by_relation={"n2p": None})
+    torch.testing.assert_close(g.dense_weights("v2p"), torch.tensor([[1.0, 0.0], [0.0, 0.8]]))  # topk=1
+    torch.testing.assert_close(g.dense_weights("n2p"), torch.tensor([[0.4, 0.8], [0.8, 0.4]]))  # its own: dense
+    g = build_relation_graph(FEATS, relations=("v2p", "n2p"), topk_by_relation={"v2p": 1})
+    assert g.num_edges("v2p") == 2 and g.num_edges("n2p") == 4
+
+
+def test_topk_by_relation_config():
+    from hgadapter.config import ConfigError, load_config
+
+    cfg = load_config("t", overrides=["graph.topk_by_relation={v2p: 1, n2p: null}"])
+    assert cfg.variant.graph.topk_by_relation == {"v2p": 1, "n2p": None} and cfg.variant.graph.topk == 16
+    with pytest.raises(ConfigError, match=r"graph\.topk_by_relation\.v2v: relation 'v2v' is not in graph\.relations"):
+        load_config("t", overrides=["graph.topk_by_relation={v2v: 1}"])
+    with pytest.raises(ConfigError, match=r"graph\.topk_by_relation\.x2y: unknown key; valid keys"):
+        load_config("t", overrides=["graph.topk_by_relation={x2y: 1}"])
+    with pytest.raises(ConfigError, match=r"graph\.topk_by_relation\.v2p: must be >= 1, got 0"):
+        load_config("t", overrides=["graph.topk_by_relation={v2p: 0}"])
