@@ -42,6 +42,7 @@ __all__ = [
     "load_record",
     "load_history",
     "mean_std",
+    "is_number",
     "backbone_of_encoder",
 ]
 
@@ -75,7 +76,7 @@ def load_record(run_dir: str | Path) -> dict[str, Any]:
         raise RecordError(f"{path}: missing keys {missing}; a run record needs {list(REQUIRED_KEYS)}")
     for key in ("val_acc", "test_acc"):
         value = record[key]
-        if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+        if not is_number(value):
             raise RecordError(f"{path}: {key} must be a finite number (percent), got {value!r}")
     return record
 
@@ -130,6 +131,11 @@ def load_history(run_dir: str | Path) -> list[dict[str, Any]]:
     if not isinstance(history, list) or not all(isinstance(h, dict) and "epoch" in h for h in history):
         raise RecordError(f"{path}: expected a list of per-epoch objects with an 'epoch' key")
     return history
+
+
+def is_number(value: Any) -> bool:
+    """A finite int or float, not a bool (JSON's numbers as records hold them)."""
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
 
 
 def mean_std(values: Iterable[float]) -> tuple[float, float, int]:

@@ -16,19 +16,8 @@ sample standard deviation) and lays the groups out as the tables of the paper's 
 ``report.json`` (the same lines plus each table's layout), written atomically. See
 docs/reports.md.
 
-The paper's numbers come from ``experiments/paper_results.yaml`` (or ``$HGADAPTER_PAPER_RESULTS``,
-or an explicit path). Its schema, checked by :func:`load_paper_results`:
-
-- ``datasets`` / ``dg_targets`` / ``backbones`` / ``methods``: id -> display name, in paper order;
-- ``tables``: name -> ``{caption, source, ..., values}`` with these ``values``:
-
-  - ``table1_dg``: backbone -> method -> {dataset or target or ``average``: accuracy};
-  - ``table2_fewshot16``: method -> {dataset or ``average``: accuracy} (``backbone``, ``shots``);
-  - ``table3_sensitivity``: list of {``key``, ``weights``, ``accuracy``, optional ``learned``}
-    (``dataset``, ``backbone``, ``shots``, ``method``);
-  - ``table4_backbones``: method -> backbone -> accuracy (``dataset``, ``shots``);
-  - ``table5_complexity``: method -> {quantity: number};
-  - ``figure2_text``: method -> shots -> {dataset or ``average``: accuracy} (``backbone``).
+The paper's numbers come from :mod:`hgadapter.paper_results` (``experiments/paper_results.yaml``,
+``$HGADAPTER_PAPER_RESULTS`` or an explicit path).
 
 A paper value is put beside a cell only when dataset, backbone, method, shots and (for Table 3)
 the swept key and value all match; runs without a recorded backbone and synthetic runs get none.
@@ -49,21 +38,16 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-import yaml
-
 from hgadapter._io import atomic_write_json, atomic_write_text
-from hgadapter._resources import resource_path
-from hgadapter.records import load_records, mean_std
+from hgadapter.paper_results import AVERAGE, LEARN_KEY, TABLE_NAMES, PaperResults, ReportError, load_paper_results, paper_results_path
+from hgadapter.records import is_number, load_records, mean_std
 
 __all__ = [
     "CSV_COLUMNS",
-    "ReportError",
     "Cell",
     "Row",
     "Table",
     "Report",
-    "paper_results_path",
-    "load_paper_results",
     "build_report",
     "format_cell",
     "format_markdown",
@@ -77,205 +61,6 @@ CSV_COLUMNS: tuple[str, ...] = (
 )
 SYNTHETIC_NOTE = "(synthetic task: says nothing about real CLIP)"
 FULL_SEEDS = 3  # fewer seeds than this and a cell shows its n
-AVERAGE = "average"
-LEARN_KEY = "train.learn_betas"  # a sweep of it is Table 3's "learn" column
-_TABLE_NAMES = ("table1_dg", "table2_fewshot16", "table3_sensitivity", "table4_backbones", "table5_complexity", "figure2_text")
-
-
-class ReportError(ValueError):
-    """The paper results file is missing or malformed."""
-
-
-# --------------------------------------------------------------------------------------------
-# The paper's numbers
-
-
-def paper_results_path() -> Path:
-    """``$HGADAPTER_PAPER_RESULTS`` or ``<repo>/experiments/paper_results.yaml``."""
-    return resource_path("experiments/paper_results.yaml", "HGADAPTER_PAPER_RESULTS")
-
-
-def _is_number(value: Any) -> bool:
-    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
-
-
-class _Checker:
-    """Validates the parsed paper file; every error names the file and the key path."""
-
-    def __init__(self, path: Path, data: Any):
-        self.path = path
-        self.data = data
-
-    def fail(self, where: str, message: str) -> None:
-        raise ReportError(f"{self.path}: {where}: {message}")
-
-    def mapping(self, value: Any, where: str) -> dict:
-        if value is None:
-            self.fail(where, "missing; expected a mapping (see the schema in hgadapter/report.py)")
-        if not isinstance(value, dict):
-            self.fail(where, f"expected a mapping, got {type(value).__name__}")
-        return value
-
-    def names(self, key: str) -> dict[str, str]:
-        names = self.mapping(self.data.get(key), key)
-        for k, v in names.items():
-            if not isinstance(k, str) or not isinstance(v, str):
-                self.fail(f"{key}.{k}", f"expected id: display name (strings), got {k!r}: {v!r}")
-        return names
-
-    def number(self, value: Any, where: str) -> None:
-        if not _is_number(value):
-            self.fail(where, f"expected a number (percent), got {value!r}")
-
-    def member(self, value: Any, known: Iterable[Any], where: str, what: str) -> None:
-        known = list(known)
-        if value not in known:
-            self.fail(where, f"unknown {what} {value!r}; expected one of {known}")
-
-    def cells(self, row: Any, columns: Iterable[str], where: str, what: str) -> None:
-        for col, value in self.mapping(row, where).items():
-            self.member(col, [*columns, AVERAGE], f"{where}.{col}", what)
-            self.number(value, f"{where}.{col}")
-
-
-def load_paper_results(path: str | Path | None = None) -> dict[str, Any]:
-    """The paper's reported numbers (schema in this module's docstring), checked.
-
-    Args:
-        path: the YAML file; default :func:`paper_results_path`.
-
-    Returns:
-        The parsed file, plus ``_path``: where it was read from.
-
-    Raises:
-        ReportError: the file is missing, not YAML, or a key has the wrong shape (the message
-            names the key path, e.g. ``tables.table2_fewshot16.values.coop.imagenet``).
-    """
-    path = Path(path) if path is not None else paper_results_path()
-    try:
-        data = yaml.safe_load(path.read_text(encoding="utf-8"))
-    except OSError as exc:
-        raise ReportError(f"{path}: cannot read the paper results: {exc.strerror or exc}; pass --paper PATH or --no-paper") from None
-    except yaml.YAMLError as exc:
-        mark = getattr(exc, "problem_mark", None)
-        line = f" (line {mark.line + 1})" if mark is not None else ""
-        raise ReportError(f"{path}: not valid YAML{line}") from None
-    check = _Checker(path, data)
-    check.mapping(data, "top level")
-    datasets, targets, backbones, methods = (check.names(k) for k in ("datasets", "dg_targets", "backbones", "methods"))
-    tables = check.mapping(data.get("tables"), "tables")
-    for name, table in tables.items():
-        check.member(name, _TABLE_NAMES, f"tables.{name}", "table name")
-        table = check.mapping(table, f"tables.{name}")
-        for key in ("caption", "source"):
-            if not isinstance(table.get(key), str):
-                check.fail(f"tables.{name}.{key}", "expected a string")
-        where = f"tables.{name}.values"
-        values = table.get("values")
-        if name == "table3_sensitivity":
-            if not isinstance(values, list):
-                check.fail(where, "expected a list of rows {key, weights, accuracy}")
-            for i, row in enumerate(values):
-                row = check.mapping(row, f"{where}.{i}")
-                if not isinstance(row.get("key"), str):
-                    check.fail(f"{where}.{i}.key", "expected the dotted config key the row sweeps")
-                weights, accuracy = row.get("weights"), row.get("accuracy")
-                if not isinstance(weights, list) or not isinstance(accuracy, list) or len(weights) != len(accuracy):
-                    check.fail(f"{where}.{i}", "expected lists `weights` and `accuracy` of the same length")
-                for j, (w, a) in enumerate(zip(weights, accuracy)):
-                    check.number(w, f"{where}.{i}.weights.{j}")
-                    check.number(a, f"{where}.{i}.accuracy.{j}")
-                if "learned" in row:
-                    check.number(row["learned"], f"{where}.{i}.learned")
-            continue
-        for outer, row in check.mapping(values, where).items():
-            here = f"{where}.{outer}"
-            if name == "table1_dg":  # backbone -> method -> cells
-                check.member(outer, backbones, here, "backbone")
-                for m, cells in check.mapping(row, here).items():
-                    check.member(m, methods, f"{here}.{m}", "method")
-                    check.cells(cells, [*datasets, *targets], f"{here}.{m}", "dataset")
-                continue
-            check.member(outer, methods, here, "method")  # the other tables: method -> ...
-            if name == "table2_fewshot16":
-                check.cells(row, datasets, here, "dataset")
-            elif name == "table4_backbones":
-                for b, value in check.mapping(row, here).items():
-                    check.member(b, backbones, f"{here}.{b}", "backbone")
-                    check.number(value, f"{here}.{b}")
-            elif name == "table5_complexity":
-                for q, value in check.mapping(row, here).items():
-                    check.number(value, f"{here}.{q}")
-            elif name == "figure2_text":
-                for shots, cells in check.mapping(row, here).items():
-                    if not isinstance(shots, int) or isinstance(shots, bool):
-                        check.fail(f"{here}.{shots}", "expected a number of shots")
-                    check.cells(cells, datasets, f"{here}.{shots}", "dataset")
-    data["_path"] = str(path)
-    return data
-
-
-class _Paper:
-    """Look-ups into the paper's tables; every method answers ``None`` when nothing matches."""
-
-    def __init__(self, data: Mapping[str, Any] | None):
-        self.data = data or {}
-        self.tables: Mapping[str, Any] = self.data.get("tables", {})
-
-    def display(self, kind: str, ident: str | None) -> str:
-        """The paper's display name of a dataset (or DG target), backbone or method; else ``ident``."""
-        if ident is None:
-            return "backbone not recorded" if kind == "backbones" else "unknown"
-        names = dict(self.data.get(kind, {}))
-        if kind == "datasets":
-            names.update(self.data.get("dg_targets", {}))
-        return names.get(ident, ident)
-
-    def order(self, kind: str) -> list[str]:
-        return list(self.data.get(kind, {}))
-
-    def source(self, name: str) -> str:
-        return self.tables[name]["source"]
-
-    def fewshot(self, method: str, dataset: str, backbone: str | None, shots: int) -> tuple[float, str] | None:
-        """(value, table) of ``dataset`` (or ``average``) for a few-shot cell."""
-        t2, t4, fig2 = (self.tables.get(k) for k in ("table2_fewshot16", "table4_backbones", "figure2_text"))
-        if t2 and backbone == t2.get("backbone") and shots == t2.get("shots"):
-            value = t2["values"].get(method, {}).get(dataset)
-            if value is not None:
-                return value, "table2_fewshot16"
-        if t4 and dataset == t4.get("dataset") and shots == t4.get("shots"):
-            value = t4["values"].get(method, {}).get(backbone)
-            if value is not None:
-                return value, "table4_backbones"
-        if fig2 and backbone == fig2.get("backbone"):
-            value = fig2["values"].get(method, {}).get(shots, {}).get(dataset)
-            if value is not None:
-                return value, "figure2_text"
-        return None
-
-    def dg(self, method: str, column: str, dataset: str, backbone: str | None, shots: int) -> tuple[float, str] | None:
-        t1 = self.tables.get("table1_dg")
-        if not t1 or dataset != t1.get("dataset") or shots != t1.get("shots"):
-            return None
-        value = t1["values"].get(backbone, {}).get(method, {}).get(column)
-        return (value, "table1_dg") if value is not None else None
-
-    def backbone(self, method: str, backbone: str, dataset: str, shots: int) -> tuple[float, str] | None:
-        t4 = self.tables.get("table4_backbones")
-        if not t4 or dataset != t4.get("dataset") or shots != t4.get("shots"):
-            return None
-        value = t4["values"].get(method, {}).get(backbone)
-        return (value, "table4_backbones") if value is not None else None
-
-    def sensitivity_row(self, key: str, method: str, dataset: str, backbone: str | None, shots: int) -> dict | None:
-        t3 = self.tables.get("table3_sensitivity")
-        if not t3 or (method, dataset, backbone, shots) != (t3.get("method"), t3.get("dataset"), t3.get("backbone"), t3.get("shots")):
-            return None
-        if key == LEARN_KEY:  # the "learn" column: every fusion weight learned (stored on row 1)
-            learned = next((row["learned"] for row in t3["values"] if "learned" in row), None)
-            return None if learned is None else {"key": key, "metapath": "all", "weights": [True], "accuracy": [learned]}
-        return next((row for row in t3["values"] if row["key"] == key), None)
 
 
 # --------------------------------------------------------------------------------------------
@@ -375,7 +160,7 @@ class _Group:
             if metric == "test_acc":
                 got = [r["test_acc"] for r in records]
             else:
-                got = [r["targets"][metric] for r in records if _is_number((r.get("targets") or {}).get(metric))]
+                got = [r["targets"][metric] for r in records if is_number((r.get("targets") or {}).get(metric))]
             if got:
                 values.append(statistics.fmean(got))
         return values
@@ -414,7 +199,7 @@ def _ordered(items: Iterable[str], first: Sequence[str]) -> list[str]:
     return [x for x in first if x in items] + sorted(items - set(first), key=str)
 
 
-def _source_note(paper: _Paper, used: set[str], rows: Sequence[Row], synthetic: bool, enabled: bool, no_backbone: bool = False) -> str:
+def _source_note(paper: PaperResults, used: set[str], rows: Sequence[Row], synthetic: bool, enabled: bool, no_backbone: bool = False) -> str:
     """One line: which of the paper's tables the values beside the cells come from, or why none."""
     if synthetic:
         return "Paper values: none (a synthetic task is not in the paper)."
@@ -423,7 +208,7 @@ def _source_note(paper: _Paper, used: set[str], rows: Sequence[Row], synthetic: 
     if not used:
         why = "no backbone recorded with these runs" if no_backbone else "the paper reports no cell of this setting"
         return f"Paper values: none match ({why})."
-    where = "; ".join(paper.source(name) for name in _TABLE_NAMES if name in used)
+    where = "; ".join(paper.source(name) for name in TABLE_NAMES if name in used)
     copied = any(not row.id.startswith("hegraphadapter") and any(c.paper is not None for c in row.cells.values()) for row in rows)
     caveat = " Its baseline rows are copied from earlier papers, not re-run." if copied else ""
     return f"Paper values: HeGraphAdapter paper (Jiang et al.), {where}.{caveat}"
@@ -455,7 +240,7 @@ def _average_cell(cells: Mapping[str, Cell], expected: Sequence[str], lookup, us
     return cell
 
 
-def _method_rows(methods: Iterable[str], paper: _Paper) -> list[Row]:
+def _method_rows(methods: Iterable[str], paper: PaperResults) -> list[Row]:
     return [Row(m, paper.display("methods", m)) for m in _ordered(methods, paper.order("methods"))]
 
 
@@ -463,7 +248,7 @@ def _title_suffix(synthetic: bool) -> str:
     return f" {SYNTHETIC_NOTE}" if synthetic else ""
 
 
-def _backbone_rank(paper: _Paper, backbone: str | None) -> tuple[int, str]:
+def _backbone_rank(paper: PaperResults, backbone: str | None) -> tuple[int, str]:
     """Sort key: the paper's backbones in its order, then others alphabetically, then none recorded."""
     order = paper.order("backbones")
     if backbone in order:
@@ -475,7 +260,7 @@ def _backbone_label(backbone: str | None) -> str:
     return backbone or "backbone not recorded"
 
 
-def _fewshot_tables(groups: Sequence[_Group], paper: _Paper, enabled: bool) -> list[Table]:
+def _fewshot_tables(groups: Sequence[_Group], paper: PaperResults, enabled: bool) -> list[Table]:
     tables = []
     by_setting: dict[tuple, list[_Group]] = defaultdict(list)
     for g in groups:
@@ -505,7 +290,7 @@ def _fewshot_tables(groups: Sequence[_Group], paper: _Paper, enabled: bool) -> l
     return tables
 
 
-def _shots_tables(groups: Sequence[_Group], paper: _Paper, enabled: bool) -> list[Table]:
+def _shots_tables(groups: Sequence[_Group], paper: PaperResults, enabled: bool) -> list[Table]:
     """Fig. 2 as a table: methods x shots, for one dataset or averaged over several."""
     tables = []
     by_setting: dict[tuple, list[_Group]] = defaultdict(list)
@@ -548,7 +333,7 @@ def _shots_tables(groups: Sequence[_Group], paper: _Paper, enabled: bool) -> lis
     return tables
 
 
-def _dg_tables(groups: Sequence[_Group], paper: _Paper, enabled: bool) -> list[Table]:
+def _dg_tables(groups: Sequence[_Group], paper: PaperResults, enabled: bool) -> list[Table]:
     tables = []
     by_setting: dict[tuple, list[_Group]] = defaultdict(list)
     for g in groups:
@@ -590,10 +375,10 @@ def _value_label(value: Any) -> str:
 
 
 def _sort_value(value: Any) -> tuple:
-    return (0, float(value), "") if _is_number(value) else (1, 0.0, str(value))
+    return (0, float(value), "") if is_number(value) else (1, 0.0, str(value))
 
 
-def _sensitivity_tables(groups: Sequence[_Group], paper: _Paper, enabled: bool) -> list[Table]:
+def _sensitivity_tables(groups: Sequence[_Group], paper: PaperResults, enabled: bool) -> list[Table]:
     tables = []
     by_sweep: dict[tuple, list[_Group]] = defaultdict(list)
     for g in groups:
@@ -625,7 +410,7 @@ def _sensitivity_tables(groups: Sequence[_Group], paper: _Paper, enabled: bool) 
                 if ref is not None and isinstance(point[0], bool):
                     match = [a for w, a in zip(ref["weights"], ref["accuracy"]) if w is point[0]]
                     found = (match[0], "table3_sensitivity") if match else None
-                elif ref is not None and _is_number(point[0]):
+                elif ref is not None and is_number(point[0]):
                     match = [a for w, a in zip(ref["weights"], ref["accuracy"]) if math.isclose(w, point[0], abs_tol=1e-9)]
                     found = (match[0], "table3_sensitivity") if match else None
                 if found:
@@ -650,7 +435,7 @@ def _sensitivity_tables(groups: Sequence[_Group], paper: _Paper, enabled: bool) 
     return tables
 
 
-def _backbone_tables(groups: Sequence[_Group], paper: _Paper, enabled: bool) -> list[Table]:
+def _backbone_tables(groups: Sequence[_Group], paper: PaperResults, enabled: bool) -> list[Table]:
     t4 = paper.tables.get("table4_backbones") or {}
     dataset, shots = t4.get("dataset", "imagenet"), t4.get("shots", 16)
     gs = [g for g in groups if not g.params and not g.synthetic and g.backbone and g.dataset == dataset and g.shots == shots]
@@ -673,7 +458,7 @@ def _backbone_tables(groups: Sequence[_Group], paper: _Paper, enabled: bool) -> 
     return [Table("backbones", title, note, {"dataset": dataset, "shots": shots}, columns, rows)]
 
 
-def _complexity_tables(groups: Sequence[_Group], paper: _Paper, enabled: bool) -> list[Table]:
+def _complexity_tables(groups: Sequence[_Group], paper: PaperResults, enabled: bool) -> list[Table]:
     """Table 5: seconds per training epoch, epochs and trained parameters, per (dataset, backbone)."""
     t5 = paper.tables.get("table5_complexity") or {}
     shots = t5.get("shots", 16)
@@ -681,7 +466,7 @@ def _complexity_tables(groups: Sequence[_Group], paper: _Paper, enabled: bool) -
     by_setting: dict[tuple, list[_Group]] = defaultdict(list)
     for g in groups:
         if not g.params and g.shots == shots:
-            trained = [r for rs in g.by_seed.values() for r in rs if _is_number(r.get("epochs")) and r["epochs"] > 0 and _is_number(r.get("train_seconds"))]
+            trained = [r for rs in g.by_seed.values() for r in rs if is_number(r.get("epochs")) and r["epochs"] > 0 and is_number(r.get("train_seconds"))]
             if trained:
                 by_setting[(g.synthetic, g.dataset, g.backbone)].append(g)
     for (synthetic, dataset, backbone), gs in sorted(by_setting.items(), key=lambda kv: (kv[0][0], str(kv[0][1]), _backbone_rank(paper, kv[0][2]))):
@@ -694,7 +479,7 @@ def _complexity_tables(groups: Sequence[_Group], paper: _Paper, enabled: bool) -
             columns = (
                 ("seconds_per_epoch", [r["train_seconds"] / r["epochs"] for r in records], "seconds_per_epoch"),
                 ("epochs", [float(r["epochs"]) for r in records], None),
-                ("params_millions", [r["trainable_params"] / 1e6 for r in records if _is_number(r.get("trainable_params"))], "tunable_params_millions"),
+                ("params_millions", [r["trainable_params"] / 1e6 for r in records if is_number(r.get("trainable_params"))], "tunable_params_millions"),
             )
             for col, values, paper_key in columns:
                 if values:
@@ -761,7 +546,7 @@ def build_report(records: Sequence[Mapping[str, Any]], paper: Mapping[str, Any] 
     """
     warnings: list[str] = []
     groups = _group(records, warnings)
-    look = _Paper(paper)
+    look = PaperResults(paper)
     enabled = paper is not None
     shots_tables = _shots_tables(groups, look, enabled)
     # With one dataset the accuracy-vs-shots table already holds every per-shots cell; one-column

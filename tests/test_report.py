@@ -14,14 +14,12 @@ import pytest
 import yaml
 
 from hgadapter.records import RecordError, load_records
+from hgadapter.paper_results import ReportError, load_paper_results, paper_results_path
 from hgadapter.report import (
     SYNTHETIC_NOTE,
-    ReportError,
     add_report_arguments,
     build_report,
     format_markdown,
-    load_paper_results,
-    paper_results_path,
     run_report,
     write_report,
 )
@@ -369,7 +367,8 @@ def test_report_module_imports_no_torch():
 
 
 def test_accuracy_vs_shots_table_averages_datasets_and_takes_the_papers_fig2_average(tmp_path):
-    from hgadapter.report import build_report, load_paper_results
+    from hgadapter.paper_results import load_paper_results
+    from hgadapter.report import build_report
 
     datasets = ["imagenet", "caltech101", "oxford_pets", "stanford_cars", "oxford_flowers", "food101",
                 "fgvc_aircraft", "sun397", "dtd", "eurosat", "ucf101"]

@@ -453,7 +453,7 @@ def paper_sensitivity(records: Sequence[Record], path: str | Path | None = None)
     swept = [r for r in records if r.get("params")]
     if not swept or any(r.get("synthetic") or r.get("dataset") != "imagenet" for r in swept):
         return None
-    from hgadapter.report import load_paper_results  # torch-free
+    from hgadapter.paper_results import load_paper_results  # torch-free
 
     table = load_paper_results(path)["tables"].get("table3_sensitivity", {})
     keys = {k for r in swept for k in r["params"]}
@@ -467,7 +467,7 @@ def paper_sensitivity(records: Sequence[Record], path: str | Path | None = None)
 
 def sensitivity_labels(path: str | Path | None = None) -> dict[str, str]:
     """Readable panel titles for the config keys the paper's Table 3 sweeps ("p2p weight" ...)."""
-    from hgadapter.report import ReportError, load_paper_results  # torch-free
+    from hgadapter.paper_results import ReportError, load_paper_results  # torch-free
 
     try:
         rows = load_paper_results(path)["tables"].get("table3_sensitivity", {}).get("values", [])
