@@ -319,3 +319,16 @@ def test_imagenet_sweeps_get_the_papers_table3_line_and_synthetic_ones_do_not(tm
     assert labels[key] == "p2p weight" and labels["stages.1.metapaths.0.beta_test"] == "n2p (test time) weight"
     figure = plot_sensitivity(load_records(tmp_path / "real"), None, labels=labels)
     assert figure.axes[0].get_title() == "p2p weight"
+
+
+def test_a_seed_run_twice_counts_once(tmp_path: Path) -> None:
+    for sweep in ("fewshot", "ablation"):  # the same 16-shot runs, once from each sweep
+        for seed, acc in ((1, 60.0), (2, 62.0), (3, 64.0)):
+            write_run(tmp_path, f"{sweep}/s{seed}", method="hegraphadapter", dataset="dtd", shots=16, seed=seed, test_acc=acc)
+    for seed in (1, 2, 3):
+        write_run(tmp_path, f"fewshot/k1s{seed}", method="hegraphadapter", dataset="dtd", shots=1, seed=seed, test_acc=50.0)
+    figure = plot_accuracy_vs_shots(load_records(tmp_path), None)
+    line = lines_by_gid(figure)[("dtd", "hegraphadapter")]
+    assert list(line.get_ydata()) == pytest.approx([50.0, 62.0])
+    band = figure.axes[0].collections[0].get_paths()[0].vertices[:, 1]
+    assert band.max() == pytest.approx(64.0)  # 62 + sample std 2 over three seeds, not over six runs (1.79)

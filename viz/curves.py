@@ -580,10 +580,12 @@ def _filter(records: list[Record], key: str, wanted: str | Sequence[str] | None,
 
 
 def _group(records: Sequence[Record], key_of: Any) -> dict[Any, list[float]]:
-    groups: dict[Any, list[float]] = defaultdict(list)
+    """Test accuracies by ``key_of(record)``, one value per seed: a seed run twice (say by a
+    few-shot and an ablation sweep) counts once, as the mean of its runs, as in the report."""
+    by_seed: dict[Any, dict[Any, list[float]]] = defaultdict(lambda: defaultdict(list))
     for r in records:
-        groups[key_of(r)].append(float(r["test_acc"]))
-    return dict(groups)
+        by_seed[key_of(r)][r.get("seed")].append(float(r["test_acc"]))
+    return {key: [sum(v) / len(v) for v in seeds.values()] for key, seeds in by_seed.items()}
 
 
 def _synthetic_note(records: Sequence[Record]) -> str:
