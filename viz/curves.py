@@ -207,7 +207,8 @@ def plot_sensitivity(
     for r in swept:
         if not isinstance(r["params"], Mapping):
             raise ValueError(f"record {r.get('run_dir', '?')}: 'params' should map config keys to values, got {r['params']!r}")
-    keys = sorted({k for r in swept for k in r["params"]})
+    order = list(labels or {})  # labelled keys in the labels' order (the paper's rows), then the rest by name
+    keys = sorted({k for r in swept for k in r["params"]}, key=lambda k: (order.index(k) if k in order else len(order), k))
     paper = dict(paper or {})
     unknown = sorted(set(paper) - set(keys))
     if unknown:
@@ -236,7 +237,9 @@ def plot_sensitivity(
                 parts = {"method": style.method_label(method), "dataset": ident[1], "backbone": ident[2]}
                 look = style.method_style(method) if varying == ["method"] else style.series_style(idents.index(ident))
                 ax.plot(xs, means, label=" · ".join(parts[k] for k in varying), gid=f"{key}|{method}", **look)
-                if any(sd > 0 for sd in stds):
+                if len(xs) == 1 and stds[0] > 0:  # a band needs two points: one value gets an error bar
+                    ax.errorbar(xs, means, yerr=stds, color=look["color"], capsize=3, linewidth=1)
+                elif any(sd > 0 for sd in stds):
                     ax.fill_between(xs, [m - s for m, s in zip(means, stds)], [m + s for m, s in zip(means, stds)],
                                     color=look["color"], alpha=0.15, linewidth=0)
             if key in paper:
@@ -467,13 +470,14 @@ def paper_sensitivity(records: Sequence[Record], path: str | Path | None = None)
 
 def sensitivity_labels(path: str | Path | None = None) -> dict[str, str]:
     """Readable panel titles for the config keys the paper's Table 3 sweeps ("p2p weight" ...)."""
-    from hgadapter.paper_results import ReportError, load_paper_results  # torch-free
+    from hgadapter.paper_results import LEARN_KEY, ReportError, load_paper_results  # torch-free
 
     try:
         rows = load_paper_results(path)["tables"].get("table3_sensitivity", {}).get("values", [])
-    except ReportError:  # no paper file (e.g. an installed wheel): keys stay as titles
-        return {}
-    return {row["key"]: f"{row['metapath']} weight" for row in rows if "key" in row and "metapath" in row}
+    except ReportError:  # a missing or broken paper file: the swept keys stay as titles
+        rows = []
+    labels = {row["key"]: f"{row['metapath']} weight" for row in rows if "key" in row and "metapath" in row}
+    return {**labels, LEARN_KEY: "all fusion weights learned"}
 
 
 def _one_setting(records: list[Record]) -> tuple[list[Record], str]:
