@@ -332,3 +332,16 @@ def test_a_seed_run_twice_counts_once(tmp_path: Path) -> None:
     assert list(line.get_ydata()) == pytest.approx([50.0, 62.0])
     band = figure.axes[0].collections[0].get_paths()[0].vertices[:, 1]
     assert band.max() == pytest.approx(64.0)  # 62 + sample std 2 over three seeds, not over six runs (1.79)
+
+
+def test_sensitivity_panels_follow_the_papers_rows(tmp_path: Path) -> None:
+    from viz.curves import plot_sensitivity, sensitivity_labels
+
+    keys = ["train.learn_betas", "stages.1.metapaths.0.beta_test", "stages.1.metapaths.2.beta", "zz.other"]
+    for i, key in enumerate(keys):
+        for value in (0.1, 0.2):
+            write_run(tmp_path, f"{i}/{value}", method="hegraphadapter:t", dataset="synthetic", shots=16, seed=1,
+                      params={key: value}, test_acc=60.0, synthetic=True)
+    figure = plot_sensitivity(load_records(tmp_path), None, labels=sensitivity_labels())
+    titles = [ax.get_title() for ax in figure.axes if ax.get_title()]
+    assert titles == ["p2p weight", "n2p (test time) weight", "all fusion weights learned", "zz.other"]
