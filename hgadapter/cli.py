@@ -9,7 +9,6 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import importlib
-import os
 import statistics
 import sys
 import time
@@ -18,6 +17,7 @@ from typing import Sequence
 
 import yaml
 
+from hgadapter._cli import run_command_line
 from hgadapter._dgl import DGLUnavailableError
 from hgadapter.config import ConfigError, list_variants, load_config, load_variant
 from hgadapter.features import CacheError
@@ -270,20 +270,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = build_parser()
-    args = parser.parse_args(argv)
-    if not getattr(args, "func", None):
-        parser.print_help()
-        return 2
-    try:
-        return int(args.func(args) or 0)
-    except _user_errors() as exc:
-        if os.environ.get("HGADAPTER_DEBUG"):
-            raise
-        message = exc.args[0] if isinstance(exc, KeyError) and exc.args else exc
-        print(f"hgadapter {args.command}: error: {message}", file=sys.stderr)
-        return 2
-
+    return run_command_line(build_parser(), argv, prog="hgadapter", user_errors=_user_errors(), debug_env="HGADAPTER_DEBUG")
 
 if __name__ == "__main__":
     sys.exit(main())

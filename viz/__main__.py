@@ -11,7 +11,6 @@ print one line to stderr and exit with status 2; set ``VIZ_DEBUG=1`` for the tra
 from __future__ import annotations
 
 import argparse
-import os
 import sys
 from typing import Sequence
 
@@ -36,20 +35,10 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = build_parser()
-    args = parser.parse_args(argv)
-    if not getattr(args, "func", None):
-        parser.print_help()
-        return 2
-    try:
-        return int(args.func(args) or 0)
-    except (OSError, ValueError) as exc:  # FileNotFoundError is an OSError
-        if os.environ.get("VIZ_DEBUG"):
-            raise
-        message = " ".join(str(exc).split())  # one line, whatever the library put in it
-        print(f"viz {args.command}: error: {message}", file=sys.stderr)
-        return 2
+    from hgadapter._cli import run_command_line  # imports no torch
 
+    # FileNotFoundError is an OSError
+    return run_command_line(build_parser(), argv, prog="viz", user_errors=(OSError, ValueError), debug_env="VIZ_DEBUG")
 
 if __name__ == "__main__":
     sys.exit(main())
