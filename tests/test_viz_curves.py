@@ -93,8 +93,8 @@ def png_size(path: Path) -> tuple[int, int]:
 
 
 def lines_by_gid(figure: Any) -> dict[tuple[str, str], Any]:
-    """(panel title, line gid) -> Line2D of every line with a gid."""
-    return {(ax.get_title(), line.get_gid()): line for ax in figure.axes for line in ax.lines if line.get_gid()}
+    """(panel id: its gid, else its title; line gid) -> Line2D of every line with a gid."""
+    return {(ax.get_gid() or ax.get_title(), line.get_gid()): line for ax in figure.axes for line in ax.lines if line.get_gid()}
 
 
 # --- accuracy vs shots ------------------------------------------------------------------------
@@ -116,6 +116,7 @@ def test_accuracy_vs_shots_plots_the_seed_means(records: list[dict], tmp_path: P
     band = figure.axes[0].collections[0].get_paths()[0].vertices[:, 1]
     low = expected_mean(DATASETS[0], METHODS[0], SHOTS[0]) - 1
     assert band.min() == pytest.approx(low)
+    assert [ax.get_title() for ax in figure.axes if ax.get_visible()] == ["Caltech101", "DTD", "Average"]  # paper order and names
     assert figure.axes[0].get_xscale() == "log"
     assert [t.get_text() for t in figure.axes[0].get_xticklabels()] == ["1", "2", "4"]
     assert figure.get_suptitle().endswith("(synthetic task)") and "RN50" in figure.get_suptitle()
@@ -141,7 +142,7 @@ def test_methods_keep_their_palette_colour_across_figures(records: list[dict], r
 def test_single_dataset_filter_has_no_average_panel(records: list[dict]) -> None:
     figure = plot_accuracy_vs_shots(records, None, dataset="dtd", dpi=DPI)
     visible = [ax.get_title() for ax in figure.axes if ax.get_visible()]
-    assert visible == ["dtd"]
+    assert visible == ["DTD"]  # the paper's name for the dataset
     assert figure.get_size_inches()[0] == pytest.approx(style.COLUMN_WIDTH)
 
 

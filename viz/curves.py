@@ -40,6 +40,7 @@ __all__ = [
     "load_paper_values",
     "paper_sensitivity",
     "sensitivity_labels",
+    "dataset_names",
     "MAX_TRAINING_RUNS",
 ]
 
@@ -95,7 +96,9 @@ def plot_accuracy_vs_shots(
         )
     plain = _filter(plain, "backbone", backbone, single=True)
     plain = _filter(plain, "dataset", dataset)
-    datasets = sorted({_value(r, "dataset") for r in plain})
+    names = dataset_names()
+    order = list(names)  # the paper's column order, then other datasets by name
+    datasets = sorted({_value(r, "dataset") for r in plain}, key=lambda d: (order.index(d) if d in order else len(order), d))
 
     # (dataset, method) -> {shots: (mean, std, n)}
     table: dict[tuple[str, str], dict[int, tuple[float, float, int]]] = {}
@@ -128,7 +131,8 @@ def plot_accuracy_vs_shots(
                     ax.fill_between(shots, [m - s for m, s in zip(means, stds)], [m + s for m, s in zip(means, stds)],
                                     color=look["color"], alpha=0.15, linewidth=0)
             _shots_axis(ax, all_shots)
-            ax.set_title(name)
+            ax.set_title(names.get(name, name))
+            ax.set_gid(name)  # the dataset id (or "Average"), for whoever reads the figure back
         _label_outer(axes[: len(panels)], figure, xlabel="shots per class", ylabel="test accuracy (%)")
         _legend_below(figure, *axes[: len(panels)])
         parts = ["Few-shot test accuracy vs shots"]
@@ -466,6 +470,18 @@ def paper_sensitivity(records: Sequence[Record], path: str | Path | None = None)
         if row.get("key") in keys
     }
     return paper or None
+
+
+def dataset_names(path: str | Path | None = None) -> dict[str, str]:
+    """Dataset id -> the paper's name (``oxford_flowers`` -> ``Flowers102``), in the paper's order;
+    ``{}`` without a readable paper results file."""
+    from hgadapter.paper_results import ReportError, load_paper_results  # torch-free
+
+    try:
+        data = load_paper_results(path)
+    except ReportError:
+        return {}
+    return {**data.get("datasets", {}), **data.get("dg_targets", {})}
 
 
 def sensitivity_labels(path: str | Path | None = None) -> dict[str, str]:
