@@ -26,7 +26,7 @@ import torch
 # config.py is the only module that parses YAML; its raw-tree helpers carry the provenance that
 # error messages need, so they are reused here instead of a second parser.
 from hgadapter._resources import resource_path
-from hgadapter.config import ConfigError, _parse_override, _Parser, _read_yaml, _Tree, read_config_layers
+from hgadapter.config import RECORD_KEYS, SWEEP_KEY, ConfigError, _parse_override, _Parser, _read_yaml, _Tree, read_config_layers
 from hgadapter.protocol import Fitted, SelectionData
 
 __all__ = [
@@ -132,7 +132,7 @@ def load_method_config(
         if not path.is_file():
             raise ConfigError(f"method config file {path} does not exist")
         for data, source in read_config_layers(path):
-            tree.merge({k: v for k, v in data.items() if k not in ("sweep", "run", "environment")}, source)
+            tree.merge({k: v for k, v in data.items() if k not in (SWEEP_KEY, *RECORD_KEYS)}, source)
     for text in overrides:
         key, value = _parse_override(text)
         if "." in key:
