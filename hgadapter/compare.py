@@ -26,7 +26,7 @@ from pathlib import Path
 from typing import Any
 
 from hgadapter._io import atomic_write, atomic_write_json, atomic_write_text, json_digest, json_safe
-from hgadapter.baselines import Method, create_method, list_methods
+from hgadapter.methods import Method, create_method, list_methods
 from hgadapter.config import ConfigError
 from hgadapter.features import FeatureCache, dataset_name
 from hgadapter.runner import run_method
@@ -140,7 +140,7 @@ def compare(
 
     Args:
         cache: the features; it must hold a training set for every (shots, seed).
-        methods: names from :func:`hgadapter.baselines.list_methods`.
+        methods: names from :func:`hgadapter.methods.list_methods`.
         shots / seeds: the few-shot sets to run.
         out_dir: where results.json, results.md and the chart go (created if missing).
         progress: show training progress bars.

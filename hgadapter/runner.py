@@ -24,8 +24,8 @@ from typing import Any
 import yaml
 
 from hgadapter._io import atomic_save_tensors, atomic_write_json, atomic_write_text, json_safe
-from hgadapter.baselines import Method
-from hgadapter.baselines.hegraphadapter import HeGraphAdapter
+from hgadapter.methods import Method
+from hgadapter.methods.hegraphadapter import HeGraphAdapter
 from hgadapter.config import RunConfig
 from hgadapter.features import FeatureCache, dataset_name
 from hgadapter.method import fit_hegraphadapter, resolve_device
@@ -88,7 +88,7 @@ def run_method(
     """Fit ``method`` on ``cache``'s (shots, seed) training set, select on validation, test once.
 
     Args:
-        method: a resolved method (:func:`hgadapter.baselines.create_method`).
+        method: a resolved method (:func:`hgadapter.methods.create_method`).
         cache: the features to train, select and test on.
         shots / seed: the few-shot training set (the seed also seeds training).
         out_dir: the run directory to write (nothing is written when ``None``).

@@ -155,7 +155,7 @@ def expand_experiment(
         ConfigError: an unknown method, a grid given for a method without a dotted config, or any
             invalid config value (the message names the file and key).
     """
-    from hgadapter.baselines import create_method
+    from hgadapter.methods import create_method
 
     if not isinstance(experiment, ExperimentConfig):
         experiment = load_experiment(experiment)
@@ -317,7 +317,7 @@ def _target_cache(path: str) -> Any:
 
 def execute_run(spec: RunSpec, *, device: str | None = None, progress: bool = False) -> dict:
     """Fit, select and test one run and write its directory; returns its record."""
-    from hgadapter.baselines import create_method
+    from hgadapter.methods import create_method
     from hgadapter.runner import run_method
 
     method = create_method(spec.method, config_file=spec.config_file, overrides=spec.overrides)

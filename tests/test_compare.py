@@ -8,7 +8,7 @@ import json
 
 import pytest
 
-from hgadapter.baselines import list_methods
+from hgadapter.methods import list_methods
 from hgadapter.compare import RECORD_KEYS, add_compare_arguments, compare, format_table, run_compare
 from hgadapter.config import ConfigError
 from hgadapter.features import CacheError, save_cache
@@ -109,7 +109,7 @@ def test_resume_skips_finished_records_and_reruns_changed_configs(tmp_path, monk
     first = compare(small_task(), methods, [2], [1, 2], tmp_path, progress=False, device="cpu", overrides=quick(methods), log=None)
 
     fits = []
-    import hgadapter.baselines._registry as registry
+    import hgadapter.methods._registry as registry
 
     for name in methods:
         cls = registry._REGISTRY[name][0]

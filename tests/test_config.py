@@ -46,7 +46,7 @@ def test_every_experiment_yaml_loads(path):
 
 @pytest.mark.parametrize("path", METHOD_YAMLS, ids=lambda p: p.name)
 def test_every_method_yaml_loads(path):
-    from hgadapter.baselines import create_method
+    from hgadapter.methods import create_method
 
     assert create_method(path.stem, config_file=path).name == path.stem
 

@@ -146,7 +146,7 @@ def test_table3_keys_exist_in_variant_t_and_its_defaults_are_the_best_weights(pa
 
 
 def test_paper_method_ids_are_registry_names(paper):
-    from hgadapter.baselines import list_methods
+    from hgadapter.methods import list_methods
 
     assert set(paper["methods"]) - PAPER_ONLY_METHODS == set(list_methods())
 

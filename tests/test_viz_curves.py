@@ -273,7 +273,7 @@ def test_series_styles_are_distinct_and_from_the_palette() -> None:
 
 
 def test_every_registered_method_has_its_own_stable_look() -> None:
-    from hgadapter.baselines import list_methods
+    from hgadapter.methods import list_methods
 
     looks = {m: style.method_style(m) for m in list_methods()}
     assert len({tuple(sorted(look.items())) for look in looks.values()}) == len(looks)

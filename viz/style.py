@@ -106,7 +106,7 @@ _RC: dict[str, Any] = {
     "svg.fonttype": "none",
 }
 
-# Fixed looks for the registered methods (hgadapter.baselines.list_methods()); HeGraphAdapter
+# Fixed looks for the registered methods (hgadapter.methods.list_methods()); HeGraphAdapter
 # is vermillion, its ablation variants take the warm colours, baselines the cool ones.
 _METHOD_STYLES: dict[str, tuple[str, str, str]] = {
     "hegraphadapter": (OKABE_ITO["vermillion"], "o", "-"),

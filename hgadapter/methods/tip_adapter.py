@@ -24,8 +24,8 @@ from dataclasses import dataclass
 
 import torch
 
-from hgadapter.baselines._common import cache_model, device_of, fit_on_device, prompt_ensemble, zero_shot_logits
-from hgadapter.baselines._registry import Method, hparam, register_method
+from hgadapter.methods._common import cache_model, device_of, fit_on_device, prompt_ensemble, zero_shot_logits
+from hgadapter.methods._registry import Method, hparam, register_method
 from hgadapter.evaluate import select_alpha_beta
 from hgadapter.protocol import Fitted, SelectionData
 

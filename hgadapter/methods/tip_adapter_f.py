@@ -21,9 +21,9 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from hgadapter.baselines._common import CHECKPOINTS, cache_model, device_of, fit_on_device, prompt_ensemble, step_cosine_lr, train_loop, trained_fitted, zero_shot_logits
-from hgadapter.baselines._registry import Method, hparam, register_method
-from hgadapter.baselines.tip_adapter import search_grid, select_cache_predictor, tip_logits
+from hgadapter.methods._common import CHECKPOINTS, cache_model, device_of, fit_on_device, prompt_ensemble, step_cosine_lr, train_loop, trained_fitted, zero_shot_logits
+from hgadapter.methods._registry import Method, hparam, register_method
+from hgadapter.methods.tip_adapter import search_grid, select_cache_predictor, tip_logits
 from hgadapter.protocol import Fitted, SelectionData
 
 __all__ = ["TipAdapterFConfig", "TipAdapterF"]

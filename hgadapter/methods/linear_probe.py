@@ -29,8 +29,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from hgadapter.baselines._common import device_of, fit_on_device
-from hgadapter.baselines._registry import Method, hparam, register_method
+from hgadapter.methods._common import device_of, fit_on_device
+from hgadapter.methods._registry import Method, hparam, register_method
 from hgadapter.protocol import Fitted, SelectionData, accuracy
 
 __all__ = ["LinearProbeConfig", "LinearProbe"]

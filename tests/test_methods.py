@@ -1,4 +1,4 @@
-"""The method registry and every baseline on a small synthetic task (hgadapter/baselines/)."""
+"""The method registry and every baseline on a small synthetic task (hgadapter/methods/)."""
 
 from __future__ import annotations
 
@@ -12,10 +12,10 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from hgadapter.baselines import create_method, list_methods, methods_dir
-from hgadapter.baselines._common import dassl_lr, step_cosine_lr
-from hgadapter.baselines.graphadapter import query_propagation
-from hgadapter.baselines.tip_adapter import search_grid
+from hgadapter.methods import create_method, list_methods, methods_dir
+from hgadapter.methods._common import dassl_lr, step_cosine_lr
+from hgadapter.methods.graphadapter import query_propagation
+from hgadapter.methods.tip_adapter import search_grid
 from hgadapter.config import ConfigError, list_variants
 from hgadapter.protocol import Fitted, SelectionData, selection_data
 from hgadapter.synthetic import build_synthetic_task

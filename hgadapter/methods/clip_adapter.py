@@ -22,8 +22,8 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from hgadapter.baselines._common import CHECKPOINTS, device_of, fit_on_device, prompt_ensemble, train_dassl, trained_fitted, zero_shot_logits
-from hgadapter.baselines._registry import Method, hparam, register_method
+from hgadapter.methods._common import CHECKPOINTS, device_of, fit_on_device, prompt_ensemble, train_dassl, trained_fitted, zero_shot_logits
+from hgadapter.methods._registry import Method, hparam, register_method
 from hgadapter.protocol import Fitted, SelectionData
 
 __all__ = ["ClipAdapterConfig", "ClipAdapter", "FeatureAdapter"]

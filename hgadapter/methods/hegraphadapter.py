@@ -4,7 +4,7 @@
 variant ``v`` of :func:`hgadapter.config.list_variants` (``metapaths/<v>.yaml``). The config is
 the :class:`~hgadapter.config.RunConfig` that :func:`hgadapter.config.load_config` resolves from
 the variant, ``experiments/methods/hegraphadapter.yaml`` (the paper's training defaults; a
-``config_file`` given to :func:`~hgadapter.baselines.create_method` replaces it) and the
+``config_file`` given to :func:`~hgadapter.methods.create_method` replaces it) and the
 overrides (dotted, ``train.lr=0.01``). Fitting is :func:`hgadapter.method.fit_hegraphadapter`.
 """
 
@@ -16,7 +16,7 @@ from collections.abc import Sequence
 
 import torch
 
-from hgadapter.baselines._registry import Method, method_config_path, register_method
+from hgadapter.methods._registry import Method, method_config_path, register_method
 from hgadapter.config import RunConfig, config_to_dict, list_variants, load_config
 from hgadapter.method import fit_hegraphadapter
 from hgadapter.protocol import Fitted, SelectionData

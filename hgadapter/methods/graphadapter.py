@@ -36,8 +36,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from hgadapter.baselines._common import CHECKPOINTS, class_means, device_of, fit_on_device, prompt_ensemble, train_dassl, trained_fitted, zero_shot_logits
-from hgadapter.baselines._registry import Method, hparam, register_method
+from hgadapter.methods._common import CHECKPOINTS, class_means, device_of, fit_on_device, prompt_ensemble, train_dassl, trained_fitted, zero_shot_logits
+from hgadapter.methods._registry import Method, hparam, register_method
 from hgadapter.protocol import Fitted, SelectionData
 
 __all__ = ["GraphAdapterConfig", "GraphAdapter", "DualGraphLearner", "query_propagation"]

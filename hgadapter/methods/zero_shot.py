@@ -12,8 +12,8 @@ from dataclasses import dataclass
 
 import torch
 
-from hgadapter.baselines._common import device_of, fit_on_device, prompt_ensemble, zero_shot_logits
-from hgadapter.baselines._registry import Method, register_method
+from hgadapter.methods._common import device_of, fit_on_device, prompt_ensemble, zero_shot_logits
+from hgadapter.methods._registry import Method, register_method
 from hgadapter.protocol import Fitted, SelectionData, accuracy
 
 __all__ = ["ZeroShotConfig", "ZeroShot"]
