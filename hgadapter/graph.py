@@ -94,6 +94,14 @@ def build_node_features(
     }
 
 
+def _cosine(feat_dict: dict[str, torch.Tensor], etype: str) -> torch.Tensor:
+    """Cosine similarity of every destination to every source of ``etype``: ``(n_dst, n_src)``."""
+    src_t, _, dst_t = CANONICAL_ETYPES[etype]
+    src = F.normalize(feat_dict[src_t].float(), dim=-1)
+    dst = F.normalize(feat_dict[dst_t].float(), dim=-1)
+    return dst @ src.T  # (n_dst, n_src)
+
+
 def build_edge_weights(
     feat_dict: dict[str, torch.Tensor],
     etype: str,
@@ -111,9 +119,7 @@ def build_edge_weights(
     """
     src_t, _, dst_t = CANONICAL_ETYPES[etype]
     kind = kind or DEFAULT_WEIGHT_KIND[etype]
-    src = F.normalize(feat_dict[src_t].float(), dim=-1)
-    dst = F.normalize(feat_dict[dst_t].float(), dim=-1)
-    cos = dst @ src.T  # (n_dst, n_src)
+    cos = _cosine(feat_dict, etype)  # (n_dst, n_src)
     weights = cos.clone()
     n = min(weights.shape)
     diag = torch.arange(n, device=weights.device)
@@ -140,9 +146,14 @@ def build_relation_graph(
 ) -> RelationGraph:
     """Build the typed, weighted edge lists of every relation in ``relations``.
 
-    Dense by default (every source -> every destination); with ``topk`` each destination keeps
-    its ``topk`` highest-weight sources; ``topk_by_relation`` gives a relation its own k (``None``:
-    dense) instead. All inputs are frozen, so nothing here needs gradients.
+    Dense by default (every source -> every destination). With ``topk`` each destination keeps
+    ``topk`` sources; ``topk_by_relation`` gives a relation its own k (``None``: dense) instead.
+    Neighbours are chosen by cosine similarity, and the relation's weight (cosine or contrast) is
+    then applied to the edges chosen. In a contrast relation between two node types (p2n, v2n,
+    n2p) the same-class edge, "from each positive text/visual node to its corresponding negative
+    text node" (paper Sec. 3.1.1), is always kept and counts as one of the k: choosing by the
+    contrast weight would drop exactly that edge, whose weight is the smallest of its row.
+    All inputs are frozen, so nothing here needs gradients.
     """
     topk_by_relation = topk_by_relation or {}
     weights = weights or DEFAULT_WEIGHT_KIND
@@ -150,10 +161,11 @@ def build_relation_graph(
     edges_dict = {}
     with torch.no_grad():
         for etype in relations:
+            kind = weights.get(etype) or DEFAULT_WEIGHT_KIND[etype]
             w = build_edge_weights(
                 feat_dict,
                 etype,
-                kind=weights.get(etype),
+                kind=kind,
                 contrast=contrast,
                 self_loops=self_loops,
                 clamp_negative=clamp_negative,
@@ -161,7 +173,11 @@ def build_relation_graph(
             valid = ~torch.isnan(w)
             k = topk_by_relation.get(etype, topk)
             if k is not None and k < w.shape[1]:
-                scores = w.masked_fill(~valid, float("-inf"))
+                scores = _cosine(feat_dict, etype).masked_fill(~valid, float("-inf"))  # (n_dst, n_src)
+                src_t, _, dst_t = CANONICAL_ETYPES[etype]
+                if kind == "contrast" and src_t != dst_t:
+                    diag = torch.arange(min(scores.shape), device=scores.device)
+                    scores[diag, diag] = float("inf")  # the same-class edge is always chosen
                 keep = torch.zeros_like(valid)
                 idx = scores.topk(k, dim=1).indices  # (n_dst, k)
                 keep.scatter_(1, idx, True)

@@ -43,9 +43,10 @@ def test_relation_graph_edges_and_topk():
     assert g.num_edges("v2p") == 4 and g.num_edges("p2p") == 2 and g.num_edges("v2v") == 2
     torch.testing.assert_close(g.dense_weights("v2p"), torch.tensor([[1.0, 0.6], [0.0, 0.8]]))
     top1 = build_relation_graph(FEATS, relations=("v2p", "n2p"), topk=1)
-    # each destination keeps its single highest-weight source
+    # each destination keeps its single most similar source ...
     torch.testing.assert_close(top1.dense_weights("v2p"), torch.tensor([[1.0, 0.0], [0.0, 0.8]]))
-    torch.testing.assert_close(top1.dense_weights("n2p"), torch.tensor([[0.0, 0.8], [0.8, 0.0]]))
+    # ... except in a contrast relation, whose same-class edge is always kept (with its 1 - cos weight)
+    torch.testing.assert_close(top1.dense_weights("n2p"), torch.tensor([[0.4, 0.0], [0.0, 0.4]]))
 
 
 def test_dgl_heterograph_schema():
@@ -130,3 +131,60 @@ def test_topk_by_relation_config():
         load_config("t", overrides=["graph.topk_by_relation={x2y: 1}"])
     with pytest.raises(ConfigError, match=r"graph\.topk_by_relation\.v2p: must be >= 1, got 0"):
         load_config("t", overrides=["graph.topk_by_relation={v2p: 0}"])
+
+
+# Three classes in 3-D for the contrast edges. Each class's negation is its least similar
+# negative node (cos 0.1), so choosing neighbours by weight or by similarity alone would drop it.
+FEATS3 = {
+    "pos": torch.eye(3),
+    "neg": torch.nn.functional.normalize(torch.tensor([[0.1, 0.9, 0.3], [0.3, 0.1, 0.9], [0.9, 0.3, 0.1]]), dim=-1),
+    "vis": torch.nn.functional.normalize(torch.tensor([[0.2, 0.7, 0.5], [0.5, 0.2, 0.7], [0.7, 0.5, 0.2]]), dim=-1),
+}
+CONTRAST = ("n2p", "p2n", "v2n")
+
+
+def _same_class_cos(etype):
+    src_t, _, dst_t = CANONICAL_ETYPES[etype]
+    return (torch.nn.functional.normalize(FEATS3[dst_t], dim=-1) * torch.nn.functional.normalize(FEATS3[src_t], dim=-1)).sum(-1)
+
+
+@pytest.mark.parametrize("contrast", ["one_minus_cos", "neg_cos"])
+@pytest.mark.parametrize("topk", [None, 1, 2])
+def test_contrast_relations_keep_the_same_class_edge(contrast, topk):
+    g = build_relation_graph(FEATS3, relations=ETYPES, contrast=contrast, topk=topk)
+    for etype in CONTRAST:
+        same = _same_class_cos(etype)  # (3,)
+        expected = 1.0 - same if contrast == "one_minus_cos" else -same
+        dense = g.dense_weights(etype)  # (3, 3), 0 where no edge
+        torch.testing.assert_close(torch.diagonal(dense), expected)
+        src, dst, _ = g.edges_dict[etype]
+        assert ((src == dst).sum() == 3), f"{etype}: every same-class edge is present"
+        assert g.num_edges(etype) == 3 * (topk or 3)
+        # the other edges are each destination's most similar other-class sources, weighted by cosine
+        if topk == 2:
+            cos = build_edge_weights(FEATS3, etype, kind="cosine")
+            off = cos.clone().fill_diagonal_(float("-inf"))
+            best = off.argmax(dim=1)
+            for i in range(3):
+                assert dense[i, best[i]] == pytest.approx(float(cos[i, best[i]]))
+    # cosine relations choose by similarity: v2p top-1 keeps each class's most similar visual node
+    if topk == 1:
+        cos = build_edge_weights(FEATS3, "v2p")
+        assert torch.equal(torch.nonzero(g.dense_weights("v2p"))[:, 1], cos.argmax(dim=1))
+
+
+@pytest.mark.parametrize("engine", ["torch", "dgl"])
+@pytest.mark.parametrize("topk", [None, 1])
+def test_engines_carry_the_same_class_contrast_edge(engine, topk):
+    """Both engines propagate over the same-class edge: a one-hot source on class i's negative
+    node reaches class i's positive node with the gcn coefficient of that edge."""
+    g = build_relation_graph(FEATS3, relations=ETYPES, contrast="neg_cos", topk=topk)
+    prop = create_engine(engine, g)
+    for etype in CONTRAST:
+        src_t, _, dst_t = CANONICAL_ETYPES[etype]
+        w = g.dense_weights(etype)  # (n_dst, n_src)
+        deg_dst, deg_src = w.abs().sum(1), w.abs().sum(0)
+        out = prop.propagate(etype, "gcn", torch.eye(3), None)  # (n_dst, n_src): the coefficients
+        expected = torch.diagonal(w) / torch.sqrt((deg_dst + 1) * (deg_src + 1))
+        torch.testing.assert_close(torch.diagonal(out), expected)
+        assert bool((torch.diagonal(out) < 0).all()), f"{etype}: the -cos contrast weight reaches the engine"
