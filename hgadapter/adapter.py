@@ -49,7 +49,7 @@ class HeteroGraphAdapter(nn.Module):
     is applied hop by hop to the projected source features (computed as the propagation of the
     raw features followed by one projection, which is the same linear map),
     :math:`y^0 = H_{src} W_s`, :math:`y^l = \mathrm{hop}_{r_l}(y^{l-1}, H_{dst_l} W_s)`,
-    :math:`z(P) = \mathrm{act}(y^L)`, and the meta-paths are fused with fixed weights:
+    :math:`z(P) = \mathrm{act}(y^L + B_P)`, and the meta-paths are fused with fixed weights:
 
     - residual stage: :math:`H_t \leftarrow H_t + \sum_P \beta_P z(P)` (Eqs. 1-4);
     - bias stage: :math:`b = \gamma \sum_P \beta_P z(P)` (Eqs. 5-6).
@@ -57,18 +57,39 @@ class HeteroGraphAdapter(nn.Module):
     ``hop`` is the engine's normalised propagation (see :mod:`hgadapter.engines`); ``beta_test``
     replaces ``beta`` outside training. With ``learn_betas`` every :math:`\beta_P` is a parameter
     initialised at the configured ``beta`` (``beta_test`` is then unused), the paper's Table 3
-    "learn" setting.
+    "learn" setting. With ``classwise_bias`` every meta-path carries a learnable class-wise term
+    :math:`B_P \in R^{C \times d}`, zero at the start (METHOD.md, "Open question": the paper's
+    10.367M trained parameters at C = 1000, d = 1024 match 5 (d^2 + C d) + 4 d, i.e. layers with a
+    C x d term, as GraphAdapter's graph convolution has); without it :math:`B_P = 0`.
 
     Shapes:
         - input ``feat_dict[ntype]``: ``(C, d)``
         - output: :class:`AdapterOutput` with ``(C, d)`` tensors
     """
 
-    def __init__(self, *, dim: int, stages: Sequence[StageConfig], init: str = "identity", learn_betas: bool = False) -> None:
+    def __init__(
+        self,
+        *,
+        dim: int,
+        stages: Sequence[StageConfig],
+        init: str = "identity",
+        learn_betas: bool = False,
+        num_classes: int | None = None,
+        classwise_bias: bool = False,
+    ) -> None:
         super().__init__()
+        if classwise_bias and not num_classes:
+            raise ValueError("classwise_bias needs num_classes (the C of the C x d term)")
         self.dim = dim
         self.stages = tuple(stages)
         self.projections = nn.ModuleList(nn.Linear(dim, dim, bias=False) for _ in self.stages)
+        # One class-wise term per meta-path, zero at the start so training begins at the plain
+        # graph aggregation.
+        self.classwise = (
+            nn.ParameterList(nn.Parameter(torch.zeros(len(stage.metapaths), num_classes, dim)) for stage in self.stages)  # (P_s, C, d) each
+            if classwise_bias
+            else None
+        )
         # Learned fusion weights (the paper's Table 3 "learn" column), one per meta-path, starting
         # at the configured beta and used in training and testing alike.
         self.betas = (
@@ -80,8 +101,17 @@ class HeteroGraphAdapter(nn.Module):
         self.reset_parameters(init)
 
     @classmethod
-    def from_config(cls, variant: VariantConfig, *, dim: int, init: str = "identity", learn_betas: bool = False) -> "HeteroGraphAdapter":
-        return cls(dim=dim, stages=variant.stages, init=init, learn_betas=learn_betas)
+    def from_config(
+        cls,
+        variant: VariantConfig,
+        *,
+        dim: int,
+        init: str = "identity",
+        learn_betas: bool = False,
+        num_classes: int | None = None,
+        classwise_bias: bool = False,
+    ) -> "HeteroGraphAdapter":
+        return cls(dim=dim, stages=variant.stages, init=init, learn_betas=learn_betas, num_classes=num_classes, classwise_bias=classwise_bias)
 
     def reset_parameters(self, init: str = "identity") -> None:
         for proj in self.projections:
@@ -106,7 +136,10 @@ class HeteroGraphAdapter(nn.Module):
                 # meta-path is propagated on raw features and projected once.
                 agg = self._propagate_path(graph, stage, mp, h, feat_dict, key=(s_idx, p_idx))  # (C, d)
                 beta = self.betas[s_idx][p_idx] if self.betas is not None else mp.weight(training=training)
-                term = beta * act(proj(agg))  # (C, d)
+                projected = proj(agg)  # (C, d)
+                if self.classwise is not None:
+                    projected = projected + self.classwise[s_idx][p_idx]  # (C, d)
+                term = beta * act(projected)  # (C, d)
                 fused = term if fused is None else fused + term
             if stage.mode == "residual":
                 h[stage.target] = h[stage.target] + fused

@@ -127,6 +127,7 @@ class TrainConfig:
     cache_beta: float = 5.5  # cache sharpness used during training
     init: str = "identity"  # initial stage projections: identity | zeros | xavier
     learn_betas: bool = False  # learn every fusion weight, starting at its beta (paper Table 3, "learn"); beta_test unused
+    classwise_bias: bool = False  # a learnable, zero-initialised C x d term per meta-path inside its activation (METHOD.md)
 
 
 @dataclass(frozen=True)

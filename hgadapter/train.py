@@ -84,7 +84,9 @@ def fit(
     torch.manual_seed(seed)
     generator = torch.Generator().manual_seed(seed)
     dim = feat_dict["pos"].shape[1]
-    adapter = HeteroGraphAdapter.from_config(variant, dim=dim, init=tcfg.init, learn_betas=tcfg.learn_betas).to(device)
+    adapter = HeteroGraphAdapter.from_config(
+        variant, dim=dim, init=tcfg.init, learn_betas=tcfg.learn_betas, num_classes=feat_dict["pos"].shape[0], classwise_bias=tcfg.classwise_bias
+    ).to(device)
 
     views = F.normalize(train_set.features.float(), dim=-1).to(device)  # (N, V, d)
     labels = train_set.labels.to(device)  # (N,)

@@ -124,3 +124,26 @@ def test_learn_betas_config_key(tmp_path):
     assert load_config("t").train.learn_betas is False
     with pytest.raises(ConfigError, match=r"train\.learn_betas: expected true or false, got 'yes please'"):
         load_config("t", overrides=["train.learn_betas=yes please"])
+
+
+@pytest.mark.parametrize("name", [v for v in list_variants() if v != "base"])
+def test_classwise_bias_starts_at_zero_trains_and_is_counted(random_cache, name):
+    """The class-wise term B_P (METHOD.md "Open question") is zero at the start, so the first
+    forward equals the plain adapter's; it adds C x d parameters per meta-path; each gets a gradient."""
+    variant, train, feats, graph = _setup(random_cache, name)
+    C, d = random_cache.num_classes, random_cache.dim
+    plain = HeteroGraphAdapter.from_config(variant, dim=d)
+    cw = HeteroGraphAdapter.from_config(variant, dim=d, num_classes=C, classwise_bias=True)
+    num_paths = sum(len(s.metapaths) for s in variant.stages)
+    assert sum(p.numel() for p in cw.parameters()) == len(variant.stages) * d * d + num_paths * C * d
+    a, b = plain(graph, feats, training=True), cw(graph, feats, training=True)
+    for ntype in a.feat_dict:
+        torch.testing.assert_close(a.feat_dict[ntype], b.feat_dict[ntype])
+    loss = F.cross_entropy(text_logits(train.features[:, 0], b.feat_dict["pos"], 100.0), train.labels)
+    if b.vis_bias is not None:
+        loss = loss + b.vis_bias.square().sum()
+    loss.backward()
+    for stage_terms in cw.classwise:
+        assert stage_terms.shape[1:] == (C, d) and stage_terms.grad is not None and stage_terms.grad.abs().sum() > 0
+    with pytest.raises(ValueError, match="classwise_bias needs num_classes"):
+        HeteroGraphAdapter.from_config(variant, dim=d, classwise_bias=True)
