@@ -41,7 +41,10 @@ def _user_errors() -> tuple[type[BaseException], ...]:
 
 def _add_synth(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("synth", help="write the synthetic CLIP-like task as a feature cache")
-    p.add_argument("--out", required=True, help="cache directory to write")
+    p.add_argument("--out", required=True, help="cache directory to write (with --preset all: one sub-folder per task)")
+    p.add_argument("--preset", default=None, metavar="NAME",
+                   help="a development-suite task of experiments/suite/tasks.yaml, or 'all' for every one; "
+                        "the other options override its fields")
     p.add_argument("--seed", type=int, default=None, help="generator seed (default: the demo task's)")
     p.add_argument("--classes", type=int, default=None, help="number of classes C")
     p.add_argument("--dim", type=int, default=None, help="feature dimension d")
@@ -66,7 +69,7 @@ def _synth_overrides(args: argparse.Namespace) -> dict:
 
 def _cmd_synth(args: argparse.Namespace) -> int:
     from hgadapter.features import save_cache
-    from hgadapter.synthetic import SyntheticTaskConfig, build_synthetic_task
+    from hgadapter.synthetic import SyntheticTaskConfig, build_synthetic_task, list_presets, preset_config
 
     fields = {f.name for f in dataclasses.fields(SyntheticTaskConfig)}
     overrides = _synth_overrides(args)
@@ -76,13 +79,23 @@ def _cmd_synth(args: argparse.Namespace) -> int:
             raise UsageError(f"--set {text!r}: expected FIELD=VALUE with FIELD one of {sorted(fields)}")
         value = yaml.safe_load(raw)
         overrides[name.strip()] = tuple(value) if isinstance(value, list) else value
-    cfg = SyntheticTaskConfig(**overrides)
-    cache = build_synthetic_task(cfg)
-    path = save_cache(args.out, cache, overwrite=args.overwrite)
-    print(
-        f"wrote synthetic task (SYNTHETIC, not real CLIP features): {cache.num_classes} classes, d={cache.dim}, "
-        f"{len(cache.train_sets)} training sets -> {path}"
-    )
+    if args.preset is None:
+        jobs = [(None, SyntheticTaskConfig(**overrides), Path(args.out))]
+    else:
+        names = list_presets() if args.preset == "all" else [args.preset]
+        if args.preset != "all" and args.preset not in list_presets():
+            raise UsageError(f"--preset {args.preset!r}: unknown task; available: {list_presets() + ['all']}")
+        jobs = [
+            (name, dataclasses.replace(preset_config(name), **overrides), Path(args.out) / name if args.preset == "all" else Path(args.out))
+            for name in names
+        ]
+    for name, cfg, out in jobs:
+        cache = build_synthetic_task(cfg)
+        path = save_cache(out, cache, overwrite=args.overwrite)
+        print(
+            f"wrote synthetic task{f' {name!r}' if name else ''} (SYNTHETIC, not real CLIP features): "
+            f"{cache.num_classes} classes, d={cache.dim}, {len(cache.train_sets)} training sets -> {path}"
+        )
     return 0
 
 

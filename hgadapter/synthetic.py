@@ -31,6 +31,8 @@ __all__ = [
     "build_synthetic_task",
     "write_synthetic_task",
     "task_statistics",
+    "list_presets",
+    "preset_config",
     "GENERATOR_VERSION",
 ]
 
@@ -157,6 +159,40 @@ def _resolve_config(config: SyntheticTaskConfig | None, overrides: dict[str, Any
     # Lists from YAML or argparse become tuples so the frozen config stays hashable.
     overrides = {k: tuple(v) if isinstance(v, list) else v for k, v in overrides.items()}
     return replace(config, **overrides) if overrides else config
+
+
+def suite_path() -> Path:
+    """The development suite's task list: ``$HGADAPTER_SUITE``, the checkout's or the installed copy."""
+    from hgadapter._resources import resource_path
+
+    return resource_path("experiments/suite/tasks.yaml", "HGADAPTER_SUITE")
+
+
+def _read_suite() -> dict[str, Any]:
+    import yaml
+
+    path = suite_path()
+    if not path.is_file():
+        raise FileNotFoundError(f"no suite task list at {path}; set HGADAPTER_SUITE to experiments/suite/tasks.yaml")
+    raw = yaml.safe_load(path.read_text())
+    if not isinstance(raw, dict) or not isinstance(raw.get("tasks"), dict):
+        raise ValueError(f"{path}: expected a mapping with a 'tasks' mapping of task name -> generator fields")
+    return raw
+
+
+def list_presets() -> list[str]:
+    """Names of the development suite's tasks (``experiments/suite/tasks.yaml``), in file order."""
+    return list(_read_suite()["tasks"])
+
+
+def preset_config(name: str) -> SyntheticTaskConfig:
+    """The :class:`SyntheticTaskConfig` of suite task ``name`` (its fields over the file's ``_defaults``)."""
+    raw = _read_suite()
+    tasks = raw["tasks"]
+    if name not in tasks:
+        raise ValueError(f"unknown synthetic preset {name!r}; available: {list(tasks)}")
+    fields_ = {**(raw.get("_defaults") or {}), **(tasks[name] or {})}
+    return _resolve_config(None, fields_)
 
 
 def _generator(*key: int) -> torch.Generator:

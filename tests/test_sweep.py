@@ -18,7 +18,9 @@ from conftest import make_random_cache
 
 REPO = Path(__file__).resolve().parents[1]
 EXPERIMENTS = sorted(
-    p for p in (REPO / "experiments").glob("*/*.yaml") if p.parent.name not in ("methods", "configs", "_base_")
+    p
+    for p in (REPO / "experiments").glob("*/**/*.yaml")
+    if p.parent.name not in ("methods", "configs", "_base_") and p != REPO / "experiments" / "suite" / "tasks.yaml"
 )
 DATASETS = ("imagenet", "caltech101", "oxford_pets", "stanford_cars", "oxford_flowers", "food101", "fgvc_aircraft", "sun397", "dtd", "eurosat", "ucf101")
 

@@ -227,3 +227,26 @@ def test_write_and_load_round_trip(tmp_path: Path) -> None:
     assert a.keys() == b.keys()
     for name in a:
         assert torch.equal(a[name], b[name]), name
+
+
+def test_every_suite_preset_builds_a_valid_config():
+    from hgadapter.synthetic import list_presets, preset_config
+
+    names = list_presets()
+    assert len(names) >= 6 and "many500" in names
+    configs = [preset_config(n) for n in names]
+    assert len({c.seed for c in configs}) == len(names)  # no two tasks share their latent geometry
+    assert min(c.num_classes for c in configs) <= 20 and max(c.num_classes for c in configs) >= 500
+    assert {c.dim for c in configs} == {512, 768, 1024}
+    assert all(c.shots == (1, 4, 16) for c in configs)
+    with pytest.raises(ValueError, match="unknown synthetic preset 'nope'; available"):
+        preset_config("nope")
+
+
+def test_synth_preset_cli_writes_the_task(tmp_path):
+    from hgadapter.cli import main
+    from hgadapter.features import load_cache
+
+    assert main(["synth", "--preset", "coarse20", "--seeds", "1", "--shots", "1", "--out", str(tmp_path / "c")]) == 0
+    cache = load_cache(tmp_path / "c")
+    assert cache.num_classes == 20 and cache.dim == 512 and set(cache.train_sets) == {(1, 1)}

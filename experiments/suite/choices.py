@@ -1,0 +1,74 @@
+"""Measure one configuration choice on the development suite (issue 10), validation first.
+
+Runs the given methods on every suite task (``experiments/suite/tasks.yaml``) at the given shots
+and seeds, in memory, through the same fit -> select on val -> test once path as ``hgadapter run``,
+and prints val and test accuracy per task and their means over the suite. Defaults are chosen on
+the *val* mean; the test column is printed only to be reported beside it.
+
+    python experiments/suite/choices.py --methods hegraphadapter hegraphadapter:t \
+        --set graph.contrast=neg_cos --label neg_cos --out runs/choices.jsonl
+
+SYNTHETIC tasks: the numbers say nothing about real CLIP accuracy.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import time
+from pathlib import Path
+
+import yaml
+
+from hgadapter.methods import create_method
+from hgadapter.runner import run_method
+from hgadapter.synthetic import SyntheticTaskConfig, build_synthetic_task
+
+TASKS = Path(__file__).with_name("tasks.yaml")
+
+
+def suite_configs(names: list[str] | None = None) -> dict[str, SyntheticTaskConfig]:
+    spec = yaml.safe_load(TASKS.read_text())
+    tasks = spec["tasks"]
+    unknown = sorted(set(names or ()) - set(tasks))
+    if unknown:
+        raise SystemExit(f"unknown task(s) {unknown}; available: {sorted(tasks)}")
+    return {n: SyntheticTaskConfig(**{**spec["_defaults"], **f}) for n, f in tasks.items() if not names or n in names}
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--methods", nargs="+", default=["hegraphadapter"])
+    p.add_argument("--tasks", nargs="+", default=None)
+    p.add_argument("--shots", type=int, nargs="+", default=[1, 4, 16])
+    p.add_argument("--seeds", type=int, nargs="+", default=[1])
+    p.add_argument("--set", dest="sets", action="append", default=[], help="key=value for every method")
+    p.add_argument("--label", default="default")
+    p.add_argument("--out", default=None, help="append one JSON line per run here")
+    args = p.parse_args()
+    rows = []
+    for task, cfg in suite_configs(args.tasks).items():
+        cache = build_synthetic_task(cfg)
+        for method_name in args.methods:
+            method = create_method(method_name, overrides=args.sets)
+            for shots in args.shots:
+                for seed in args.seeds:
+                    t = time.perf_counter()
+                    rec = run_method(method, cache, shots=shots, seed=seed, progress=False)
+                    row = {"label": args.label, "task": task, "method": method_name, "shots": shots, "seed": seed,
+                           "val": rec["val_acc"], "test": rec["test_acc"], "seconds": round(time.perf_counter() - t, 1)}
+                    rows.append(row)
+                    print(json.dumps(row), flush=True)
+                    if args.out:
+                        with open(args.out, "a") as f:
+                            f.write(json.dumps(row) + "\n")
+    for method_name in args.methods:
+        for shots in args.shots:
+            sel = [r for r in rows if r["method"] == method_name and r["shots"] == shots]
+            val = sum(r["val"] for r in sel) / len(sel)
+            test = sum(r["test"] for r in sel) / len(sel)
+            print(f"SUMMARY {args.label} {method_name} K={shots}: val {val:.2f} test {test:.2f} ({len(sel)} runs)")
+
+
+if __name__ == "__main__":
+    main()
