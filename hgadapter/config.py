@@ -267,14 +267,14 @@ _ECHO.maxlevel = 3
 _ECHO.maxlong = 40
 
 
-def echo(value: Any, *, bare: bool = False) -> str:
-    """A user's value as error messages quote it: its ``repr`` (``bare``: its ``str``), cut short.
+def echo(value: Any, *, bare: bool = False, limit: int = 120) -> str:
+    """A user's value as error messages quote it: its ``repr`` (``bare``: its ``str`` cut to ``limit`` characters).
 
     Whatever a file or ``--set`` holds, the message stays one short line.
     """
     if bare:
         text = str(value)
-        return text if len(text) <= 120 else text[:117] + "..."
+        return text if len(text) <= limit else text[: limit - 3] + "..."
     try:
         return _ECHO.repr(value)
     except Exception:  # a repr that fails must not hide the error being reported
