@@ -268,17 +268,15 @@ _ECHO.maxlong = 40
 
 
 def echo(value: Any, *, bare: bool = False, limit: int = 120) -> str:
-    """A user's value as error messages quote it: its ``repr`` (``bare``: its ``str`` cut to ``limit`` characters).
+    """A user's value as error messages quote it: its ``repr`` (``bare``: its ``str``), cut to ``limit`` characters.
 
     Whatever a file or ``--set`` holds, the message stays one short line.
     """
-    if bare:
-        text = str(value)
-        return text if len(text) <= limit else text[: limit - 3] + "..."
     try:
-        return _ECHO.repr(value)
+        text = str(value) if bare else _ECHO.repr(value)  # reprlib: never the whole of a huge value
     except Exception:  # a repr that fails must not hide the error being reported
-        return f"<{type(value).__name__}>"
+        text = f"<{type(value).__name__}>"
+    return text if len(text) <= limit else text[: limit - 3] + "..."
 
 
 def _depth(data: Any) -> int:
