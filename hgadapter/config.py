@@ -7,7 +7,12 @@ paths, relative to the file); the bases are merged first, mappings key by key an
 whole, so a per-dataset experiment file states only what differs from its base. An experiment
 file's ``sweep`` section (:class:`SweepConfig`) describes a grid of runs for ``hgadapter sweep``.
 Every error is a :class:`ConfigError` naming the file (or ``--set``), the key path and the
-valid choices; nothing is asserted.
+valid choices; nothing is asserted, and echoed values are cut short.
+
+The mechanism is public and the method configs (:mod:`hgadapter.methods`) use it too:
+:func:`read_config_layers` (a file after its ``_base_`` files), :class:`ConfigTree` (merged
+layers and ``--set`` overrides, with the source of every key) and :class:`ConfigParser`, which
+builds a dataclass field by field from each field's :func:`hparam` metadata (docs/config.md).
 """
 
 from __future__ import annotations
@@ -54,6 +59,7 @@ __all__ = [
     "variant_path",
     "metapaths_dir",
     "config_to_dict",
+    "to_plain",
     "SweepConfig",
     "ExperimentConfig",
     "load_experiment",
@@ -837,23 +843,24 @@ def load_experiment(path: str | os.PathLike) -> ExperimentConfig:
     return ExperimentConfig(path=path, sweep=sweep)
 
 
+def to_plain(obj: Any) -> Any:
+    """A config dataclass (or anything inside one) as plain YAML/JSON types; meta-paths as their YAML form."""
+    if isinstance(obj, MetaPath):
+        out: dict[str, Any] = {"path": list(obj.relations), "beta": obj.beta}
+        if obj.beta_test is not None:
+            out["beta_test"] = obj.beta_test
+        return out
+    if dataclasses.is_dataclass(obj) and not isinstance(obj, type):
+        return {f.name: to_plain(getattr(obj, f.name)) for f in dataclasses.fields(obj)}
+    if isinstance(obj, (list, tuple)):
+        return [to_plain(v) for v in obj]
+    if isinstance(obj, dict):
+        return {str(k): to_plain(v) for k, v in obj.items()}
+    return obj
+
+
 def config_to_dict(cfg: RunConfig) -> dict[str, Any]:
     """A plain, YAML-serialisable view of a resolved config (the form runs write to config.yaml)."""
-
-    def plain(obj: Any) -> Any:
-        if isinstance(obj, MetaPath):
-            out: dict[str, Any] = {"path": list(obj.relations), "beta": obj.beta}
-            if obj.beta_test is not None:
-                out["beta_test"] = obj.beta_test
-            return out
-        if dataclasses.is_dataclass(obj):
-            return {f.name: plain(getattr(obj, f.name)) for f in dataclasses.fields(obj)}
-        if isinstance(obj, (list, tuple)):
-            return [plain(v) for v in obj]
-        if isinstance(obj, dict):
-            return {k: plain(v) for k, v in obj.items()}
-        return obj
-
-    data = plain(cfg)
+    data = to_plain(cfg)
     variant = data.pop("variant")
     return {**variant, **data}

@@ -15,7 +15,6 @@ never parses YAML itself.
 
 from __future__ import annotations
 
-import dataclasses
 import os
 from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
@@ -24,12 +23,12 @@ from typing import Any, ClassVar
 import torch
 
 from hgadapter._resources import resource_path
-from hgadapter.config import RECORD_KEYS, SWEEP_KEY, ConfigError, ConfigParser, ConfigTree, echo, field_names, hparam, parse_override
+from hgadapter.config import RECORD_KEYS, SWEEP_KEY, ConfigError, ConfigParser, ConfigTree, echo, field_names, hparam, parse_override, to_plain
 from hgadapter.protocol import Fitted, SelectionData
 
 __all__ = [
     "Method",
-    "hparam",
+    "hparam",  # hgadapter.config's, re-exported: methods/*.py declare their config fields with it
     "register_method",
     "list_methods",
     "create_method",
@@ -50,8 +49,8 @@ def method_config_path(name: str) -> Path:
 
 
 # --------------------------------------------------------------------------------------------
-# Config dataclasses: fields are declared with hgadapter.config's `hparam` and parsed by its
-# ConfigParser, the same rules as the run config's sections.
+# Config resolution: fields are declared with hgadapter.config's `hparam` and parsed by its
+# ConfigParser, by the same rules as the run config's sections.
 
 
 def load_method_config(
@@ -82,16 +81,6 @@ def load_method_config(
             raise ConfigError(f"--set {echo(key, bare=True)}: method {name!r} has a flat config; valid keys: {field_names(cls)}")
         tree.override(text)
     return ConfigParser(tree).dataclass(cls, tree.data, ())
-
-
-def _plain(obj: Any) -> Any:
-    if dataclasses.is_dataclass(obj) and not isinstance(obj, type):
-        return {f.name: _plain(getattr(obj, f.name)) for f in dataclasses.fields(obj)}
-    if isinstance(obj, (list, tuple)):
-        return [_plain(v) for v in obj]
-    if isinstance(obj, dict):
-        return {str(k): _plain(v) for k, v in obj.items()}
-    return obj
 
 
 # --------------------------------------------------------------------------------------------
@@ -131,7 +120,7 @@ class Method:
 
     def config_dict(self) -> dict[str, Any]:
         """The resolved config as plain JSON/YAML types (recorded beside every result)."""
-        return _plain(self.config)
+        return to_plain(self.config)
 
     def fit(
         self,
