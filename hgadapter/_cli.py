@@ -7,7 +7,12 @@ import os
 import sys
 from collections.abc import Sequence
 
-__all__ = ["run_command_line"]
+__all__ = ["run_command_line", "USER_ERRORS_ATTR"]
+
+# A subcommand may add exception types that count as user errors for it alone
+# (``parser.set_defaults(**{USER_ERRORS_ATTR: (ValueError,)})``), e.g. a module that reports bad
+# input as ValueError because it does not depend on hgadapter's error types.
+USER_ERRORS_ATTR = "extra_user_errors"
 
 
 def run_command_line(
@@ -20,16 +25,19 @@ def run_command_line(
 ) -> int:
     """Parse ``argv`` and call the chosen command's ``func(args)``.
 
-    A ``user_errors`` exception prints ``<prog> <command>: error: <one line>`` to stderr and gives
-    exit status 2 (the traceback only when ``$debug_env`` is set); no command prints the help, 2.
+    A ``user_errors`` exception (or one of the command's own, see ``USER_ERRORS_ATTR``) prints
+    ``<prog> <command>: error: <one line>`` to stderr and gives exit status 2 (the traceback only
+    when ``$debug_env`` is set); no command prints the help, 2. Any other exception is a bug and
+    propagates with its traceback.
     """
     args = parser.parse_args(argv)
     if not getattr(args, "func", None):
         parser.print_help()
         return 2
+    caught = (*user_errors, *getattr(args, USER_ERRORS_ATTR, ()))
     try:
         return int(args.func(args) or 0)
-    except user_errors as exc:
+    except caught as exc:
         if os.environ.get(debug_env):
             raise
         text = str(exc.args[0]) if isinstance(exc, KeyError) and exc.args else str(exc)  # KeyError quotes its message

@@ -16,10 +16,12 @@ import sys
 import types
 from functools import lru_cache
 
+from hgadapter.errors import UserError
+
 __all__ = ["import_dgl", "dgl_available", "DGLUnavailableError"]
 
 
-class DGLUnavailableError(ImportError):
+class DGLUnavailableError(UserError, ImportError):
     """Raised when the dgl engine is requested but dgl cannot be imported."""
 
 

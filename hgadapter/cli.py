@@ -1,7 +1,9 @@
 """Command line: ``hgadapter {synth,run,variants,demo,compare,sweep,report,figures,tsne,extract}``.
 
-User errors (bad config, bad cache, unknown names, missing files) end with a one-line message
-and exit code 2, never a traceback; set ``HGADAPTER_DEBUG=1`` to see the traceback anyway.
+User errors (a :class:`~hgadapter.errors.UserError`: bad config, bad cache, unknown names; or an
+``OSError``: a missing or unwritable file) end with a one-line message and exit code 2; set
+``HGADAPTER_DEBUG=1`` to see the traceback anyway. Any other exception is a bug and shows its
+traceback.
 """
 
 from __future__ import annotations
@@ -15,11 +17,9 @@ import time
 from pathlib import Path
 from typing import Sequence
 
-import yaml
-
-from hgadapter._cli import run_command_line
-from hgadapter._dgl import DGLUnavailableError
-from hgadapter.config import ConfigError, list_variants, load_config, load_variant
+from hgadapter._cli import USER_ERRORS_ATTR, run_command_line
+from hgadapter.config import ConfigError, echo, list_variants, load_config, load_variant, parse_override
+from hgadapter.errors import UserError
 from hgadapter.features import CacheError
 
 DEMO_VARIANTS = ("base", "t_n", "t_p", "t", "full")
@@ -27,13 +27,9 @@ DEMO_SEEDS = (1, 2, 3)
 DEMO_SHOTS = 16
 
 
-class UsageError(ValueError):
-    """A command-line value is invalid."""
-
-
-def _user_errors() -> tuple[type[BaseException], ...]:
-    errors: list[type[BaseException]] = [ConfigError, CacheError, DGLUnavailableError, UsageError, ValueError, OSError, KeyError]
-    return tuple(errors)
+# What ends in a one-line message: every error type derived from UserError, and file-system
+# errors (their message names the path). Anything else is a bug and keeps its traceback.
+USER_ERRORS: tuple[type[BaseException], ...] = (UserError, OSError)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -74,21 +70,20 @@ def _cmd_synth(args: argparse.Namespace) -> int:
     fields = {f.name for f in dataclasses.fields(SyntheticTaskConfig)}
     overrides = _synth_overrides(args)
     for text in args.sets:
-        name, sep, raw = text.partition("=")
-        if not sep or name.strip() not in fields:
-            raise UsageError(f"--set {text!r}: expected FIELD=VALUE with FIELD one of {sorted(fields)}")
-        value = yaml.safe_load(raw)
-        overrides[name.strip()] = tuple(value) if isinstance(value, list) else value
-    if args.preset is None:
-        jobs = [(None, SyntheticTaskConfig(**overrides), Path(args.out))]
-    else:
-        names = list_presets() if args.preset == "all" else [args.preset]
-        if args.preset != "all" and args.preset not in list_presets():
-            raise UsageError(f"--preset {args.preset!r}: unknown task; available: {list_presets() + ['all']}")
-        jobs = [
-            (name, dataclasses.replace(preset_config(name), **overrides), Path(args.out) / name if args.preset == "all" else Path(args.out))
-            for name in names
-        ]
+        name, value = parse_override(text)
+        if name not in fields:
+            raise ConfigError(f"--set {echo(text, bare=True)}: expected FIELD=VALUE with FIELD one of {sorted(fields)}")
+        overrides[name] = tuple(value) if isinstance(value, list) else value
+    if args.preset is not None and args.preset != "all" and args.preset not in list_presets():
+        raise ConfigError(f"--preset {args.preset!r}: unknown task; available: {list_presets() + ['all']}")
+    names = [None] if args.preset is None else list_presets() if args.preset == "all" else [args.preset]
+    jobs = []
+    for name in names:
+        try:
+            cfg = SyntheticTaskConfig(**overrides) if name is None else dataclasses.replace(preset_config(name), **overrides)
+        except (TypeError, ValueError) as exc:  # the generator's own validation of what --set gave
+            raise ConfigError(f"synthetic task: {echo(str(exc), bare=True, limit=400)}") from None
+        jobs.append((name, cfg, Path(args.out) / name if args.preset == "all" else Path(args.out)))
     for name, cfg, out in jobs:
         cache = build_synthetic_task(cfg)
         path = save_cache(out, cache, overwrite=args.overwrite)
@@ -241,32 +236,30 @@ def _cmd_demo(args: argparse.Namespace) -> int:
 # ---------------------------------------------------------------------------------------------
 
 
-def _add_extract(sub: argparse._SubParsersAction) -> None:
-    try:
-        from hgadapter.extract import add_extract_arguments, run_extract
-    except ImportError:
-        return
-    p = sub.add_parser("extract", help="encode a dataset and its prompts with a frozen CLIP into a feature cache")
-    add_extract_arguments(p)
-    p.set_defaults(func=lambda args: run_extract(args))
-
-
-# Commands whose arguments and body live in their own module:
-# (command, help, module, function adding the arguments, function running the command).
-_DELEGATED: tuple[tuple[str, str, str, str, str], ...] = (
-    ("compare", "run baselines and HeGraphAdapter on one cache under one protocol", "hgadapter.compare", "add_compare_arguments", "run_compare"),
-    ("sweep", "run an experiment grid (methods x shots x seeds x grid), resuming finished runs", "hgadapter.sweep", "add_sweep_arguments", "run_sweep_command"),
-    ("report", "tables in the paper's layout from finished runs, paper values beside ours (md, csv, json)", "hgadapter.report", "add_report_arguments", "run_report"),
-    ("figures", "accuracy vs shots, sensitivity and training curves from finished runs (PNG + PDF)", "viz.curves", "add_figures_arguments", "run_figures_command"),
-    ("tsne", "t-SNE of a run's positive text nodes before and after adaptation (paper Fig. 3)", "viz.tsne", "add_tsne_arguments", "run_tsne_command"),
+# Commands whose arguments and body live in their own module: (command, help, module, function
+# adding the arguments, function running the command, extra user-error types). viz reports bad
+# input as ValueError (it does not depend on hgadapter's error types), so for its commands a
+# ValueError is a user error too.
+_VIZ_ERRORS: tuple[type[BaseException], ...] = (ValueError,)
+_DELEGATED: tuple[tuple[str, str, str, str, str, tuple[type[BaseException], ...]], ...] = (
+    ("compare", "run baselines and HeGraphAdapter on one cache under one protocol", "hgadapter.compare", "add_compare_arguments", "run_compare", ()),
+    ("sweep", "run an experiment grid (methods x shots x seeds x grid), resuming finished runs", "hgadapter.sweep", "add_sweep_arguments", "run_sweep_command", ()),
+    ("report", "tables in the paper's layout from finished runs, paper values beside ours (md, csv, json)", "hgadapter.report", "add_report_arguments", "run_report", ()),
+    ("figures", "accuracy vs shots, sensitivity and training curves from finished runs (PNG + PDF)", "viz.curves", "add_figures_arguments", "run_figures_command", _VIZ_ERRORS),
+    ("tsne", "t-SNE of a run's positive text nodes before and after adaptation (paper Fig. 3)", "viz.tsne", "add_tsne_arguments", "run_tsne_command", _VIZ_ERRORS),
+    ("extract", "encode a dataset and its prompts with a frozen CLIP into a feature cache", "hgadapter.extract", "add_extract_arguments", "run_extract", ()),
 )
 
 
-def _add_delegated(sub: argparse._SubParsersAction, name: str, help: str, module: str, add: str, run: str) -> None:
+def _add_delegated(
+    sub: argparse._SubParsersAction, name: str, help: str, module: str, add: str, run: str, errors: tuple[type[BaseException], ...]
+) -> None:
+    # No try/except ImportError: every dependency is required, so a module that fails to import
+    # is a bug, and its traceback beats the command vanishing as "invalid choice".
     mod = importlib.import_module(module)
     p = sub.add_parser(name, help=help)
     getattr(mod, add)(p)
-    p.set_defaults(func=getattr(mod, run))
+    p.set_defaults(func=getattr(mod, run), **{USER_ERRORS_ATTR: errors})
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -278,12 +271,11 @@ def build_parser() -> argparse.ArgumentParser:
     _add_demo(sub)
     for command in _DELEGATED:
         _add_delegated(sub, *command)
-    _add_extract(sub)
     return parser
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    return run_command_line(build_parser(), argv, prog="hgadapter", user_errors=_user_errors(), debug_env="HGADAPTER_DEBUG")
+    return run_command_line(build_parser(), argv, prog="hgadapter", user_errors=USER_ERRORS, debug_env="HGADAPTER_DEBUG")
 
 if __name__ == "__main__":
     sys.exit(main())

@@ -7,7 +7,12 @@ paths, relative to the file); the bases are merged first, mappings key by key an
 whole, so a per-dataset experiment file states only what differs from its base. An experiment
 file's ``sweep`` section (:class:`SweepConfig`) describes a grid of runs for ``hgadapter sweep``.
 Every error is a :class:`ConfigError` naming the file (or ``--set``), the key path and the
-valid choices; nothing is asserted.
+valid choices; nothing is asserted, and echoed values are cut short.
+
+The mechanism is public and the method configs (:mod:`hgadapter.methods`) use it too:
+:func:`read_config_layers` (a file after its ``_base_`` files), :class:`ConfigTree` (merged
+layers and ``--set`` overrides, with the source of every key) and :class:`ConfigParser`, which
+builds a dataclass field by field from each field's :func:`hparam` metadata (docs/config.md).
 """
 
 from __future__ import annotations
@@ -16,13 +21,17 @@ import copy
 import dataclasses
 import math
 import os
+import reprlib
+import typing
 from dataclasses import dataclass, field
 from pathlib import Path
+from types import NoneType, UnionType
 from typing import Any
 
 import yaml
 
 from hgadapter._resources import resource_path
+from hgadapter.errors import UserError
 from hgadapter.metapaths import (
     ACTIVATIONS,
     CANONICAL_ETYPES,
@@ -50,17 +59,23 @@ __all__ = [
     "variant_path",
     "metapaths_dir",
     "config_to_dict",
+    "to_plain",
     "SweepConfig",
     "ExperimentConfig",
     "load_experiment",
     "read_config_layers",
+    "ConfigTree",
+    "ConfigParser",
+    "parse_override",
+    "hparam",
+    "field_names",
+    "echo",
     "backbone_slug",
 ]
 
 CLASSIFIERS: tuple[str, ...] = ("zero_shot", "text", "text_cache")
 ENGINES: tuple[str, ...] = ("auto", "torch", "dgl")
 INITS: tuple[str, ...] = ("identity", "zeros", "xavier")
-VARIANT_KEYS: tuple[str, ...] = ("name", "description", "classifier", "graph", "stages")
 # Keys a run's config.yaml records beside the config; ignored when it is loaded back as --config.
 RECORD_KEYS: tuple[str, ...] = ("run", "environment")
 # An experiment file's grid of runs (hgadapter sweep); load_config skips it.
@@ -69,8 +84,36 @@ SWEEP_KEY = "sweep"
 BASE_KEY = "_base_"
 
 
-class ConfigError(ValueError):
+class ConfigError(UserError):
     """A configuration value is unknown, of the wrong type or impossible."""
+
+
+def hparam(
+    default: Any = dataclasses.MISSING,
+    *,
+    default_factory: Any = dataclasses.MISSING,
+    low: float | None = None,
+    positive: bool = False,
+    choices: tuple[str, ...] | None = None,
+    length: int | None = None,
+) -> Any:
+    """A config dataclass field with its validation rule (read by :meth:`ConfigParser.dataclass`).
+
+    Args:
+        default: the default value (omit it for a required field).
+        default_factory: for mutable defaults, as in :func:`dataclasses.field`.
+        low: smallest allowed value (numbers and integers; every item of a tuple).
+        positive: the value (every item of a tuple) must be > 0.
+        choices: allowed strings.
+        length: exact length of a tuple.
+    """
+    meta = {"low": low, "positive": positive, "choices": choices, "length": length}
+    return dataclasses.field(default=default, default_factory=default_factory, metadata=meta)
+
+
+def field_names(cls: type) -> tuple[str, ...]:
+    """The field names of config dataclass ``cls``: the keys its YAML section may hold."""
+    return tuple(f.name for f in dataclasses.fields(cls))
 
 
 # --------------------------------------------------------------------------------------------
@@ -83,32 +126,32 @@ class GraphConfig:
 
     relations: tuple[str, ...] = ETYPES  # relations present in the graph
     weights: dict[str, str] = field(default_factory=lambda: dict(DEFAULT_WEIGHT_KIND))  # relation -> cosine|contrast
-    contrast: str = "one_minus_cos"  # same-class contrast weight: one_minus_cos (1 - cos) | neg_cos (-cos)
-    topk: int | None = None  # keep each destination's top-k sources by weight; None = dense (all C sources)
+    contrast: str = hparam("one_minus_cos", choices=CONTRAST_MODES)  # same-class contrast weight: one_minus_cos (1 - cos) | neg_cos (-cos)
+    topk: int | None = hparam(None, low=1)  # keep each destination's top-k sources by weight; None = dense (all C sources)
     topk_by_relation: dict[str, int | None] = field(default_factory=dict)  # relation -> its own top-k (None = dense), over topk
-    self_loops: bool = False  # keep the i -> i edge on p2p and v2v
-    clamp_negative: bool = False  # clamp negative edge weights to 0 (GraphAdapter does)
+    self_loops: bool = hparam(False)  # keep the i -> i edge on p2p and v2v
+    clamp_negative: bool = hparam(False)  # clamp negative edge weights to 0 (GraphAdapter does)
 
 
 @dataclass(frozen=True)
 class StageConfig:
     """One stage of the hierarchical aggregation (negative -> positive -> visual)."""
 
-    target: str  # node type renewed (residual) or biased (bias) by this stage
+    target: str = hparam(choices=NTYPES)  # node type renewed (residual) or biased (bias) by this stage
     metapaths: tuple[MetaPath, ...]  # meta-paths aggregated into the target, fused by their betas
-    mode: str = "residual"  # residual: h' = h + sum beta z ; bias: b = gamma * sum beta z
-    norm: str = "gcn"  # per-destination normalisation of incoming weights: gcn | row
-    activation: str = "tanh"  # applied to each meta-path's aggregate before fusion
-    gamma: float = 1.0  # scale of the visual bias (bias mode only)
+    mode: str = hparam("residual", choices=STAGE_MODES)  # residual: h' = h + sum beta z ; bias: b = gamma * sum beta z
+    norm: str = hparam("gcn", choices=NORMS)  # per-destination normalisation of incoming weights: gcn | row
+    activation: str = hparam("tanh", choices=ACTIVATIONS)  # applied to each meta-path's aggregate before fusion
+    gamma: float = hparam(1.0, low=0.0)  # scale of the visual bias (bias mode only)
 
 
 @dataclass(frozen=True)
 class VariantConfig:
     """A meta-path variant: the graph, its aggregation stages and the classifier used."""
 
-    name: str  # registry name (file stem under metapaths/)
-    description: str = ""  # one line shown by `hgadapter variants`
-    classifier: str = "text_cache"  # zero_shot | text | text_cache
+    name: str = hparam()  # registry name (file stem under metapaths/)
+    description: str = hparam("")  # one line shown by `hgadapter variants`
+    classifier: str = hparam("text_cache", choices=CLASSIFIERS)  # zero_shot | text | text_cache
     graph: GraphConfig = field(default_factory=GraphConfig)  # edge construction
     stages: tuple[StageConfig, ...] = ()  # in order; node features are renewed between stages
 
@@ -117,27 +160,27 @@ class VariantConfig:
 class TrainConfig:
     """Optimisation of the stage projections (AdamW, warmup, cosine decay)."""
 
-    lr: float = 1e-3  # peak learning rate after warmup
-    epochs: int = 30  # passes over the C x K training images
-    batch_size: int = 256  # training images per step
-    weight_decay: float = 0.01  # AdamW weight decay
-    warmup_epochs: int = 1  # linear warmup length, in epochs
-    warmup_lr: float = 1e-5  # learning rate at the first warmup step
-    cache_loss_weight: float = 0.1  # lambda in CE_text + lambda * CE_cache
-    cache_beta: float = 5.5  # cache sharpness used during training
-    init: str = "identity"  # initial stage projections: identity | zeros | xavier
-    learn_betas: bool = False  # learn every fusion weight, starting at its beta (paper Table 3, "learn"); beta_test unused
-    classwise_bias: bool = False  # a learnable, zero-initialised C x d term per meta-path inside its activation (METHOD.md)
+    lr: float = hparam(1e-3, positive=True)  # peak learning rate after warmup
+    epochs: int = hparam(30, low=1)  # passes over the C x K training images
+    batch_size: int = hparam(256, low=1)  # training images per step
+    weight_decay: float = hparam(0.01, low=0.0)  # AdamW weight decay
+    warmup_epochs: int = hparam(1, low=0)  # linear warmup length, in epochs
+    warmup_lr: float = hparam(1e-5, positive=True)  # learning rate at the first warmup step
+    cache_loss_weight: float = hparam(0.1, low=0.0)  # lambda in CE_text + lambda * CE_cache
+    cache_beta: float = hparam(5.5, positive=True)  # cache sharpness used during training
+    init: str = hparam("identity", choices=INITS)  # initial stage projections: identity | zeros | xavier
+    learn_betas: bool = hparam(False)  # learn every fusion weight, starting at its beta (paper Table 3, "learn"); beta_test unused
+    classwise_bias: bool = hparam(False)  # a learnable, zero-initialised C x d term per meta-path inside its activation (METHOD.md)
 
 
 @dataclass(frozen=True)
 class EvalConfig:
     """Choice of the cache weight alpha and sharpness beta on the validation split."""
 
-    alpha_grid: tuple[float, ...] = (0.0, 0.1, 0.25, 0.5, 0.75, 1.0, 1.5, 2.0, 3.0, 4.0, 5.0)  # candidate alphas
-    beta_grid: tuple[float, ...] = (1.0, 2.0, 3.0, 4.0, 5.5, 7.0, 9.0, 12.0)  # candidate cache sharpness values
-    alpha: float | None = None  # fix alpha instead of searching
-    beta: float | None = None  # fix beta instead of searching
+    alpha_grid: tuple[float, ...] = hparam((0.0, 0.1, 0.25, 0.5, 0.75, 1.0, 1.5, 2.0, 3.0, 4.0, 5.0), low=0.0)  # candidate alphas
+    beta_grid: tuple[float, ...] = hparam((1.0, 2.0, 3.0, 4.0, 5.5, 7.0, 9.0, 12.0), low=0.0)  # candidate cache sharpness values
+    alpha: float | None = hparam(None, low=0.0)  # fix alpha instead of searching
+    beta: float | None = hparam(None, low=0.0)  # fix beta instead of searching
 
 
 @dataclass(frozen=True)
@@ -147,8 +190,8 @@ class RunConfig:
     variant: VariantConfig  # graph, stages and classifier
     train: TrainConfig = field(default_factory=TrainConfig)  # optimisation
     eval: EvalConfig = field(default_factory=EvalConfig)  # alpha/beta selection on validation
-    engine: str = "auto"  # message-passing engine: auto | torch | dgl
-    device: str = "auto"  # auto | cpu | cuda | cuda:N
+    engine: str = hparam("auto", choices=ENGINES)  # message-passing engine: auto | torch | dgl
+    device: str = hparam("auto")  # auto | cpu | cuda | cuda:N
 
 
 @dataclass(frozen=True)
@@ -173,6 +216,9 @@ class ExperimentConfig:
 
     path: Path  # the experiment YAML; HeGraphAdapter runs resolve their RunConfig from it
     sweep: SweepConfig  # the grid of runs
+
+
+VARIANT_KEYS: tuple[str, ...] = field_names(VariantConfig)  # the keys of a variant file
 
 
 def backbone_slug(backbone: str | None) -> str:
@@ -207,12 +253,53 @@ def variant_path(name_or_path: str | os.PathLike) -> Path:
         return path
     path = metapaths_dir() / f"{text}.yaml"
     if not path.is_file():
-        raise ConfigError(f"unknown variant {text!r}; available: {list_variants()}")
+        raise ConfigError(f"unknown variant {echo(text)}; available: {list_variants()}")
     return path
 
 
 # --------------------------------------------------------------------------------------------
-# Raw-tree loading with provenance, so that errors can name the file that set a key.
+# The one config mechanism: YAML files (with their `_base_` files) are merged into a ConfigTree
+# that remembers which file (or --set) set each key; a ConfigParser then builds dataclasses from
+# it, reading each field's rule (range, choices, length) from its `hparam(...)` metadata. The
+# method configs (hgadapter.methods) use the same three pieces.
+
+# Bounds on what a file may ask of us, so that a hostile or broken file gives a ConfigError
+# instead of a RecursionError or a message the size of an expanded alias bomb.
+MAX_DEPTH = 64  # nesting levels of mappings and lists in one file
+MAX_BASES = 32  # length of a chain of `_base_` files
+_ECHO = reprlib.Repr()
+_ECHO.maxstring = _ECHO.maxother = 60
+_ECHO.maxlist = _ECHO.maxtuple = _ECHO.maxdict = _ECHO.maxset = 6
+_ECHO.maxlevel = 3
+_ECHO.maxlong = 40
+
+
+def echo(value: Any, *, bare: bool = False, limit: int = 120) -> str:
+    """A user's value as error messages quote it: its ``repr`` (``bare``: its ``str``), cut to ``limit`` characters.
+
+    Whatever a file or ``--set`` holds, the message stays one short line.
+    """
+    try:
+        text = str(value) if bare else _ECHO.repr(value)  # reprlib: never the whole of a huge value
+    except Exception:  # a repr that fails must not hide the error being reported
+        text = f"<{type(value).__name__}>"
+    return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
+def _depth(data: Any) -> int:
+    """Nesting depth of plain YAML data, without recursion (a deep file must not overflow the stack)."""
+    deepest, stack, seen = 0, [(data, 1)], set()
+    while stack:
+        node, depth = stack.pop()
+        if isinstance(node, (dict, list)):
+            if id(node) in seen:  # an alias: already measured, and sharing is not nesting
+                continue
+            seen.add(id(node))
+            deepest = max(deepest, depth)
+            if depth > MAX_DEPTH:
+                return depth
+            stack.extend((v, depth + 1) for v in (node.values() if isinstance(node, dict) else node))
+    return deepest
 
 
 def _read_yaml(path: Path) -> dict[str, Any]:
@@ -224,10 +311,16 @@ def _read_yaml(path: Path) -> dict[str, Any]:
         mark = getattr(exc, "problem_mark", None)
         where = f" (line {mark.line + 1})" if mark is not None else ""
         raise ConfigError(f"{path}: not valid YAML{where}") from None
+    except RecursionError:
+        raise ConfigError(f"{path}: nested more than {MAX_DEPTH} levels deep") from None
+    except ValueError as exc:  # e.g. an integer past Python's digit limit
+        raise ConfigError(f"{path}: not valid YAML ({echo(str(exc))})") from None
     if data is None:
         return {}
     if not isinstance(data, dict):
         raise ConfigError(f"{path}: the top level must be a mapping, got {type(data).__name__}")
+    if _depth(data) > MAX_DEPTH:
+        raise ConfigError(f"{path}: nested more than {MAX_DEPTH} levels deep")
     return data
 
 
@@ -235,10 +328,12 @@ def read_config_layers(path: str | os.PathLike, _chain: tuple[Path, ...] = ()) -
     """A YAML file and the files it inherits from, as ``(data, source)`` layers, bases first.
 
     ``_base_: FILE`` (or a list of files) names bases relative to the file's own folder; bases
-    may have bases of their own. Merging the layers in order gives the file's content.
+    may have bases of their own. Merging the layers in order gives the file's content. Every
+    kind of file the project reads (variants, experiments, method configs) goes through here.
 
     Raises:
-        ConfigError: an unreadable or invalid file, a missing base or a cycle of bases.
+        ConfigError: an unreadable or invalid file, a missing base, a cycle of bases or a
+            chain longer than ``MAX_BASES``.
     """
     path = Path(path)
     if not path.is_file():
@@ -247,6 +342,8 @@ def read_config_layers(path: str | os.PathLike, _chain: tuple[Path, ...] = ()) -
     if resolved in _chain:
         cycle = " -> ".join(str(p) for p in (*_chain, resolved))
         raise ConfigError(f"{path}: {BASE_KEY} files form a cycle: {cycle}")
+    if len(_chain) >= MAX_BASES:
+        raise ConfigError(f"{_chain[0]}: {BASE_KEY} files chain more than {MAX_BASES} deep (at {path})")
     data = _read_yaml(path)
     bases = data.pop(BASE_KEY, None)
     if bases is None:
@@ -254,34 +351,63 @@ def read_config_layers(path: str | os.PathLike, _chain: tuple[Path, ...] = ()) -
     elif isinstance(bases, str):
         bases = [bases]
     if not isinstance(bases, list) or not all(isinstance(b, str) and b for b in bases):
-        raise ConfigError(f"{path}: {BASE_KEY}: expected a file path or a list of file paths, got {bases!r}")
+        raise ConfigError(f"{path}: {BASE_KEY}: expected a file path or a list of file paths, got {echo(bases)}")
     layers: list[tuple[dict[str, Any], str]] = []
     for base in bases:
         base_path = Path(base) if Path(base).is_absolute() else path.parent / base
         if not base_path.is_file():
-            raise ConfigError(f"{path}: {BASE_KEY}: {base} does not exist (relative paths start at {path.parent})")
+            raise ConfigError(f"{path}: {BASE_KEY}: {echo(base, bare=True)} does not exist (relative paths start at {path.parent})")
         layers.extend(read_config_layers(base_path, (*_chain, resolved)))
     layers.append((data, str(path)))
     return layers
 
 
-def _read_merged(path: str | os.PathLike) -> dict[str, Any]:
-    """A YAML file merged over its ``_base_`` files (plain data, no provenance)."""
-    tree = _Tree()
-    for data, source in read_config_layers(path):
-        tree.merge(data, source)
-    return tree.data
+def parse_override(text: str) -> tuple[str, Any]:
+    """``"train.lr=0.01"`` -> ``("train.lr", 0.01)``; the value is read as YAML (text that is not YAML stays a string).
+
+    Raises:
+        ConfigError: no ``=``, an empty key, or a value nested too deeply.
+    """
+    key, sep, raw = text.partition("=")
+    key = key.strip()
+    if not sep or not key:
+        raise ConfigError(f"--set {echo(text)}: expected key=value, e.g. train.lr=0.01")
+    try:
+        value = yaml.safe_load(raw) if raw.strip() else None
+    except (yaml.YAMLError, ValueError):  # ValueError: an integer past Python's digit limit
+        value = raw
+    except RecursionError:
+        raise ConfigError(f"--set {echo(key, bare=True)}: value nested more than {MAX_DEPTH} levels deep") from None
+    if _depth(value) > MAX_DEPTH:
+        raise ConfigError(f"--set {echo(key, bare=True)}: value nested more than {MAX_DEPTH} levels deep")
+    return key, value
 
 
-class _Tree:
-    """A merged raw config tree plus, for every key path set, the source that set it."""
+class ConfigTree:
+    """Raw config data merged from layers, with the source (file or ``--set KEY``) of every key path.
+
+    Attributes:
+        data: the merged plain data (mappings, lists, scalars).
+    """
 
     def __init__(self) -> None:
         self.data: dict[str, Any] = {}
-        self.source: dict[tuple[str, ...], str] = {}
+        self._source: dict[tuple[str, ...], str] = {}
 
     def merge(self, layer: dict[str, Any], source: str) -> None:
+        """Merge one layer over the tree: mappings key by key, anything else (lists too) replaced."""
         self._merge(self.data, layer, source, ())
+
+    def merge_file(self, path: str | os.PathLike, *, skip: tuple[str, ...] = ()) -> list[tuple[dict[str, Any], str]]:
+        """Merge a YAML file over the tree, its ``_base_`` files first; top-level keys in ``skip`` are left out.
+
+        Returns:
+            the file's layers as :func:`read_config_layers` gives them (``skip`` keys included).
+        """
+        layers = read_config_layers(path)
+        for data, source in layers:
+            self.merge({k: v for k, v in data.items() if k not in skip}, source)
+        return layers
 
     def _merge(self, base: dict[str, Any], layer: dict[str, Any], source: str, path: tuple[str, ...]) -> None:
         for key, value in layer.items():
@@ -291,17 +417,24 @@ class _Tree:
             else:
                 base[key] = copy.deepcopy(value)
                 self._forget(key_path)
-                self.source[key_path] = source
+                self._source[key_path] = source
 
     def _forget(self, prefix: tuple[str, ...]) -> None:
-        for key in [k for k in self.source if k[: len(prefix)] == prefix and k != prefix]:
-            del self.source[key]
+        for key in [k for k in self._source if k[: len(prefix)] == prefix and k != prefix]:
+            del self._source[key]
+
+    def override(self, text: str) -> str:
+        """Apply one ``dotted.key=value`` (see :func:`parse_override`); returns the key."""
+        key, value = parse_override(text)
+        self.set_path(key, value, f"--set {echo(key, bare=True)}")
+        return key
 
     def set_path(self, dotted: str, value: Any, source: str) -> None:
+        """Set ``dotted`` (``stages.1.metapaths.0.beta``; list items by index) to ``value``."""
         parts = dotted.split(".")
         node: Any = self.data
         for i, part in enumerate(parts[:-1]):
-            node = self._child(node, part, parts[: i + 1], source, create=True)
+            node = self._child(node, part, parts[: i + 1], source)
         last = parts[-1]
         if isinstance(node, list):
             index = self._index(node, last, parts, source)
@@ -309,58 +442,49 @@ class _Tree:
         elif isinstance(node, dict):
             node[last] = value
         else:
-            raise ConfigError(f"{source}: {dotted}: {'.'.join(parts[:-1])} is not a mapping or list")
+            raise ConfigError(f"{source}: {_key_path(parts)}: {_key_path(parts[:-1])} is not a mapping or list")
         self._forget(tuple(parts))
-        self.source[tuple(parts)] = source
+        self._source[tuple(parts)] = source
 
-    def _child(self, node: Any, part: str, parts: list[str], source: str, *, create: bool) -> Any:
+    def _child(self, node: Any, part: str, parts: list[str], source: str) -> Any:
         if isinstance(node, list):
             return node[self._index(node, part, parts, source)]
         if not isinstance(node, dict):
-            raise ConfigError(f"{source}: {'.'.join(parts)}: parent is not a mapping or list")
-        if part not in node and create:
+            raise ConfigError(f"{source}: {_key_path(parts)}: parent is not a mapping or list")
+        if part not in node:
             node[part] = {}
         return node[part]
 
     @staticmethod
     def _index(node: list, part: str, parts: list[str], source: str) -> int:
-        try:
-            index = int(part)
-        except ValueError:
-            raise ConfigError(f"{source}: {'.'.join(parts)}: {part!r} is not a list index") from None
+        if not (part.isdigit() or part[:1] == "-" and part[1:].isdigit()) or len(part) > 18:
+            raise ConfigError(f"{source}: {_key_path(parts)}: {echo(part)} is not a list index")
+        index = int(part)
         if not -len(node) <= index < len(node):
-            raise ConfigError(f"{source}: {'.'.join(parts)}: index {index} out of range (list has {len(node)} items)")
+            raise ConfigError(f"{source}: {_key_path(parts)}: index {index} out of range (list has {len(node)} items)")
         return index
 
     def where(self, path: tuple[str, ...]) -> str:
+        """The file (or ``--set KEY``) that set ``path`` or the nearest mapping above it; ``defaults`` if none."""
         for n in range(len(path), 0, -1):
-            if path[:n] in self.source:
-                return self.source[path[:n]]
+            if path[:n] in self._source:
+                return self._source[path[:n]]
         return "defaults"
 
 
-def _parse_override(text: str) -> tuple[str, Any]:
-    key, sep, raw = text.partition("=")
-    key = key.strip()
-    if not sep or not key:
-        raise ConfigError(f"--set {text!r}: expected key=value, e.g. train.lr=0.01")
-    try:
-        value = yaml.safe_load(raw) if raw.strip() else None
-    except yaml.YAMLError:
-        value = raw
-    return key, value
+def _key_path(parts: Any) -> str:
+    return echo(".".join(str(p) for p in parts) or "<top level>", bare=True)
 
 
-# --------------------------------------------------------------------------------------------
-# Typed parsing with precise errors.
+class ConfigParser:
+    """Typed values out of a :class:`ConfigTree`; each failure is a :class:`ConfigError` naming the source and key path."""
 
-
-class _Parser:
-    def __init__(self, tree: _Tree) -> None:
+    def __init__(self, tree: ConfigTree) -> None:
         self.tree = tree
 
     def fail(self, path: tuple[str, ...], message: str) -> ConfigError:
-        return ConfigError(f"{self.tree.where(path)}: {'.'.join(path) or '<top level>'}: {message}")
+        """The error for the value at ``path`` (not raised, so that callers write ``raise parser.fail(...)``)."""
+        return ConfigError(f"{self.tree.where(path)}: {_key_path(path)}: {message}")
 
     def mapping(self, value: Any, path: tuple[str, ...], allowed: tuple[str, ...]) -> dict[str, Any]:
         if value is None:
@@ -369,12 +493,12 @@ class _Parser:
             raise self.fail(path, f"expected a mapping with keys {list(allowed)}, got {type(value).__name__}")
         for key in value:
             if key not in allowed:
-                raise self.fail((*path, str(key)), f"unknown key; valid keys: {list(allowed)}")
+                raise self.fail((*path, echo(key) if not isinstance(key, str) else key), f"unknown key; valid keys: {list(allowed)}")
         return value
 
     def choice(self, value: Any, path: tuple[str, ...], choices: tuple[str, ...]) -> str:
         if not isinstance(value, str) or value not in choices:
-            raise self.fail(path, f"{value!r} is not valid; choose one of {list(choices)}")
+            raise self.fail(path, f"{echo(value)} is not valid; choose one of {list(choices)}")
         return value
 
     def number(self, value: Any, path: tuple[str, ...], *, low: float | None = 0.0, positive: bool = False) -> float:
@@ -383,185 +507,205 @@ class _Parser:
                 value = float(value)
             except ValueError:
                 pass
-        if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
-            raise self.fail(path, f"expected a finite number, got {value!r}")
+        try:
+            finite = not isinstance(value, bool) and isinstance(value, (int, float)) and math.isfinite(value)
+        except OverflowError:  # an integer too large for a float
+            finite = False
+        if not finite:
+            raise self.fail(path, f"expected a finite number, got {echo(value)}")
         if positive and value <= 0:
-            raise self.fail(path, f"must be > 0, got {value}")
+            raise self.fail(path, f"must be > 0, got {echo(value)}")
         if low is not None and value < low:
-            raise self.fail(path, f"must be >= {low}, got {value}")
+            raise self.fail(path, f"must be >= {low}, got {echo(value)}")
         return float(value)
 
-    def integer(self, value: Any, path: tuple[str, ...], *, low: int = 1) -> int:
+    def integer(self, value: Any, path: tuple[str, ...], *, low: int | None = 1) -> int:
         if isinstance(value, bool) or not isinstance(value, int):
-            raise self.fail(path, f"expected an integer, got {value!r}")
-        if value < low:
-            raise self.fail(path, f"must be >= {low}, got {value}")
+            raise self.fail(path, f"expected an integer, got {echo(value)}")
+        if low is not None and value < low:
+            raise self.fail(path, f"must be >= {low}, got {echo(value)}")
         return value
 
     def boolean(self, value: Any, path: tuple[str, ...]) -> bool:
         if not isinstance(value, bool):
-            raise self.fail(path, f"expected true or false, got {value!r}")
+            raise self.fail(path, f"expected true or false, got {echo(value)}")
         return value
 
     def string(self, value: Any, path: tuple[str, ...]) -> str:
         if not isinstance(value, str):
-            raise self.fail(path, f"expected a string, got {value!r}")
+            raise self.fail(path, f"expected a string, got {echo(value)}")
         return value
 
-    def number_list(self, value: Any, path: tuple[str, ...]) -> tuple[float, ...]:
-        if not isinstance(value, (list, tuple)) or not value:
-            raise self.fail(path, f"expected a non-empty list of numbers, got {value!r}")
-        return tuple(self.number(v, (*path, str(i))) for i, v in enumerate(value))
+    def value(self, f: dataclasses.Field, ftype: Any, value: Any, path: tuple[str, ...]) -> Any:
+        """Parse ``value`` for dataclass field ``f`` of type ``ftype`` by the rule in its :func:`hparam` metadata."""
+        meta = f.metadata
+        low, positive, choices = meta.get("low"), meta.get("positive", False), meta.get("choices")
+        origin, args = typing.get_origin(ftype), typing.get_args(ftype)
+        if origin is UnionType or origin is typing.Union:
+            inner = [a for a in args if a is not NoneType]
+            if value is None and len(inner) < len(args):
+                return None
+            return self.value(f, inner[0], value, path)
+        if dataclasses.is_dataclass(ftype):
+            return self.dataclass(ftype, value, path)
+        if ftype is bool:
+            return self.boolean(value, path)
+        if ftype is int:
+            return self.integer(value, path, low=None if low is None else int(low))
+        if ftype is float:
+            return self.number(value, path, low=low, positive=positive)
+        if ftype is str:
+            return self.choice(value, path, choices) if choices else self.string(value, path)
+        if origin is tuple and args[0] in (int, float):
+            kind = "integers" if args[0] is int else "numbers"
+            if not isinstance(value, (list, tuple)) or not value:
+                raise self.fail(path, f"expected a non-empty list of {kind}, got {echo(value)}")
+            length = meta.get("length")
+            if length is not None and len(value) != length:
+                raise self.fail(path, f"expected a list of {length} values, got {len(value)}")
+            item = dataclasses.field(metadata=meta)
+            return tuple(self.value(item, args[0], v, (*path, str(i))) for i, v in enumerate(value))
+        raise TypeError(f"unsupported config field type {ftype!r} for {_key_path(path)}")  # a bug, not user input
 
-    # -- sections ----------------------------------------------------------------------------
+    def fields(self, cls: type, raw: dict[str, Any], path: tuple[str, ...], *, skip: tuple[str, ...] = ()) -> dict[str, Any]:
+        """Keyword arguments for ``cls`` from the keys of ``raw`` (unknown keys already rejected), fields in ``skip`` left to the caller.
 
-    def graph(self, raw: Any, path: tuple[str, ...]) -> GraphConfig:
-        names = tuple(f.name for f in dataclasses.fields(GraphConfig))
-        raw = self.mapping(raw, path, names)
+        A field without a default that ``raw`` lacks is an error naming its choices.
+        """
+        hints = typing.get_type_hints(cls)
         kwargs: dict[str, Any] = {}
-        if "relations" in raw:
-            rels = raw["relations"]
-            if not isinstance(rels, list):
-                raise self.fail((*path, "relations"), f"expected a list of relations from {list(ETYPES)}")
-            seen = []
-            for i, r in enumerate(rels):
-                name = self.choice(r, (*path, "relations", str(i)), ETYPES)
-                if name in seen:
-                    raise self.fail((*path, "relations", str(i)), f"relation {name!r} listed twice")
-                seen.append(name)
-            kwargs["relations"] = tuple(seen)
-        if "weights" in raw:
-            weights = dict(DEFAULT_WEIGHT_KIND)
-            given = self.mapping(raw["weights"], (*path, "weights"), ETYPES)
-            for k, v in given.items():
-                weights[k] = self.choice(v, (*path, "weights", k), WEIGHT_KINDS)
-            kwargs["weights"] = weights
-        if "contrast" in raw:
-            kwargs["contrast"] = self.choice(raw["contrast"], (*path, "contrast"), CONTRAST_MODES)
-        if "topk" in raw and raw["topk"] is not None:
-            kwargs["topk"] = self.integer(raw["topk"], (*path, "topk"))
-        if raw.get("topk_by_relation") is not None:
-            given = self.mapping(raw["topk_by_relation"], (*path, "topk_by_relation"), ETYPES)
-            relations = kwargs.get("relations", GraphConfig.relations)
-            per_relation: dict[str, int | None] = {}
-            for etype, k in given.items():
-                kpath = (*path, "topk_by_relation", etype)
-                if etype not in relations:
-                    raise self.fail(kpath, f"relation {etype!r} is not in graph.relations {list(relations)}")
-                per_relation[etype] = None if k is None else self.integer(k, kpath)
-            kwargs["topk_by_relation"] = per_relation
-        for key in ("self_loops", "clamp_negative"):
-            if key in raw:
-                kwargs[key] = self.boolean(raw[key], (*path, key))
-        return GraphConfig(**kwargs)
+        for f in dataclasses.fields(cls):
+            if f.name in skip:
+                continue
+            if f.name in raw:
+                kwargs[f.name] = self.value(f, hints[f.name], raw[f.name], (*path, f.name))
+            elif f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING:
+                choices = f.metadata.get("choices")
+                raise self.fail((*path, f.name), f"missing; choose one of {list(choices)}" if choices else "missing")
+        return kwargs
 
-    def metapath(self, raw: Any, path: tuple[str, ...], target: str, relations: tuple[str, ...]) -> MetaPath:
-        raw = self.mapping(raw, path, ("path", "beta", "beta_test"))
-        if "path" not in raw:
-            raise self.fail((*path, "path"), "missing; give a list of relations, e.g. [v2p]")
-        hops = raw["path"]
-        if isinstance(hops, str):
-            hops = [hops]
-        if not isinstance(hops, list) or not hops:
-            raise self.fail((*path, "path"), f"expected a non-empty list of relations from {list(ETYPES)}")
-        for i, hop in enumerate(hops):
-            self.choice(hop, (*path, "path", str(i)), ETYPES)
-            if hop not in relations:
-                raise self.fail((*path, "path", str(i)), f"relation {hop!r} is not in graph.relations {list(relations)}")
-        for i in range(1, len(hops)):
-            if CANONICAL_ETYPES[hops[i - 1]][2] != CANONICAL_ETYPES[hops[i]][0]:
-                raise self.fail(
-                    (*path, "path", str(i)),
-                    f"hops do not chain: {hops[i - 1]} ends at {CANONICAL_ETYPES[hops[i - 1]][2]!r} but "
-                    f"{hops[i]} starts at {CANONICAL_ETYPES[hops[i]][0]!r}",
-                )
-        end = CANONICAL_ETYPES[hops[-1]][2]
-        if end != target:
-            raise self.fail((*path, "path"), f"ends at {end!r} but the stage's target is {target!r}")
-        if "beta" not in raw:
-            raise self.fail((*path, "beta"), "missing; give the fusion weight (a number >= 0)")
-        beta = self.number(raw["beta"], (*path, "beta"))
-        beta_test = None
-        if raw.get("beta_test") is not None:
-            beta_test = self.number(raw["beta_test"], (*path, "beta_test"))
-        return MetaPath(relations=tuple(hops), beta=beta, beta_test=beta_test)
+    def dataclass(self, cls: type, raw: Any, path: tuple[str, ...]) -> Any:
+        """Build config dataclass ``cls`` from the mapping ``raw`` at ``path``: every field by its metadata.
 
-    def stage(self, raw: Any, path: tuple[str, ...], relations: tuple[str, ...]) -> StageConfig:
-        names = tuple(f.name for f in dataclasses.fields(StageConfig))
-        raw = self.mapping(raw, path, names)
-        if "target" not in raw:
-            raise self.fail((*path, "target"), f"missing; choose one of {list(NTYPES)}")
-        target = self.choice(raw["target"], (*path, "target"), NTYPES)
-        mps = raw.get("metapaths")
-        if not isinstance(mps, list) or not mps:
-            raise self.fail((*path, "metapaths"), "expected a non-empty list of {path: [...], beta: ...}")
-        metapaths = tuple(
-            self.metapath(m, (*path, "metapaths", str(i)), target, relations) for i, m in enumerate(mps)
-        )
-        kwargs: dict[str, Any] = {"target": target, "metapaths": metapaths}
-        if "mode" in raw:
-            kwargs["mode"] = self.choice(raw["mode"], (*path, "mode"), STAGE_MODES)
-        if "norm" in raw:
-            kwargs["norm"] = self.choice(raw["norm"], (*path, "norm"), NORMS)
-        if "activation" in raw:
-            kwargs["activation"] = self.choice(raw["activation"], (*path, "activation"), ACTIVATIONS)
-        if "gamma" in raw:
-            kwargs["gamma"] = self.number(raw["gamma"], (*path, "gamma"))
-        if kwargs.get("mode") == "bias" and target != "vis":
-            raise self.fail((*path, "mode"), f"bias stages shift image features, so their target must be 'vis', not {target!r}")
-        return StageConfig(**kwargs)
+        A ``check()`` method on ``cls``, if any, returns ``None`` or a ``(field, message)`` problem
+        that no single field shows (e.g. two fields that must agree); it becomes the error.
+        """
+        raw = self.mapping(raw, path, field_names(cls))
+        config = cls(**self.fields(cls, raw, path))
+        check = getattr(config, "check", None)
+        problem = check() if check is not None else None
+        if problem is not None:
+            key, message = problem
+            raise self.fail((*path, key), message)
+        return config
 
-    def variant(self, raw: dict[str, Any], default_name: str) -> VariantConfig:
-        name = self.string(raw.get("name", default_name), ("name",))
-        description = self.string(raw.get("description", ""), ("description",))
-        classifier = self.choice(raw.get("classifier", "text_cache"), ("classifier",), CLASSIFIERS)
-        graph = self.graph(raw.get("graph"), ("graph",))
-        stages_raw = raw.get("stages") or []
-        if not isinstance(stages_raw, list):
-            raise self.fail(("stages",), "expected a list of stages")
-        stages = tuple(self.stage(s, ("stages", str(i)), graph.relations) for i, s in enumerate(stages_raw))
-        if classifier != "zero_shot" and not stages:
-            raise self.fail(("stages",), f"classifier {classifier!r} needs at least one stage; use 'zero_shot' for none")
-        if classifier == "text_cache" and not any(s.mode == "bias" for s in stages):
-            raise self.fail(("classifier",), "'text_cache' needs a bias stage (mode: bias, target: vis) to adapt the cache keys")
-        return VariantConfig(name=name, description=description, classifier=classifier, graph=graph, stages=stages)
 
-    def simple(self, cls: type, raw: Any, path: tuple[str, ...]) -> Any:
-        """Parse a flat dataclass section whose fields are numbers, ints, strings or number lists."""
-        fields = {f.name: f for f in dataclasses.fields(cls)}
-        raw = self.mapping(raw, path, tuple(fields))
-        kwargs: dict[str, Any] = {}
-        for key, value in raw.items():
-            kpath = (*path, key)
-            default = getattr(cls(), key) if cls is not RunConfig else None
-            ftype = str(fields[key].type)
-            if key == "init":
-                kwargs[key] = self.choice(value, kpath, INITS)
-            elif ftype == "bool":
-                kwargs[key] = self.boolean(value, kpath)
-            elif ftype.startswith("tuple"):
-                kwargs[key] = self.number_list(value, kpath)
-            elif ftype == "int":
-                kwargs[key] = self.integer(value, kpath, low=0 if key == "warmup_epochs" else 1)
-            elif "None" in ftype:
-                kwargs[key] = None if value is None else self.number(value, kpath)
-            elif isinstance(default, float):
-                positive = key in ("lr", "warmup_lr", "cache_beta")
-                kwargs[key] = self.number(value, kpath, positive=positive)
-            else:  # pragma: no cover - every field is covered above
-                raise self.fail(kpath, "unsupported field")
-        return cls(**kwargs)
+# --------------------------------------------------------------------------------------------
+# The run config's sections that need more than one field's rule.
+
+
+def _parse_graph(parser: ConfigParser, raw: Any, path: tuple[str, ...]) -> GraphConfig:
+    raw = parser.mapping(raw, path, field_names(GraphConfig))
+    kwargs = parser.fields(GraphConfig, raw, path, skip=("relations", "weights", "topk_by_relation"))
+    if "relations" in raw:
+        rels = raw["relations"]
+        if not isinstance(rels, list):
+            raise parser.fail((*path, "relations"), f"expected a list of relations from {list(ETYPES)}")
+        seen = []
+        for i, r in enumerate(rels):
+            name = parser.choice(r, (*path, "relations", str(i)), ETYPES)
+            if name in seen:
+                raise parser.fail((*path, "relations", str(i)), f"relation {name!r} listed twice")
+            seen.append(name)
+        kwargs["relations"] = tuple(seen)
+    if "weights" in raw:
+        weights = dict(DEFAULT_WEIGHT_KIND)
+        given = parser.mapping(raw["weights"], (*path, "weights"), ETYPES)
+        for k, v in given.items():
+            weights[k] = parser.choice(v, (*path, "weights", k), WEIGHT_KINDS)
+        kwargs["weights"] = weights
+    if raw.get("topk_by_relation") is not None:
+        given = parser.mapping(raw["topk_by_relation"], (*path, "topk_by_relation"), ETYPES)
+        relations = kwargs.get("relations", GraphConfig.relations)
+        per_relation: dict[str, int | None] = {}
+        for etype, k in given.items():
+            kpath = (*path, "topk_by_relation", etype)
+            if etype not in relations:
+                raise parser.fail(kpath, f"relation {etype!r} is not in graph.relations {list(relations)}")
+            per_relation[etype] = None if k is None else parser.integer(k, kpath)
+        kwargs["topk_by_relation"] = per_relation
+    return GraphConfig(**kwargs)
+
+
+def _parse_metapath(parser: ConfigParser, raw: Any, path: tuple[str, ...], target: str, relations: tuple[str, ...]) -> MetaPath:
+    raw = parser.mapping(raw, path, ("path", "beta", "beta_test"))
+    if "path" not in raw:
+        raise parser.fail((*path, "path"), "missing; give a list of relations, e.g. [v2p]")
+    hops = raw["path"]
+    if isinstance(hops, str):
+        hops = [hops]
+    if not isinstance(hops, list) or not hops:
+        raise parser.fail((*path, "path"), f"expected a non-empty list of relations from {list(ETYPES)}")
+    for i, hop in enumerate(hops):
+        parser.choice(hop, (*path, "path", str(i)), ETYPES)
+        if hop not in relations:
+            raise parser.fail((*path, "path", str(i)), f"relation {hop!r} is not in graph.relations {list(relations)}")
+    for i in range(1, len(hops)):
+        if CANONICAL_ETYPES[hops[i - 1]][2] != CANONICAL_ETYPES[hops[i]][0]:
+            raise parser.fail(
+                (*path, "path", str(i)),
+                f"hops do not chain: {hops[i - 1]} ends at {CANONICAL_ETYPES[hops[i - 1]][2]!r} but "
+                f"{hops[i]} starts at {CANONICAL_ETYPES[hops[i]][0]!r}",
+            )
+    end = CANONICAL_ETYPES[hops[-1]][2]
+    if end != target:
+        raise parser.fail((*path, "path"), f"ends at {end!r} but the stage's target is {target!r}")
+    if "beta" not in raw:
+        raise parser.fail((*path, "beta"), "missing; give the fusion weight (a number >= 0)")
+    beta = parser.number(raw["beta"], (*path, "beta"))
+    beta_test = None
+    if raw.get("beta_test") is not None:
+        beta_test = parser.number(raw["beta_test"], (*path, "beta_test"))
+    return MetaPath(relations=tuple(hops), beta=beta, beta_test=beta_test)
+
+
+def _parse_stage(parser: ConfigParser, raw: Any, path: tuple[str, ...], relations: tuple[str, ...]) -> StageConfig:
+    raw = parser.mapping(raw, path, field_names(StageConfig))
+    kwargs = parser.fields(StageConfig, raw, path, skip=("metapaths",))
+    target = kwargs["target"]
+    mps = raw.get("metapaths")
+    if not isinstance(mps, list) or not mps:
+        raise parser.fail((*path, "metapaths"), "expected a non-empty list of {path: [...], beta: ...}")
+    kwargs["metapaths"] = tuple(
+        _parse_metapath(parser, m, (*path, "metapaths", str(i)), target, relations) for i, m in enumerate(mps)
+    )
+    if kwargs.get("mode") == "bias" and target != "vis":
+        raise parser.fail((*path, "mode"), f"bias stages shift image features, so their target must be 'vis', not {target!r}")
+    return StageConfig(**kwargs)
+
+
+def _parse_variant(parser: ConfigParser, raw: dict[str, Any], default_name: str) -> VariantConfig:
+    raw = parser.mapping(raw, (), VARIANT_KEYS)
+    kwargs = parser.fields(VariantConfig, {"name": default_name, **raw}, (), skip=("graph", "stages"))
+    graph = _parse_graph(parser, raw.get("graph"), ("graph",))
+    stages_raw = raw.get("stages") or []
+    if not isinstance(stages_raw, list):
+        raise parser.fail(("stages",), "expected a list of stages")
+    stages = tuple(_parse_stage(parser, s, ("stages", str(i)), graph.relations) for i, s in enumerate(stages_raw))
+    classifier = kwargs.get("classifier", VariantConfig.classifier)
+    if classifier != "zero_shot" and not stages:
+        raise parser.fail(("stages",), f"classifier {classifier!r} needs at least one stage; use 'zero_shot' for none")
+    if classifier == "text_cache" and not any(s.mode == "bias" for s in stages):
+        raise parser.fail(("classifier",), "'text_cache' needs a bias stage (mode: bias, target: vis) to adapt the cache keys")
+    return VariantConfig(**kwargs, graph=graph, stages=stages)
 
 
 def load_variant(name_or_path: str | os.PathLike) -> VariantConfig:
-    """Load and validate one meta-path variant file (a registry name or a path)."""
+    """Load and validate one meta-path variant file (a registry name or a path; ``_base_`` files merged)."""
     path = variant_path(name_or_path)
-    tree = _Tree()
-    for data, source in read_config_layers(path):
-        tree.merge(data, source)
-    parser = _Parser(tree)
-    parser.mapping(tree.data, (), VARIANT_KEYS)
-    return parser.variant(tree.data, path.stem)
+    tree = ConfigTree()
+    tree.merge_file(path)
+    return _parse_variant(ConfigParser(tree), tree.data, path.stem)
 
 
 def load_config(
@@ -579,7 +723,6 @@ def load_config(
             optionally ``variant`` and any variant key (``graph``, ``stages``, ...) to override.
         overrides: ``dotted.key=value`` strings (values parsed as YAML), applied last.
     """
-    tree = _Tree()
     layers: list[tuple[dict[str, Any], str]] = []
     if config_file is not None:
         layers = read_config_layers(config_file)
@@ -589,36 +732,33 @@ def load_config(
             if "variant" in data:
                 variant = data["variant"]
                 if not isinstance(variant, str):
-                    raise ConfigError(f"{source}: variant: expected a variant name or path, got {variant!r}")
+                    raise ConfigError(f"{source}: variant: expected a variant name or path, got {echo(variant)}")
     vpath = variant_path(variant)
-    tree.merge(_read_yaml(vpath), str(vpath))
-    _Parser(tree).mapping(tree.data, (), VARIANT_KEYS)
+    tree = ConfigTree()
+    tree.merge_file(vpath)
+    parser = ConfigParser(tree)
+    parser.mapping(tree.data, (), VARIANT_KEYS)
     skipped = ("variant", SWEEP_KEY, *RECORD_KEYS)
     for data, source in layers:
         tree.merge({k: v for k, v in data.items() if k not in skipped}, source)
     for text in overrides:
-        key, value = _parse_override(text)
-        tree.set_path(key, value, f"--set {key}")
-    parser = _Parser(tree)
-    run_keys = ("train", "eval", "engine", "device")
+        tree.override(text)
+    run_keys = tuple(k for k in field_names(RunConfig) if k != "variant")
     parser.mapping(tree.data, (), VARIANT_KEYS + run_keys)
-    variant_cfg = parser.variant({k: tree.data[k] for k in VARIANT_KEYS if k in tree.data}, vpath.stem)
-    train = parser.simple(TrainConfig, tree.data.get("train"), ("train",))
-    eval_cfg = parser.simple(EvalConfig, tree.data.get("eval"), ("eval",))
-    engine = parser.choice(tree.data.get("engine", "auto"), ("engine",), ENGINES)
-    device = parser.string(tree.data.get("device", "auto"), ("device",))
-    if device != "auto" and device != "cpu" and not device.startswith("cuda"):
-        raise parser.fail(("device",), f"{device!r} is not valid; choose auto, cpu, cuda or cuda:N")
-    return RunConfig(variant=variant_cfg, train=train, eval=eval_cfg, engine=engine, device=device)
+    variant_cfg = _parse_variant(parser, {k: tree.data[k] for k in VARIANT_KEYS if k in tree.data}, vpath.stem)
+    run = parser.fields(RunConfig, {k: tree.data[k] for k in run_keys if k in tree.data}, (), skip=("variant",))
+    device = run.get("device", RunConfig.device)
+    if device not in ("auto", "cpu") and not device.startswith("cuda"):
+        raise parser.fail(("device",), f"{echo(device)} is not valid; choose auto, cpu, cuda or cuda:N")
+    return RunConfig(variant=variant_cfg, **run)
 
-
-def _grid_value(parser: "_Parser", value: Any, path: tuple[str, ...]) -> Any:
+def _grid_value(parser: ConfigParser, value: Any, path: tuple[str, ...]) -> Any:
     if isinstance(value, (dict, list)):
-        raise parser.fail(path, f"grid values must be numbers, strings, booleans or null, got {value!r}")
+        raise parser.fail(path, f"grid values must be numbers, strings, booleans or null, got {echo(value)}")
     return value
 
 
-def _parse_sweep(parser: "_Parser", raw: Any, path: Path) -> SweepConfig:
+def _parse_sweep(parser: ConfigParser, raw: Any, path: Path) -> SweepConfig:
     names = tuple(f.name for f in dataclasses.fields(SweepConfig))
     at = (SWEEP_KEY,)
     if raw is None:
@@ -665,7 +805,7 @@ def _parse_sweep(parser: "_Parser", raw: Any, path: Path) -> SweepConfig:
             axes = {}
             for key, values in grid.items():
                 if not isinstance(values, list) or not values:
-                    raise parser.fail((*gpath, str(key)), f"expected a non-empty list of values, got {values!r}")
+                    raise parser.fail((*gpath, str(key)), f"expected a non-empty list of values, got {echo(values)}")
                 axes[str(key)] = tuple(_grid_value(parser, v, (*gpath, str(key), str(j))) for j, v in enumerate(values))
             parsed.append(axes)
         kwargs["grid"] = tuple(parsed)
@@ -698,31 +838,30 @@ def load_experiment(path: str | os.PathLike) -> ExperimentConfig:
     merges it over its own meta-path file.
     """
     path = Path(path)
-    tree = _Tree()
-    for data, source in read_config_layers(path):
-        tree.merge(data, source)
-    parser = _Parser(tree)
-    sweep = _parse_sweep(parser, tree.data.get(SWEEP_KEY), path)
+    tree = ConfigTree()
+    tree.merge_file(path)
+    sweep = _parse_sweep(ConfigParser(tree), tree.data.get(SWEEP_KEY), path)
     return ExperimentConfig(path=path, sweep=sweep)
+
+
+def to_plain(obj: Any) -> Any:
+    """A config dataclass (or anything inside one) as plain YAML/JSON types; meta-paths as their YAML form."""
+    if isinstance(obj, MetaPath):
+        out: dict[str, Any] = {"path": list(obj.relations), "beta": obj.beta}
+        if obj.beta_test is not None:
+            out["beta_test"] = obj.beta_test
+        return out
+    if dataclasses.is_dataclass(obj) and not isinstance(obj, type):
+        return {f.name: to_plain(getattr(obj, f.name)) for f in dataclasses.fields(obj)}
+    if isinstance(obj, (list, tuple)):
+        return [to_plain(v) for v in obj]
+    if isinstance(obj, dict):
+        return {str(k): to_plain(v) for k, v in obj.items()}
+    return obj
 
 
 def config_to_dict(cfg: RunConfig) -> dict[str, Any]:
     """A plain, YAML-serialisable view of a resolved config (the form runs write to config.yaml)."""
-
-    def plain(obj: Any) -> Any:
-        if isinstance(obj, MetaPath):
-            out: dict[str, Any] = {"path": list(obj.relations), "beta": obj.beta}
-            if obj.beta_test is not None:
-                out["beta_test"] = obj.beta_test
-            return out
-        if dataclasses.is_dataclass(obj):
-            return {f.name: plain(getattr(obj, f.name)) for f in dataclasses.fields(obj)}
-        if isinstance(obj, (list, tuple)):
-            return [plain(v) for v in obj]
-        if isinstance(obj, dict):
-            return {k: plain(v) for k, v in obj.items()}
-        return obj
-
-    data = plain(cfg)
+    data = to_plain(cfg)
     variant = data.pop("variant")
     return {**variant, **data}

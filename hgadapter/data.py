@@ -36,10 +36,12 @@ from typing import Any
 import numpy as np
 from PIL import Image
 
+from hgadapter.errors import UserError
+
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff")
 
 
-class DataError(ValueError):
+class DataError(UserError):
     """A dataset spec, folder, split file or class list is missing or inconsistent."""
 
 

@@ -25,6 +25,7 @@ import torch
 import torch.nn.functional as F
 
 from hgadapter.augment import Preprocess
+from hgadapter.errors import UserError
 
 DEFAULT_ENCODER = "openai/clip-vit-base-patch16"
 
@@ -45,7 +46,7 @@ _CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
 _CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
 
 
-class EncoderError(ValueError):
+class EncoderError(UserError):
     """An encoder id cannot be resolved or loaded (unknown, not downloaded, missing extra)."""
 
 

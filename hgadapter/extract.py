@@ -37,6 +37,7 @@ import torch
 from hgadapter import augment as aug
 from hgadapter.data import DataError, DatasetSplits, Sample, build_dataset, replacement_candidates, sample_per_class
 from hgadapter.encoders import DEFAULT_ENCODER, Encoder, EncoderError, create_encoder
+from hgadapter.errors import UserError
 from hgadapter.features import CacheError, FeatureCache, FewShotSet, list_train_sets, load_cache, load_sidecar, save_cache
 from hgadapter.prompts import PromptError, PromptSet, build_prompt_set
 
@@ -44,7 +45,7 @@ from hgadapter.prompts import PromptError, PromptSet, build_prompt_set
 EXTRACT_VERSION = 1
 
 
-class ExtractError(ValueError):
+class ExtractError(UserError):
     """A user error in an extraction request: bad arguments, unreadable images, a cache mismatch."""
 
 

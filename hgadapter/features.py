@@ -36,6 +36,8 @@ import safetensors
 import safetensors.torch
 import torch
 
+from hgadapter.errors import UserError
+
 FORMAT_VERSION = 1
 
 SIDECAR_NAME = "cache.json"
@@ -73,7 +75,7 @@ _NORM_TOL = 1e-2
 _MERGE_ATOL = 1e-3
 
 
-class CacheError(ValueError):
+class CacheError(UserError):
     """A feature cache is missing, malformed or does not match the request."""
 
 

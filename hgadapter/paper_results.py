@@ -27,6 +27,7 @@ from typing import Any
 import yaml
 
 from hgadapter._resources import resource_path
+from hgadapter.errors import UserError
 from hgadapter.records import is_number
 
 __all__ = ["ReportError", "AVERAGE", "LEARN_KEY", "TABLE_NAMES", "paper_results_path", "load_paper_results", "PaperResults"]
@@ -36,7 +37,7 @@ LEARN_KEY = "train.learn_betas"  # a sweep of it is Table 3's "learn" column
 TABLE_NAMES = ("table1_dg", "table2_fewshot16", "table3_sensitivity", "table4_backbones", "table5_complexity", "figure2_text")
 
 
-class ReportError(ValueError):
+class ReportError(UserError):
     """The paper results file is missing or malformed."""
 
 

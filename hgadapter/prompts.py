@@ -29,8 +29,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from hgadapter.errors import UserError
 
-class PromptError(ValueError):
+
+class PromptError(UserError):
     """A prompt spec is unknown, malformed or does not cover the dataset's classes."""
 
 

@@ -32,6 +32,8 @@ from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import Any
 
+from hgadapter.errors import UserError
+
 __all__ = [
     "METRICS_FILE",
     "HISTORY_FILE",
@@ -52,7 +54,7 @@ RESULTS_FILE = "results.json"  # `hgadapter compare` writes its records as one l
 REQUIRED_KEYS: tuple[str, ...] = ("method", "shots", "seed", "val_acc", "test_acc")
 
 
-class RecordError(ValueError):
+class RecordError(UserError):
     """A run directory's metrics or history file is missing or malformed."""
 
 

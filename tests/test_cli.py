@@ -109,3 +109,103 @@ def test_synth_set_changes_images_but_not_classes_or_prompts(tmp_path, capsys):
     capsys.readouterr()
     assert main([*base, "--out", str(tmp_path / "c"), "--set", "imagenoise=2"]) == 2
     assert "expected FIELD=VALUE with FIELD one of" in capsys.readouterr().err
+
+
+# ---- _base_ in every file kind, from the command line ----------------------------------------
+
+
+def test_run_a_variant_file_with_a_base(small_cache, tmp_path, capsys):
+    from hgadapter.config import metapaths_dir
+
+    mine = tmp_path / "mine.yaml"
+    mine.write_text(f"_base_: {metapaths_dir() / 'full.yaml'}\nname: mine\ngraph: {{topk: 4}}\n")
+    run = tmp_path / "run"
+    argv = ["run", "--features", str(small_cache), "--variant", str(mine), "--shots", "2", "--seed", "1", "--out", str(run), "--set", "train.epochs=1", "--quiet"]
+    assert main(argv) == 0, capsys.readouterr().err
+    assert json.loads((run / "metrics.json").read_text())["variant"] == "mine"
+    import yaml
+
+    recorded = yaml.safe_load((run / "config.yaml").read_text())
+    assert recorded["graph"]["topk"] == 4 and [s["target"] for s in recorded["stages"]] == ["neg", "pos", "vis"]  # from full.yaml
+
+
+def test_compare_a_method_yaml_with_a_base(small_cache, tmp_path, monkeypatch, capsys):
+    shipped = tmp_path / "methods"
+    shipped.mkdir()
+    (tmp_path / "common.yaml").write_text("epochs: 2\nlr: 0.004\n")
+    (shipped / "taskres.yaml").write_text("_base_: ../common.yaml\nalpha: 0.25\n")  # the shipped file of a method
+    mine = tmp_path / "mine.yaml"
+    (tmp_path / "tip_base.yaml").write_text("search_step: [10, 5]\nalpha: 1.0\n")
+    mine.write_text("_base_: tip_base.yaml\nalpha: 2.0\n")  # a --config METHOD=FILE
+    monkeypatch.setenv("HGADAPTER_METHODS", str(shipped))
+    out = tmp_path / "cmp"
+    argv = ["compare", "--features", str(small_cache), "--methods", "taskres", "tip_adapter", "--shots", "2", "--seeds", "1",
+            "--out", str(out), "--device", "cpu", "--config", f"tip_adapter={mine}", "--quiet"]
+    assert main(argv) == 0, capsys.readouterr().err
+    configs = {r["method"]: r["config"] for r in json.loads((out / "results.json").read_text())}
+    assert (configs["taskres"]["alpha"], configs["taskres"]["epochs"], configs["taskres"]["lr"]) == (0.25, 2, 0.004)
+    assert (configs["tip_adapter"]["search_step"], configs["tip_adapter"]["alpha"]) == ([10, 5], 2.0)
+
+
+def test_a_base_error_in_a_method_yaml_names_the_file(small_cache, tmp_path, monkeypatch, capsys):
+    (tmp_path / "taskres.yaml").write_text("_base_: nowhere.yaml\n")
+    monkeypatch.setenv("HGADAPTER_METHODS", str(tmp_path))
+    argv = ["compare", "--features", str(small_cache), "--methods", "taskres", "--shots", "2", "--seeds", "1", "--out", str(tmp_path / "o")]
+    assert main(argv) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "taskres.yaml: _base_: nowhere.yaml does not exist" in err
+
+
+# ---- user errors are one line; bugs keep their traceback -------------------------------------
+
+
+def test_a_bug_shows_its_traceback(small_cache, tmp_path, monkeypatch):
+    import hgadapter.cli as cli
+
+    def broken(*args, **kwargs):
+        raise KeyError("a bug, not the user's input")
+
+    monkeypatch.setattr(cli, "load_config", broken)
+    with pytest.raises(KeyError, match="a bug"):
+        main(["run", "--features", str(small_cache), "--shots", "2", "--seed", "1", "--out", str(tmp_path / "run")])
+
+
+def test_debug_variable_shows_the_traceback_of_a_user_error(monkeypatch):
+    from hgadapter.config import ConfigError
+
+    monkeypatch.setenv("HGADAPTER_DEBUG", "1")
+    with pytest.raises(ConfigError, match="unknown variant 'nope'"):
+        main(["run", "--features", "x", "--variant", "nope", "--shots", "2", "--seed", "1", "--out", "x"])
+
+
+def test_a_broken_command_module_is_an_error_not_a_missing_command(monkeypatch):
+    import sys
+
+    monkeypatch.setitem(sys.modules, "hgadapter.extract", None)  # importing it now raises ImportError
+    with pytest.raises(ImportError):
+        main(["extract", "--help"])
+
+
+def test_every_command_is_registered(capsys):
+    with pytest.raises(SystemExit):
+        main(["--help"])
+    out = capsys.readouterr().out
+    for command in ("synth", "run", "variants", "demo", "compare", "sweep", "report", "figures", "tsne", "extract"):
+        assert command in out, command
+
+
+@pytest.mark.parametrize(
+    "sets, message",
+    [
+        (["seed=["], "synthetic task: SyntheticTaskConfig.seed='[' is invalid"),  # not YAML: read as text, then rejected
+        (["image_noise=-1"], "synthetic task: SyntheticTaskConfig.image_noise=-1"),
+        (["seed"], "--set 'seed': expected key=value"),
+    ],
+)
+def test_synth_set_errors_are_one_line(tmp_path, capsys, sets, message):
+    argv = ["synth", "--out", str(tmp_path / "c"), *SMALL]
+    for s in sets:
+        argv += ["--set", s]
+    assert main(argv) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and err.startswith("hgadapter synth: error:") and message in err, err

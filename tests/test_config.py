@@ -180,3 +180,104 @@ def test_fuzzed_variant_files_raise_only_config_error(tmp_path, data):
         load_variant(file)
     except ConfigError:
         pass
+
+
+# ---- _base_ in every file kind --------------------------------------------------------------
+
+
+def test_a_variant_with_a_base_loads_through_load_config(tmp_path):
+    mine = tmp_path / "mine.yaml"
+    mine.write_text(f"_base_: {metapaths_dir() / 't.yaml'}\nname: mine\ngraph: {{topk: 4}}\n")
+    cfg = load_config(mine, overrides=["train.epochs=2"])
+    assert cfg.variant.name == "mine" and cfg.variant.graph.topk == 4
+    assert cfg.variant.stages == load_variant("t").stages
+    assert load_variant(mine) == cfg.variant
+
+
+def test_a_method_yaml_with_a_base(tmp_path, monkeypatch):
+    from hgadapter.methods import create_method
+
+    (tmp_path / "shared.yaml").write_text("epochs: 3\nlr: 0.01\n")
+    (tmp_path / "taskres.yaml").write_text("_base_: shared.yaml\nalpha: 0.25\n")
+    monkeypatch.setenv("HGADAPTER_METHODS", str(tmp_path))
+    cfg = create_method("taskres").config
+    assert (cfg.epochs, cfg.lr, cfg.alpha) == (3, 0.01, 0.25)
+    (tmp_path / "shared.yaml").write_text("epochz: 3\n")
+    with pytest.raises(ConfigError, match=r"shared\.yaml: epochz: unknown key"):
+        create_method("taskres")
+
+
+def test_method_and_run_configs_share_one_field_rule():
+    """A field's rule lives in its hparam metadata, for the run config as for a method's."""
+    import dataclasses
+
+    from hgadapter.config import TrainConfig
+    from hgadapter.methods.taskres import TaskResConfig
+
+    meta = {f.name: f.metadata for f in dataclasses.fields(TrainConfig)}
+    assert meta["warmup_epochs"]["low"] == 0 and meta["lr"]["positive"] and meta["init"]["choices"] == ("identity", "zeros", "xavier")
+    assert {f.name: f.metadata for f in dataclasses.fields(TaskResConfig)}["warmup_epochs"]["low"] == 0
+    assert load_config("full", overrides=["train.warmup_epochs=0"]).train.warmup_epochs == 0
+    with pytest.raises(ConfigError, match=r"train\.warmup_epochs: must be >= 0, got -1"):
+        load_config("full", overrides=["train.warmup_epochs=-1"])
+
+
+def test_a_missing_required_field_names_its_choices(tmp_path):
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("classifier: text\nstages:\n  - metapaths: [{path: [v2p], beta: 0.1}]\n")
+    with pytest.raises(ConfigError, match=r"bad\.yaml: stages\.0\.target: missing; choose one of \['pos', 'neg', 'vis'\]"):
+        load_variant(bad)
+
+
+# ---- hostile input: one short ConfigError, never an overflow, a recursion or a huge message ----
+
+
+def _one_short_line(exc_info, limit=600):
+    message = str(exc_info.value)
+    assert "\n" not in message and len(message) < limit, message[:1000]
+    return message
+
+
+def test_a_huge_integer_is_not_an_overflow():
+    with pytest.raises(ConfigError, match=r"stages\.0\.metapaths\.0\.beta: expected a finite number") as info:
+        load_config("full", overrides=["stages.0.metapaths.0.beta=1" + "0" * 400])
+    _one_short_line(info)
+    with pytest.raises(ConfigError, match=r"train\.epochs: expected an integer") as info:  # past Python's int digit limit
+        load_config("full", overrides=["train.epochs=1" + "0" * 5000])
+    _one_short_line(info)
+
+
+def test_deep_nesting_is_not_a_recursion_error(tmp_path):
+    deep = tmp_path / "deep.yaml"
+    deep.write_text("graph: " + "[" * 500 + "]" * 500 + "\n")
+    with pytest.raises(ConfigError, match=r"deep\.yaml: nested more than 64 levels deep") as info:
+        load_variant(deep)
+    _one_short_line(info)
+    with pytest.raises(ConfigError, match=r"--set graph: value nested more than 64 levels deep"):
+        load_config("full", overrides=["graph=" + "[" * 500 + "]" * 500])
+
+
+def test_a_long_base_chain_is_not_a_recursion_error(tmp_path):
+    for i in range(1000):
+        (tmp_path / f"b{i}.yaml").write_text(f"_base_: b{i + 1}.yaml\n" if i < 999 else "name: last\n")
+    with pytest.raises(ConfigError, match=r"b0\.yaml: _base_ files chain more than 32 deep") as info:
+        load_variant(tmp_path / "b0.yaml")
+    _one_short_line(info)
+
+
+def test_nested_aliases_give_a_short_message(tmp_path):
+    bomb = tmp_path / "bomb.yaml"
+    levels = ["&a [lol, lol, lol, lol, lol, lol, lol, lol, lol]"]
+    for prev, name in zip("abcdefgh", "bcdefghi"):
+        levels.append(f"&{name} [" + ", ".join(f"*{prev}" for _ in range(9)) + "]")
+    bomb.write_text("description: [" + ", ".join(levels) + "]\n")
+    assert len(bomb.read_bytes()) < 400
+    with pytest.raises(ConfigError, match=r"bomb\.yaml: description: expected a string, got \[\[") as info:
+        load_variant(bomb)
+    _one_short_line(info, limit=300)
+
+
+def test_a_long_value_is_cut_in_the_message():
+    with pytest.raises(ConfigError, match=r"engine: 'xxxx.*' is not valid; choose one of") as info:
+        load_config("full", overrides=["engine=" + "x" * 100_000])
+    _one_short_line(info, limit=300)

@@ -7,31 +7,28 @@ A method is a :class:`Method`: a registry name, a frozen config dataclass and
 Config precedence, lowest first: the config dataclass's defaults (the source paper's values) <
 ``experiments/methods/<name>.yaml`` < ``config_file`` < ``overrides`` (``key=value``). Unknown
 keys, wrong types and impossible values raise :class:`~hgadapter.config.ConfigError` naming the
-file (or ``--set key``), the key and the valid choices. YAML is read and merged by
-:mod:`hgadapter.config`'s helpers, so this module never parses YAML itself.
+file (or ``--set key``), the key and the valid choices. Files are read, merged (``_base_``
+included) and parsed by :mod:`hgadapter.config`'s public mechanism (:class:`~hgadapter.config.ConfigTree`,
+:class:`~hgadapter.config.ConfigParser`, :func:`~hgadapter.config.hparam`), so this module
+never parses YAML itself.
 """
 
 from __future__ import annotations
 
-import dataclasses
 import os
-import typing
 from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
-from types import NoneType, UnionType
 from typing import Any, ClassVar
 
 import torch
 
-# config.py is the only module that parses YAML; its raw-tree helpers carry the provenance that
-# error messages need, so they are reused here instead of a second parser.
 from hgadapter._resources import resource_path
-from hgadapter.config import RECORD_KEYS, SWEEP_KEY, ConfigError, _parse_override, _Parser, _read_yaml, _Tree, read_config_layers
+from hgadapter.config import RECORD_KEYS, SWEEP_KEY, ConfigError, ConfigParser, ConfigTree, echo, field_names, hparam, parse_override, to_plain
 from hgadapter.protocol import Fitted, SelectionData
 
 __all__ = [
     "Method",
-    "hparam",
+    "hparam",  # hgadapter.config's, re-exported: methods/*.py declare their config fields with it
     "register_method",
     "list_methods",
     "create_method",
@@ -52,63 +49,8 @@ def method_config_path(name: str) -> Path:
 
 
 # --------------------------------------------------------------------------------------------
-# Config dataclasses
-
-
-def hparam(
-    default: Any,
-    *,
-    low: float | None = None,
-    positive: bool = False,
-    choices: tuple[str, ...] | None = None,
-    length: int | None = None,
-) -> Any:
-    """A config field with its validation rule.
-
-    Args:
-        default: the source paper's value.
-        low: smallest allowed value (numbers and integers; every number of a tuple).
-        positive: the value must be > 0.
-        choices: allowed strings.
-        length: exact length of a tuple.
-    """
-    meta = {"low": low, "positive": positive, "choices": choices, "length": length}
-    return dataclasses.field(default=default, metadata=meta)
-
-
-def _parse_field(parser: _Parser, f: dataclasses.Field, ftype: Any, value: Any, path: tuple[str, ...]) -> Any:
-    meta = f.metadata
-    low, positive, choices = meta.get("low"), meta.get("positive", False), meta.get("choices")
-    origin, args = typing.get_origin(ftype), typing.get_args(ftype)
-    if origin is UnionType or origin is typing.Union:
-        inner = [a for a in args if a is not NoneType]
-        if value is None and len(inner) < len(args):
-            return None
-        return _parse_field(parser, f, inner[0], value, path)
-    if ftype is bool:
-        return parser.boolean(value, path)
-    if ftype is int:
-        return parser.integer(value, path, low=int(low) if low is not None else 0)
-    if ftype is float:
-        return parser.number(value, path, low=low, positive=positive)
-    if ftype is str:
-        return parser.choice(value, path, choices) if choices else parser.string(value, path)
-    if origin is tuple:
-        if not isinstance(value, (list, tuple)) or not value:
-            raise parser.fail(path, f"expected a non-empty list, got {value!r}")
-        length = meta.get("length")
-        if length is not None and len(value) != length:
-            raise parser.fail(path, f"expected a list of {length} values, got {len(value)}")
-        item = args[0]
-        out = []
-        for i, v in enumerate(value):
-            ipath = (*path, str(i))
-            if item is int:
-                out.append(parser.integer(v, ipath, low=int(low) if low is not None else 0))
-            else:
-                out.append(parser.number(v, ipath, low=low, positive=positive))
-        return tuple(out)
-    raise TypeError(f"unsupported config field type {ftype!r} for {'.'.join(path)}")  # a bug, not user input
+# Config resolution: fields are declared with hgadapter.config's `hparam` and parsed by its
+# ConfigParser, by the same rules as the run config's sections.
 
 
 def load_method_config(
@@ -120,53 +62,25 @@ def load_method_config(
 ) -> Any:
     """Resolve method ``name``'s config dataclass ``cls`` from its YAML, a file and overrides.
 
+    Both files may name ``_base_`` files; sections that a run or an experiment file adds
+    (``sweep``, ``run``, ``environment``) are skipped in ``config_file``, so a recorded
+    ``config.yaml`` loads back.
+
     Raises:
         ConfigError: an unreadable file, an unknown key, a wrong type or an impossible value.
     """
-    tree = _Tree()
+    tree = ConfigTree()
     shipped = method_config_path(name)
     if shipped.is_file():
-        tree.merge(_read_yaml(shipped), str(shipped))
+        tree.merge_file(shipped)
     if config_file is not None:
-        path = Path(config_file)
-        if not path.is_file():
-            raise ConfigError(f"method config file {path} does not exist")
-        for data, source in read_config_layers(path):
-            tree.merge({k: v for k, v in data.items() if k not in (SWEEP_KEY, *RECORD_KEYS)}, source)
+        tree.merge_file(config_file, skip=(SWEEP_KEY, *RECORD_KEYS))
     for text in overrides:
-        key, value = _parse_override(text)
+        key, _ = parse_override(text)
         if "." in key:
-            raise ConfigError(f"--set {key}: method {name!r} has a flat config; valid keys: {_field_names(cls)}")
-        tree.set_path(key, value, f"--set {key}")
-    parser = _Parser(tree)
-    raw = parser.mapping(tree.data, (), _field_names(cls))
-    hints = typing.get_type_hints(cls)
-    kwargs = {}
-    for f in dataclasses.fields(cls):
-        if f.name in raw:
-            kwargs[f.name] = _parse_field(parser, f, hints[f.name], raw[f.name], (f.name,))
-    config = cls(**kwargs)
-    check = getattr(config, "check", None)
-    if check is not None:
-        problem = check()
-        if problem is not None:
-            key, message = problem
-            raise parser.fail((key,), message)
-    return config
-
-
-def _field_names(cls: type) -> tuple[str, ...]:
-    return tuple(f.name for f in dataclasses.fields(cls))
-
-
-def _plain(obj: Any) -> Any:
-    if dataclasses.is_dataclass(obj) and not isinstance(obj, type):
-        return {f.name: _plain(getattr(obj, f.name)) for f in dataclasses.fields(obj)}
-    if isinstance(obj, (list, tuple)):
-        return [_plain(v) for v in obj]
-    if isinstance(obj, dict):
-        return {str(k): _plain(v) for k, v in obj.items()}
-    return obj
+            raise ConfigError(f"--set {echo(key, bare=True)}: method {name!r} has a flat config; valid keys: {field_names(cls)}")
+        tree.override(text)
+    return ConfigParser(tree).dataclass(cls, tree.data, ())
 
 
 # --------------------------------------------------------------------------------------------
@@ -206,7 +120,7 @@ class Method:
 
     def config_dict(self) -> dict[str, Any]:
         """The resolved config as plain JSON/YAML types (recorded beside every result)."""
-        return _plain(self.config)
+        return to_plain(self.config)
 
     def fit(
         self,

@@ -1,0 +1,32 @@
+"""Every user-error type derives from hgadapter.errors.UserError (the CLI prints those in one line)."""
+
+import importlib
+
+import pytest
+
+from hgadapter.errors import UserError
+
+ERRORS = [
+    ("hgadapter.config", "ConfigError"),
+    ("hgadapter.features", "CacheError"),
+    ("hgadapter.records", "RecordError"),
+    ("hgadapter.paper_results", "ReportError"),
+    ("hgadapter.data", "DataError"),
+    ("hgadapter.prompts", "PromptError"),
+    ("hgadapter.encoders", "EncoderError"),
+    ("hgadapter.extract", "ExtractError"),
+    ("hgadapter._dgl", "DGLUnavailableError"),
+]
+
+
+@pytest.mark.parametrize("module, name", ERRORS, ids=[n for _, n in ERRORS])
+def test_user_errors_share_one_base(module, name):
+    cls = getattr(importlib.import_module(module), name)
+    assert issubclass(cls, UserError)
+    assert issubclass(cls, ValueError) or name == "DGLUnavailableError"  # `except ValueError` written before UserError still works
+
+
+def test_dgl_unavailable_is_still_an_import_error():
+    from hgadapter._dgl import DGLUnavailableError
+
+    assert issubclass(DGLUnavailableError, ImportError)
