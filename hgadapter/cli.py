@@ -20,7 +20,7 @@ import yaml
 from hgadapter._cli import run_command_line
 from hgadapter._dgl import DGLUnavailableError
 from hgadapter.config import ConfigError, list_variants, load_config, load_variant
-from hgadapter.features import CacheError
+from hgadapter.data.cache import CacheError
 
 DEMO_VARIANTS = ("base", "t_n", "t_p", "t", "full")
 DEMO_SEEDS = (1, 2, 3)
@@ -65,8 +65,8 @@ def _synth_overrides(args: argparse.Namespace) -> dict:
 
 
 def _cmd_synth(args: argparse.Namespace) -> int:
-    from hgadapter.features import save_cache
-    from hgadapter.synthetic import SyntheticTaskConfig, build_synthetic_task
+    from hgadapter.data.cache import save_cache
+    from hgadapter.data.synthetic import SyntheticTaskConfig, build_synthetic_task
 
     fields = {f.name for f in dataclasses.fields(SyntheticTaskConfig)}
     overrides = _synth_overrides(args)
@@ -105,7 +105,7 @@ def _add_run(sub: argparse._SubParsersAction) -> None:
 
 
 def _cmd_run(args: argparse.Namespace) -> int:
-    from hgadapter.features import load_cache
+    from hgadapter.data.cache import load_cache
     from hgadapter.runner import run_experiment
 
     overrides = list(args.overrides)
@@ -176,9 +176,9 @@ def format_results_table(records: list[dict], *, title: str) -> str:
 
 def _cmd_demo(args: argparse.Namespace) -> int:
     from hgadapter._io import atomic_write_json, atomic_write_text
-    from hgadapter.features import save_cache
+    from hgadapter.data.cache import save_cache
     from hgadapter.runner import run_experiment
-    from hgadapter.synthetic import build_synthetic_task
+    from hgadapter.data.synthetic import build_synthetic_task
 
     out = Path(args.out)
     start = time.perf_counter()
@@ -230,7 +230,7 @@ def _cmd_demo(args: argparse.Namespace) -> int:
 
 def _add_extract(sub: argparse._SubParsersAction) -> None:
     try:
-        from hgadapter.extract import add_extract_arguments, run_extract
+        from hgadapter.extract.run import add_extract_arguments, run_extract
     except ImportError:
         return
     p = sub.add_parser("extract", help="encode a dataset and its prompts with a frozen CLIP into a feature cache")

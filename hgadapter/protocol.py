@@ -13,7 +13,7 @@ from typing import Any, Callable
 
 import torch
 
-from hgadapter.features import CacheError, FeatureCache, FewShotSet
+from hgadapter.data.cache import CacheError, FeatureCache, FewShotSet
 
 __all__ = ["SelectionData", "Fitted", "selection_data", "score_on_test", "score_on_target", "accuracy"]
 

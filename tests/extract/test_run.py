@@ -10,10 +10,10 @@ import clip_fixtures as cf
 import pytest
 import torch
 
-import hgadapter.extract as ex
-from hgadapter.data import build_dataset, sample_per_class
-from hgadapter.encoders import create_encoder
-from hgadapter.features import load_cache
+import hgadapter.extract.run as ex
+from hgadapter.extract.datasets import build_dataset, sample_per_class
+from hgadapter.extract.encoders import create_encoder
+from hgadapter.data.cache import load_cache
 
 
 @pytest.fixture(scope="module")

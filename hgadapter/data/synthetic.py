@@ -24,7 +24,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from hgadapter.features import FeatureCache, FewShotSet
+from hgadapter.data.cache import FeatureCache, FewShotSet
 
 __all__ = [
     "SyntheticTaskConfig",
@@ -389,7 +389,7 @@ def write_synthetic_task(
     Returns:
         The path :func:`~hgadapter.features.save_cache` wrote.
     """
-    from hgadapter.features import save_cache
+    from hgadapter.data.cache import save_cache
 
     return save_cache(out_dir, build_synthetic_task(config, **overrides), overwrite=overwrite)
 

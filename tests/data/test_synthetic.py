@@ -12,8 +12,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from hgadapter.features import FeatureCache
-from hgadapter.synthetic import SyntheticTaskConfig, build_synthetic_task, task_statistics, write_synthetic_task
+from hgadapter.data.cache import FeatureCache
+from hgadapter.data.synthetic import SyntheticTaskConfig, build_synthetic_task, task_statistics, write_synthetic_task
 
 SMALL = dict(num_classes=12, dim=64, num_families=4, semantic_rank=16, shots=(1, 2, 4), seeds=(1, 2), test_per_class=5)
 
@@ -218,7 +218,7 @@ def test_lists_are_accepted_as_tuples() -> None:
 
 
 def test_write_and_load_round_trip(tmp_path: Path) -> None:
-    from hgadapter.features import load_cache
+    from hgadapter.data.cache import load_cache
 
     path = write_synthetic_task(tmp_path / "cache", **SMALL)
     loaded, built = load_cache(path), build_synthetic_task(**SMALL)

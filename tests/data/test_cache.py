@@ -14,7 +14,7 @@ import pytest
 import safetensors.torch
 import torch
 
-from hgadapter.features import (
+from hgadapter.data.cache import (
     FORMAT_VERSION,
     CacheError,
     FeatureCache,

@@ -34,11 +34,11 @@ import safetensors
 import safetensors.torch
 import torch
 
-from hgadapter import augment as aug
-from hgadapter.data import DataError, DatasetSplits, Sample, build_dataset, replacement_candidates, sample_per_class
-from hgadapter.encoders import DEFAULT_ENCODER, Encoder, EncoderError, create_encoder
-from hgadapter.features import CacheError, FeatureCache, FewShotSet, list_train_sets, load_cache, load_sidecar, save_cache
-from hgadapter.prompts import PromptError, PromptSet, build_prompt_set
+from hgadapter.extract import augment as aug
+from hgadapter.extract.datasets import DataError, DatasetSplits, Sample, build_dataset, replacement_candidates, sample_per_class
+from hgadapter.extract.encoders import DEFAULT_ENCODER, Encoder, EncoderError, create_encoder
+from hgadapter.data.cache import CacheError, FeatureCache, FewShotSet, list_train_sets, load_cache, load_sidecar, save_cache
+from hgadapter.extract.prompts import PromptError, PromptSet, build_prompt_set
 
 # Bump when a change here alters the features written for the same inputs.
 EXTRACT_VERSION = 1
