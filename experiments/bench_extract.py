@@ -22,8 +22,8 @@ from PIL import Image
 
 from hgadapter.extract.augment import Preprocess
 from hgadapter.extract.datasets import build_dataset
+from hgadapter.extract.encode import encode_samples
 from hgadapter.extract.encoders import Encoder
-from hgadapter.extract.run import encode_samples
 
 
 def build_vit_b16(device: torch.device) -> Encoder:

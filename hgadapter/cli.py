@@ -65,7 +65,7 @@ def _synth_overrides(args: argparse.Namespace) -> dict:
 
 
 def _cmd_synth(args: argparse.Namespace) -> int:
-    from hgadapter.data.cache import save_cache
+    from hgadapter.data.io import save_cache
     from hgadapter.data.synthetic import SyntheticTaskConfig, build_synthetic_task
 
     fields = {f.name for f in dataclasses.fields(SyntheticTaskConfig)}
@@ -105,7 +105,7 @@ def _add_run(sub: argparse._SubParsersAction) -> None:
 
 
 def _cmd_run(args: argparse.Namespace) -> int:
-    from hgadapter.data.cache import load_cache
+    from hgadapter.data.io import load_cache
     from hgadapter.runner import run_experiment
 
     overrides = list(args.overrides)
@@ -176,7 +176,7 @@ def format_results_table(records: list[dict], *, title: str) -> str:
 
 def _cmd_demo(args: argparse.Namespace) -> int:
     from hgadapter._io import atomic_write_json, atomic_write_text
-    from hgadapter.data.cache import save_cache
+    from hgadapter.data.io import save_cache
     from hgadapter.runner import run_experiment
     from hgadapter.data.synthetic import build_synthetic_task
 
@@ -230,7 +230,8 @@ def _cmd_demo(args: argparse.Namespace) -> int:
 
 def _add_extract(sub: argparse._SubParsersAction) -> None:
     try:
-        from hgadapter.extract.run import add_extract_arguments, run_extract
+        from hgadapter.extract.options import add_extract_arguments
+        from hgadapter.extract.run import run_extract
     except ImportError:
         return
     p = sub.add_parser("extract", help="encode a dataset and its prompts with a frozen CLIP into a feature cache")

@@ -377,7 +377,8 @@ def _split_configs(items: Sequence[str]) -> dict[str, str]:
 
 def run_compare(args: argparse.Namespace) -> int:
     """Run ``hgadapter compare`` from parsed arguments; prints the table and the output paths."""
-    from hgadapter.data.cache import CacheError, list_train_sets, load_cache
+    from hgadapter.data.cache import CacheError
+    from hgadapter.data.io import list_train_sets, load_cache
 
     methods = list(dict.fromkeys(args.methods))
     overrides = _split_overrides(args.method_overrides, methods)

@@ -208,7 +208,8 @@ def expand_experiment(
 
 
 def _cache_fingerprint(path: str, train_key: tuple[int, int] | None, sidecars: dict[str, dict], backbone: str | None) -> str:
-    from hgadapter.data.cache import CacheError, load_sidecar
+    from hgadapter.data.cache import CacheError
+    from hgadapter.data.io import load_sidecar
 
     if path not in sidecars:
         try:
@@ -295,7 +296,7 @@ def _stamp(path: str) -> int:
 
 
 def _training_cache(path: str, shots: int, seed: int) -> Any:
-    from hgadapter.data.cache import load_cache
+    from hgadapter.data.io import load_cache
 
     key = (path, shots, seed, _stamp(path))
     if key not in _TRAIN_MEMO:
@@ -305,7 +306,7 @@ def _training_cache(path: str, shots: int, seed: int) -> Any:
 
 
 def _target_cache(path: str) -> Any:
-    from hgadapter.data.cache import load_cache
+    from hgadapter.data.io import load_cache
 
     key = (path, _stamp(path))
     if key not in _TARGET_MEMO:

@@ -18,7 +18,7 @@ def small_cache(tmp_path_factory):
 
 
 def test_synth_writes_a_loadable_cache(small_cache, capsys):
-    from hgadapter.data.cache import load_cache
+    from hgadapter.data.io import load_cache
 
     cache = load_cache(small_cache)
     assert cache.num_classes == 12 and cache.dim == 32 and set(cache.train_sets) == {(2, 1)}
@@ -97,7 +97,7 @@ def test_demo_writes_tables_report_and_tsne(tmp_path, monkeypatch, capsys):
 
 def test_synth_set_changes_images_but_not_classes_or_prompts(tmp_path, capsys):
     from hgadapter.cli import main
-    from hgadapter.data.cache import load_cache
+    from hgadapter.data.io import load_cache
 
     base = ["synth", "--classes", "12", "--families", "3", "--dim", "24", "--shots", "1", "--seeds", "1"]
     assert main([*base, "--out", str(tmp_path / "a")]) == 0

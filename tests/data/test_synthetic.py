@@ -218,7 +218,7 @@ def test_lists_are_accepted_as_tuples() -> None:
 
 
 def test_write_and_load_round_trip(tmp_path: Path) -> None:
-    from hgadapter.data.cache import load_cache
+    from hgadapter.data.io import load_cache
 
     path = write_synthetic_task(tmp_path / "cache", **SMALL)
     loaded, built = load_cache(path), build_synthetic_task(**SMALL)
