@@ -26,11 +26,11 @@ _SIDECAR_KEYS = (
 )
 _TRAIN_ENTRY_KEYS = ("shots", "seed", "file", "views", "indices")
 
-
 # float16 storage rounds each component to ~5e-4 relative, so the norm of a normalised 1024-d row
 # read back from float16 is within ~1e-3 of 1, while an unnormalised CLIP feature is off by far
 # more.
 _NORM_TOL = 1e-2
+
 
 @dataclass(frozen=True)
 class Context:
@@ -44,6 +44,7 @@ class Context:
 
 
 def train_context(ctx: Context, entry: dict[str, Any]) -> Context:
+    """``ctx`` narrowed to one training set's sidecar ``entry`` (shots, views, number of indices)."""
     indices = entry["indices"]
     return Context(
         classnames=ctx.classnames,
@@ -265,6 +266,7 @@ def check_table(raw: dict[str, Any], where: str) -> None:
 
 
 def parse_records(records: Any, kind: str, at: str) -> Layout:
+    """The layout a sidecar file-table entry records; a CacheError unless it maps exactly this kind's tensors."""
     keys = tuple(FILE_KINDS[kind])
     if not isinstance(records, dict) or set(records) != set(keys):
         raise CacheError(f"{at} must map exactly the tensors {quote(keys)} to dtype and shape")
@@ -313,6 +315,7 @@ def _check_train_file_name(file: Any, at: str) -> None:
 
 
 def read_sidecar(directory: Path) -> dict[str, Any]:
+    """The parsed and fully checked ``cache.json`` of ``directory``; a CacheError names what is wrong."""
     if not directory.exists():
         raise CacheError(f"{directory}: feature cache directory does not exist")
     if not directory.is_dir():
@@ -383,6 +386,7 @@ def to_memory(tensors: dict[str, torch.Tensor], kind: str) -> dict[str, torch.Te
 
 
 def layout_of(tensors: dict[str, torch.Tensor]) -> Layout:
+    """The ``(dtype name, shape)`` of each tensor, in the form the sidecar records."""
     return {k: (dtype_name(t.dtype), tuple(t.shape)) for k, t in tensors.items()}
 
 
@@ -409,18 +413,22 @@ def _require_exactly(
 
 
 def format_keys(keys: list[tuple[int, int]]) -> str:
+    """``(shots=K, seed=S), ...`` for messages, or ``none``."""
     return ", ".join(f"(shots={k}, seed={s})" for k, s in keys) or "none"
 
 
 def format_shape(shape: tuple[int, ...]) -> str:
+    """A shape as Python writes a tuple: ``(3,)``, ``(2, 5)``."""
     return "(" + ", ".join(str(n) for n in shape) + ("," if len(shape) == 1 else "") + ")"
 
 
 def quote(names: Iterable[str]) -> str:
+    """Names as a comma-separated list of their reprs."""
     return ", ".join(repr(n) for n in names)
 
 
 def dtype_name(dtype: torch.dtype) -> str:
+    """``float32`` for ``torch.float32``: the name the sidecar records."""
     return str(dtype).removeprefix("torch.")
 
 
@@ -431,16 +439,19 @@ def _torch_dtype(name: str) -> torch.dtype | None:
 
 
 def is_integer(dtype: torch.dtype) -> bool:
+    """Whether ``dtype`` holds integers (bool does not count)."""
     return not (dtype.is_floating_point or dtype.is_complex or dtype == torch.bool)
 
 
 def is_int(value: Any, equal_to: int | None = None) -> bool:
+    """Whether a JSON value is an int (not a bool), optionally equal to ``equal_to``."""
     # bool is an int in Python but never a meaningful count, dim or version in JSON.
     ok = isinstance(value, int) and not isinstance(value, bool)
     return ok and (equal_to is None or value == equal_to)
 
 
 def is_number(value: Any) -> bool:
+    """Whether a JSON value is a real number (not a bool)."""
     return isinstance(value, Real) and not isinstance(value, bool)
 
 
@@ -450,4 +461,5 @@ def _json_type(value: Any) -> str:
 
 
 def one_line(error: BaseException) -> str:
+    """An exception's message with its whitespace collapsed, for one-line errors."""
     return " ".join(str(error).split())

@@ -2,7 +2,7 @@
 
 The dataclass is the schema: each field's metadata carries its flag's help text and argument
 group, and :func:`add_extract_arguments` / :func:`options_from_args` derive the command line
-from it, so an option is declared once (docs/extraction.md lists them).
+from it, so an option is declared once (``hgadapter extract --help`` lists them all).
 """
 
 from __future__ import annotations
