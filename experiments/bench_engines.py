@@ -57,7 +57,7 @@ from torch.optim.optimizer import register_optimizer_step_post_hook
 
 from hgadapter.config import RunConfig, VariantConfig, load_config
 from hgadapter.engines import create_engine
-from hgadapter.features import FeatureCache, FewShotSet
+from hgadapter.data.cache import FeatureCache, FewShotSet
 from hgadapter.graph import build_node_features, build_relation_graph, build_relation_graph_from_config
 from hgadapter.metapaths import CANONICAL_ETYPES
 from hgadapter.train import fit

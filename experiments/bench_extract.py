@@ -20,10 +20,10 @@ import numpy as np
 import torch
 from PIL import Image
 
-from hgadapter.augment import Preprocess
-from hgadapter.data import build_dataset
-from hgadapter.encoders import Encoder
-from hgadapter.extract import encode_samples
+from hgadapter.extract.augment import Preprocess
+from hgadapter.extract.datasets import build_dataset
+from hgadapter.extract.encode import encode_samples
+from hgadapter.extract.encoders import Encoder
 
 
 def build_vit_b16(device: torch.device) -> Encoder:

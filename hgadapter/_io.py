@@ -1,7 +1,14 @@
-"""Atomic file writes: a reader never sees a half-written file, a crash loses nothing.
+"""The project's one atomic file writer, and the small file helpers around it.
 
-Imports no torch (only :func:`atomic_save_tensors` needs it, lazily), so torch-free modules such
-as :mod:`viz` and :mod:`hgadapter.report` can use it.
+:func:`atomic_write` is the only way hgadapter writes a result file (run directories, feature
+caches, extraction shards, reports, figures): a reader never sees a half-written file, and after
+it returns a crash loses nothing (the data and the rename are fsynced). Files get the permissions
+``open()`` would give under the process's umask, not the 0600 of ``tempfile.mkstemp`` or of
+safetensors' own writer, so caches and runs shared between users stay readable.
+
+Imports no torch (only :func:`atomic_save_tensors` needs it, lazily) and no yaml (only
+:func:`read_yaml`, lazily), so torch-free modules such as :mod:`viz` and
+:mod:`hgadapter.report` can use it.
 """
 
 from __future__ import annotations
@@ -26,21 +33,54 @@ def _current_umask() -> int:
 _UMASK = _current_umask()
 
 
-def atomic_write(path: str | Path, write: Callable[[str], None]) -> Path:
-    """Call ``write(tmp_path)`` on a temp file beside ``path``, then rename it into place."""
+def atomic_write(path: str | Path, write: Callable[[str], None], *, sync_dir: bool = True) -> Path:
+    """Call ``write(tmp_path)`` on a temp file beside ``path``, then rename it into place.
+
+    ``write`` may replace the temp file rather than write into it (safetensors' ``save_file``
+    does). The file's data is fsynced before the rename makes it visible, and the file gets mode
+    ``0o666 & ~umask``.
+
+    Args:
+        path: the target file; its parent directories are created.
+        write: writes the whole file to the path it is given.
+        sync_dir: also fsync the directory, so that the rename itself survives a crash. Pass
+            ``False`` when writing several files into one directory and call :func:`fsync_dir`
+            once at the end.
+
+    Returns:
+        ``path`` as a :class:`~pathlib.Path`.
+    """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     os.close(fd)
     try:
         write(tmp)
-        os.chmod(tmp, 0o666 & ~_UMASK)  # mkstemp makes 0600; results are for sharing, like open()'s
+        with open(tmp, "rb+") as handle:
+            os.fsync(handle.fileno())  # the data is on disk before the rename makes it visible
+        os.chmod(tmp, 0o666 & ~_UMASK)  # mkstemp and safetensors make 0600; results are for sharing
         os.replace(tmp, path)
     except BaseException:
         if os.path.exists(tmp):
             os.unlink(tmp)
         raise
+    if sync_dir:
+        fsync_dir(path.parent)
     return path
+
+
+def fsync_dir(directory: str | Path) -> None:
+    """Make the renames into ``directory`` durable; a no-op where directories cannot be opened (Windows)."""
+    try:
+        fd = os.open(directory, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
 
 
 def atomic_write_text(path: str | Path, text: str) -> Path:
@@ -77,3 +117,33 @@ def atomic_save_tensors(path: str | Path, tensors: "dict[str, torch.Tensor]", me
 
     contiguous = {k: v.detach().cpu().contiguous() for k, v in tensors.items()}
     return atomic_write(path, lambda tmp: save_file(contiguous, tmp, metadata=metadata))
+
+
+def read_yaml(path: str | Path, error: type[Exception], *, what: str = "", hint: str = "") -> Any:
+    """The parsed YAML file at ``path``; a one-line ``error`` when it cannot be read or parsed.
+
+    Args:
+        path: the file.
+        error: the exception class to raise (``ConfigError``, ``ReportError``, ...).
+        what: names the file in the read error ("cannot read the paper results: ...").
+        hint: appended to the read error after "; " (e.g. "pass --paper PATH").
+
+    Raises:
+        error: ``"<path>: cannot read[ <what>]: <reason>[; <hint>]"`` or
+            ``"<path>: not valid YAML (line N)"``.
+    """
+    import yaml
+
+    path = Path(path)
+    try:
+        text = path.read_text(encoding="utf-8")
+    except OSError as exc:
+        subject = f" {what}" if what else ""
+        tail = f"; {hint}" if hint else ""
+        raise error(f"{path}: cannot read{subject}: {exc.strerror or exc}{tail}") from None
+    try:
+        return yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        line = f" (line {mark.line + 1})" if mark is not None else ""
+        raise error(f"{path}: not valid YAML{line}") from None

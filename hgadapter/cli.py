@@ -19,8 +19,8 @@ from typing import Sequence
 
 from hgadapter._cli import USER_ERRORS_ATTR, run_command_line
 from hgadapter.config import ConfigError, echo, list_variants, load_config, load_variant, parse_override
+from hgadapter.data.cache import CacheError
 from hgadapter.errors import UserError
-from hgadapter.features import CacheError
 
 DEMO_VARIANTS = ("base", "t_n", "t_p", "t", "full")
 DEMO_SEEDS = (1, 2, 3)
@@ -64,8 +64,8 @@ def _synth_overrides(args: argparse.Namespace) -> dict:
 
 
 def _cmd_synth(args: argparse.Namespace) -> int:
-    from hgadapter.features import save_cache
-    from hgadapter.synthetic import SyntheticTaskConfig, build_synthetic_task, list_presets, preset_config
+    from hgadapter.data.io import save_cache
+    from hgadapter.data.synthetic import SyntheticTaskConfig, build_synthetic_task, list_presets, preset_config
 
     fields = {f.name for f in dataclasses.fields(SyntheticTaskConfig)}
     overrides = _synth_overrides(args)
@@ -113,7 +113,7 @@ def _add_run(sub: argparse._SubParsersAction) -> None:
 
 
 def _cmd_run(args: argparse.Namespace) -> int:
-    from hgadapter.features import load_cache
+    from hgadapter.data.io import load_cache
     from hgadapter.runner import run_experiment
 
     overrides = list(args.overrides)
@@ -184,9 +184,9 @@ def format_results_table(records: list[dict], *, title: str) -> str:
 
 def _cmd_demo(args: argparse.Namespace) -> int:
     from hgadapter._io import atomic_write_json, atomic_write_text
-    from hgadapter.features import save_cache
+    from hgadapter.data.io import save_cache
     from hgadapter.runner import run_experiment
-    from hgadapter.synthetic import build_synthetic_task
+    from hgadapter.data.synthetic import build_synthetic_task
 
     out = Path(args.out)
     start = time.perf_counter()
@@ -247,7 +247,7 @@ _DELEGATED: tuple[tuple[str, str, str, str, str, tuple[type[BaseException], ...]
     ("report", "tables in the paper's layout from finished runs, paper values beside ours (md, csv, json)", "hgadapter.report", "add_report_arguments", "run_report", ()),
     ("figures", "accuracy vs shots, sensitivity and training curves from finished runs (PNG + PDF)", "viz.curves", "add_figures_arguments", "run_figures_command", _VIZ_ERRORS),
     ("tsne", "t-SNE of a run's positive text nodes before and after adaptation (paper Fig. 3)", "viz.tsne", "add_tsne_arguments", "run_tsne_command", _VIZ_ERRORS),
-    ("extract", "encode a dataset and its prompts with a frozen CLIP into a feature cache", "hgadapter.extract", "add_extract_arguments", "run_extract", ()),
+    ("extract", "encode a dataset and its prompts with a frozen CLIP into a feature cache", "hgadapter.extract.run", "add_extract_arguments", "run_extract", ()),
 )
 
 

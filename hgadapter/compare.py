@@ -28,7 +28,7 @@ from typing import Any
 from hgadapter._io import atomic_write, atomic_write_json, atomic_write_text, json_digest, json_safe
 from hgadapter.methods import Method, create_method, list_methods
 from hgadapter.config import ConfigError
-from hgadapter.features import FeatureCache, dataset_name
+from hgadapter.data.cache import FeatureCache, dataset_name
 from hgadapter.runner import run_method
 
 __all__ = [
@@ -377,7 +377,8 @@ def _split_configs(items: Sequence[str]) -> dict[str, str]:
 
 def run_compare(args: argparse.Namespace) -> int:
     """Run ``hgadapter compare`` from parsed arguments; prints the table and the output paths."""
-    from hgadapter.features import CacheError, list_train_sets, load_cache
+    from hgadapter.data.cache import CacheError
+    from hgadapter.data.io import list_train_sets, load_cache
 
     methods = list(dict.fromkeys(args.methods))
     overrides = _split_overrides(args.method_overrides, methods)

@@ -2,7 +2,7 @@
 
 The command line prints a :class:`UserError` as one line and exits with status 2; any other
 exception is a bug and shows its traceback. Each module keeps its own subclass beside the code
-that raises it (:class:`~hgadapter.config.ConfigError`, :class:`~hgadapter.features.CacheError`,
+that raises it (:class:`~hgadapter.config.ConfigError`, :class:`~hgadapter.data.cache.CacheError`,
 :class:`~hgadapter.records.RecordError`, ...), so ``except UserError`` catches them all.
 """
 

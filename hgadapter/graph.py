@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING
 import torch
 import torch.nn.functional as F
 
-from hgadapter.features import FewShotSet
+from hgadapter.data.cache import FewShotSet
 from hgadapter.metapaths import CANONICAL_ETYPES, DEFAULT_WEIGHT_KIND, NTYPES
 
 if TYPE_CHECKING:

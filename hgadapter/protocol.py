@@ -13,7 +13,7 @@ from typing import Any, Callable
 
 import torch
 
-from hgadapter.features import CacheError, FeatureCache, FewShotSet
+from hgadapter.data.cache import CacheError, ClassTextShapes, FeatureCache, FewShotSet
 
 __all__ = ["SelectionData", "Fitted", "selection_data", "score_on_test", "score_on_target", "accuracy"]
 
@@ -24,7 +24,7 @@ def accuracy(logits: torch.Tensor, labels: torch.Tensor) -> float:
 
 
 @dataclass(frozen=True)
-class SelectionData:
+class SelectionData(ClassTextShapes):
     """Everything a method may look at while training and choosing hyper-parameters.
 
     Attributes:
@@ -44,14 +44,6 @@ class SelectionData:
     val_labels: torch.Tensor
     logit_scale: float
     meta: dict[str, Any] = field(default_factory=dict)
-
-    @property
-    def num_classes(self) -> int:
-        return len(self.classnames)
-
-    @property
-    def dim(self) -> int:
-        return int(self.pos_text.shape[-1])
 
 
 def selection_data(cache: FeatureCache, *, shots: int, seed: int) -> SelectionData:

@@ -27,7 +27,7 @@ from hgadapter._io import atomic_save_tensors, atomic_write_json, atomic_write_t
 from hgadapter.methods import Method
 from hgadapter.methods.hegraphadapter import HeGraphAdapter
 from hgadapter.config import RunConfig
-from hgadapter.features import FeatureCache, dataset_name
+from hgadapter.data.cache import FeatureCache, dataset_name
 from hgadapter.method import fit_hegraphadapter, resolve_device
 from hgadapter.protocol import Fitted, score_on_target, score_on_test, selection_data
 from hgadapter.records import backbone_of_encoder

@@ -208,7 +208,8 @@ def expand_experiment(
 
 
 def _cache_fingerprint(path: str, train_key: tuple[int, int] | None, sidecars: dict[str, dict], backbone: str | None) -> str:
-    from hgadapter.features import CacheError, load_sidecar
+    from hgadapter.data.cache import CacheError
+    from hgadapter.data.io import load_sidecar
 
     if path not in sidecars:
         try:
@@ -286,7 +287,7 @@ _TARGET_MEMO: dict[tuple[str, int], Any] = {}
 
 
 def _stamp(path: str) -> int:
-    from hgadapter.features import SIDECAR_NAME
+    from hgadapter.data.cache import SIDECAR_NAME
 
     try:
         return os.stat(Path(path) / SIDECAR_NAME).st_mtime_ns
@@ -295,7 +296,7 @@ def _stamp(path: str) -> int:
 
 
 def _training_cache(path: str, shots: int, seed: int) -> Any:
-    from hgadapter.features import load_cache
+    from hgadapter.data.io import load_cache
 
     key = (path, shots, seed, _stamp(path))
     if key not in _TRAIN_MEMO:
@@ -305,7 +306,7 @@ def _training_cache(path: str, shots: int, seed: int) -> Any:
 
 
 def _target_cache(path: str) -> Any:
-    from hgadapter.features import load_cache
+    from hgadapter.data.io import load_cache
 
     key = (path, _stamp(path))
     if key not in _TARGET_MEMO:
@@ -537,7 +538,7 @@ def add_sweep_arguments(parser: argparse.ArgumentParser) -> None:
 
 def run_sweep_command(args: argparse.Namespace) -> int:
     if args.dry_run:
-        from hgadapter.features import CacheError
+        from hgadapter.data.cache import CacheError
 
         specs = [s for f in args.files for s in expand_experiment(f, out_root=args.out, features_root=args.features_root)]
         try:

@@ -20,7 +20,7 @@ from tqdm.auto import tqdm
 from hgadapter.adapter import HeteroGraphAdapter, cache_logits, shifted_cache_affinity, text_logits
 from hgadapter.config import RunConfig
 from hgadapter.engines import Propagator
-from hgadapter.features import FewShotSet
+from hgadapter.data.cache import FewShotSet
 
 __all__ = ["FitResult", "fit", "learning_rate"]
 

@@ -2,7 +2,7 @@
 
 The tiny model goes through the real code path: a random ``CLIPModel``, a BPE tokenizer trained
 with the ``tokenizers`` library on a few sentences, and a PIL image-processor config, all
-written with ``save_pretrained`` and loaded back by :func:`hgadapter.encoders.create_encoder`.
+written with ``save_pretrained`` and loaded back by :func:`hgadapter.extract.encoders.create_encoder`.
 """
 
 from __future__ import annotations

@@ -12,7 +12,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from hgadapter.features import FeatureCache, FewShotSet
+from hgadapter.data.cache import FeatureCache, FewShotSet
 
 
 def make_random_cache(

@@ -18,7 +18,7 @@ def small_cache(tmp_path_factory):
 
 
 def test_synth_writes_a_loadable_cache(small_cache, capsys):
-    from hgadapter.features import load_cache
+    from hgadapter.data.io import load_cache
 
     cache = load_cache(small_cache)
     assert cache.num_classes == 12 and cache.dim == 32 and set(cache.train_sets) == {(2, 1)}
@@ -76,7 +76,7 @@ def test_bad_input_is_one_line_and_exit_2(small_cache, tmp_path, capsys, argv, m
 def test_demo_writes_tables_report_and_tsne(tmp_path, monkeypatch, capsys):
     """The demo end to end on a small synthetic task (the real one takes about two minutes)."""
     import hgadapter.cli as cli
-    import hgadapter.synthetic as synthetic
+    import hgadapter.data.synthetic as synthetic
 
     real = synthetic.build_synthetic_task
     small = synthetic.SyntheticTaskConfig(num_classes=24, num_families=4, dim=32, shots=(2,), seeds=(1, 2), test_per_class=10)
@@ -97,7 +97,7 @@ def test_demo_writes_tables_report_and_tsne(tmp_path, monkeypatch, capsys):
 
 def test_synth_set_changes_images_but_not_classes_or_prompts(tmp_path, capsys):
     from hgadapter.cli import main
-    from hgadapter.features import load_cache
+    from hgadapter.data.io import load_cache
 
     base = ["synth", "--classes", "12", "--families", "3", "--dim", "24", "--shots", "1", "--seeds", "1"]
     assert main([*base, "--out", str(tmp_path / "a")]) == 0
@@ -181,7 +181,7 @@ def test_debug_variable_shows_the_traceback_of_a_user_error(monkeypatch):
 def test_a_broken_command_module_is_an_error_not_a_missing_command(monkeypatch):
     import sys
 
-    monkeypatch.setitem(sys.modules, "hgadapter.extract", None)  # importing it now raises ImportError
+    monkeypatch.setitem(sys.modules, "hgadapter.extract.run", None)  # importing it now raises ImportError
     with pytest.raises(ImportError):
         main(["extract", "--help"])
 

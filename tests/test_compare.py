@@ -11,8 +11,9 @@ import pytest
 from hgadapter.methods import list_methods
 from hgadapter.compare import RECORD_KEYS, add_compare_arguments, compare, format_table, run_compare
 from hgadapter.config import ConfigError
-from hgadapter.features import CacheError, save_cache
-from hgadapter.synthetic import build_synthetic_task
+from hgadapter.data.cache import CacheError
+from hgadapter.data.io import save_cache
+from hgadapter.data.synthetic import build_synthetic_task
 
 QUICK: dict[str, list[str]] = {
     "linear_probe": ["search_steps=1"],
@@ -186,7 +187,7 @@ def test_cli_argument_errors(tmp_path, argv, message):
 
 
 def test_trained_methods_report_their_parameter_count(tmp_path):
-    from hgadapter.features import save_cache
+    from hgadapter.data.io import save_cache
     from hgadapter.sweep import run_sweep
 
     cache = small_task()

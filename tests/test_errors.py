@@ -8,13 +8,13 @@ from hgadapter.errors import UserError
 
 ERRORS = [
     ("hgadapter.config", "ConfigError"),
-    ("hgadapter.features", "CacheError"),
+    ("hgadapter.data.cache", "CacheError"),
     ("hgadapter.records", "RecordError"),
     ("hgadapter.paper_results", "ReportError"),
-    ("hgadapter.data", "DataError"),
-    ("hgadapter.prompts", "PromptError"),
-    ("hgadapter.encoders", "EncoderError"),
-    ("hgadapter.extract", "ExtractError"),
+    ("hgadapter.extract.datasets", "DataError"),
+    ("hgadapter.extract.prompts", "PromptError"),
+    ("hgadapter.extract.encoders", "EncoderError"),
+    ("hgadapter.extract.options", "ExtractError"),
     ("hgadapter._dgl", "DGLUnavailableError"),
 ]
 

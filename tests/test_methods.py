@@ -18,7 +18,7 @@ from hgadapter.methods.graphadapter import query_propagation
 from hgadapter.methods.tip_adapter import search_grid
 from hgadapter.config import ConfigError, list_variants
 from hgadapter.protocol import Fitted, SelectionData, selection_data
-from hgadapter.synthetic import build_synthetic_task
+from hgadapter.data.synthetic import build_synthetic_task
 
 NUM_CLASSES = 20
 # Fewer epochs and smaller grids, so that every method runs in well under a second here.

@@ -11,7 +11,8 @@ import torch
 
 from hgadapter.cli import main
 from hgadapter.config import ConfigError, load_config, load_experiment
-from hgadapter.features import CacheError, save_cache
+from hgadapter.data.cache import CacheError
+from hgadapter.data.io import save_cache
 from hgadapter.sweep import expand_experiment, plan_runs, run_sweep
 
 from conftest import make_random_cache
@@ -221,7 +222,7 @@ def test_a_changed_config_reruns_only_the_runs_it_touches(tiny):
 def test_target_accuracy_is_restricted_to_the_class_subset(tiny):
     root, exp = tiny
     result = run_sweep([exp], out_root=root / "runs", features_root=root / "features", progress=False, log=None)
-    from hgadapter.features import load_cache
+    from hgadapter.data.io import load_cache
 
     target = load_cache(root / "features" / "toy_a-RN50", train_keys=[])
     in_subset = torch.isin(target.test_labels, torch.tensor([0, 2, 4]))
@@ -367,7 +368,7 @@ def test_a_rewritten_target_cache_is_read_again_in_the_same_process(tiny):
     first = run_sweep([exp], out_root=root / "runs", features_root=root / "features", progress=False, log=None)
     # another target written in place (its sidecar differs, as a re-extraction's would): every run
     # re-runs and scores the new images, not a copy the process kept from the first sweep
-    from hgadapter.features import load_cache
+    from hgadapter.data.io import load_cache
 
     target = load_cache(root / "features" / "toy_a-RN50", train_keys=[])
     meta = {**target.meta, "split_source": "relabelled"}

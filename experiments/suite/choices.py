@@ -22,7 +22,7 @@ import yaml
 
 from hgadapter.methods import create_method
 from hgadapter.runner import run_method
-from hgadapter.synthetic import SyntheticTaskConfig, build_synthetic_task
+from hgadapter.data.synthetic import SyntheticTaskConfig, build_synthetic_task
 
 TASKS = Path(__file__).with_name("tasks.yaml")
 

@@ -1,4 +1,4 @@
-"""Tests for hgadapter/features.py: the feature-cache directory format (docs/feature-cache.md).
+"""Tests for hgadapter/data/ (cache, io, validate, merge): the feature-cache directory format (docs/feature-cache.md).
 
 Every cache is built here from a few random unit vectors (C=4 classes, d=8), written with
 save_cache, and, for the validation tests, corrupted on disk with safetensors itself.
@@ -14,16 +14,8 @@ import pytest
 import safetensors.torch
 import torch
 
-from hgadapter.features import (
-    FORMAT_VERSION,
-    CacheError,
-    FeatureCache,
-    FewShotSet,
-    list_train_sets,
-    load_cache,
-    load_sidecar,
-    save_cache,
-)
+from hgadapter.data.cache import FORMAT_VERSION, CacheError, FeatureCache, FewShotSet
+from hgadapter.data.io import list_train_sets, load_cache, load_sidecar, save_cache
 
 C, D = 4, 8
 CLASSNAMES = ["ant", "bee", "cat", "dog"]

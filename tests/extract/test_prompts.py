@@ -6,7 +6,7 @@ import json
 
 import pytest
 
-from hgadapter.prompts import PromptError, build_prompt_set, clean_classname, list_prompt_sets
+from hgadapter.extract.prompts import PromptError, build_prompt_set, clean_classname, list_prompt_sets
 
 CLASSES = ["red_square", "green circle"]
 

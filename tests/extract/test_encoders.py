@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 import torch
 
-from hgadapter.encoders import EncoderError, create_encoder, hash_directory, list_encoders
+from hgadapter.extract.encoders import EncoderError, create_encoder, hash_directory, list_encoders
 import clip_fixtures as cf
 
 

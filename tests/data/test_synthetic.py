@@ -12,8 +12,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from hgadapter.features import FeatureCache
-from hgadapter.synthetic import SyntheticTaskConfig, build_synthetic_task, task_statistics, write_synthetic_task
+from hgadapter.data.cache import FeatureCache
+from hgadapter.data.synthetic import SyntheticTaskConfig, build_synthetic_task, task_statistics, write_synthetic_task
 
 SMALL = dict(num_classes=12, dim=64, num_families=4, semantic_rank=16, shots=(1, 2, 4), seeds=(1, 2), test_per_class=5)
 
@@ -218,7 +218,7 @@ def test_lists_are_accepted_as_tuples() -> None:
 
 
 def test_write_and_load_round_trip(tmp_path: Path) -> None:
-    from hgadapter.features import load_cache
+    from hgadapter.data.io import load_cache
 
     path = write_synthetic_task(tmp_path / "cache", **SMALL)
     loaded, built = load_cache(path), build_synthetic_task(**SMALL)
@@ -230,7 +230,7 @@ def test_write_and_load_round_trip(tmp_path: Path) -> None:
 
 
 def test_every_suite_preset_builds_a_valid_config():
-    from hgadapter.synthetic import list_presets, preset_config
+    from hgadapter.data.synthetic import list_presets, preset_config
 
     names = list_presets()
     assert len(names) >= 6 and "many500" in names
@@ -245,7 +245,7 @@ def test_every_suite_preset_builds_a_valid_config():
 
 def test_synth_preset_cli_writes_the_task(tmp_path):
     from hgadapter.cli import main
-    from hgadapter.features import load_cache
+    from hgadapter.data.io import load_cache
 
     assert main(["synth", "--preset", "coarse20", "--seeds", "1", "--shots", "1", "--out", str(tmp_path / "c")]) == 0
     cache = load_cache(tmp_path / "c")

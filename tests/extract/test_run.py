@@ -10,10 +10,12 @@ import clip_fixtures as cf
 import pytest
 import torch
 
-import hgadapter.extract as ex
-from hgadapter.data import build_dataset, sample_per_class
-from hgadapter.encoders import create_encoder
-from hgadapter.features import load_cache
+import hgadapter.extract.run as ex
+from hgadapter.data.io import load_cache
+from hgadapter.extract.datasets import build_dataset, sample_per_class
+from hgadapter.extract.encode import encode_samples
+from hgadapter.extract.encoders import create_encoder
+from hgadapter.extract.options import ExtractError
 
 
 @pytest.fixture(scope="module")
@@ -73,7 +75,7 @@ def test_text_features_are_the_prompts_encoded(first_cache, model_dir):
 def test_batched_equals_one_image_at_a_time(model_dir, folder):
     enc = create_encoder(str(model_dir), device="cpu")
     ds = build_dataset("imagefolder", folder)
-    batched, _ = ex.encode_samples(enc, ds, ds.test, split="test", batch_size=4, workers=2, progress=False)
+    batched, _ = encode_samples(enc, ds, ds.test, split="test", batch_size=4, workers=2, progress=False)
     single = torch.cat([enc.encode_images(torch.from_numpy(enc.preprocess(ds.load_image(s)))[None]) for s in ds.test])
     torch.testing.assert_close(batched[:, 0], single, atol=1e-5, rtol=0)
 
@@ -95,15 +97,15 @@ def test_resume_skips_finished_sets_and_rejects_other_inputs(model_dir, folder, 
     ex.main(_args(model_dir, folder, out, *base))
     before = load_cache(out)
     encoded = []
-    real = ex._encode_train_set
-    monkeypatch.setattr(ex, "_encode_train_set", lambda o, e, s, k, seed, *a: encoded.append((k, seed)) or real(o, e, s, k, seed, *a))
+    real = ex.encode_train_set
+    monkeypatch.setattr(ex, "encode_train_set", lambda o, e, s, k, seed, *a: encoded.append((k, seed)) or real(o, e, s, k, seed, *a))
     ex.main(_args(model_dir, folder, out, "--shots", "1", "4", "--seeds", "1", "--views", "1", "--augment", "none"))
     assert encoded == [(4, 1)]  # (1, 1) was skipped
     after = load_cache(out)
     assert sorted(after.train_sets) == [(1, 1), (4, 1)]
     torch.testing.assert_close(after.train_set(1, 1).features, before.train_set(1, 1).features)
     torch.testing.assert_close(after.test_features, before.test_features)
-    with pytest.raises(ex.ExtractError, match=r"different inputs:\n  prompts.pos"):
+    with pytest.raises(ExtractError, match=r"different inputs:\n  prompts.pos"):
         ex.main(_args(model_dir, folder, out, *base, "--pos-prompts", "ensemble7"))
     ex.main(_args(model_dir, folder, out, *base, "--pos-prompts", "ensemble7", "--overwrite"))
     replaced = load_cache(out)
@@ -118,7 +120,7 @@ def test_bad_images_fail_by_default_and_are_recorded_with_skip_bad(model_dir, fo
     first = sample_per_class(ds.train, 3, 4, seed=1)[0]
     bad_train = cf.write_bad_image(ds.train[first].key)
     args = _args(model_dir, data, tmp_path / "c", "--shots", "4", "--seeds", "1", "--views", "2")
-    with pytest.raises(ex.ExtractError, match=rf"1 image\(s\) could not be read:\n  \[test #0\] {bad_test}"):
+    with pytest.raises(ExtractError, match=rf"1 image\(s\) could not be read:\n  \[test #0\] {bad_test}"):
         ex.main(args)
     ex.main([*args, "--skip-bad", "--overwrite"])
     cache = load_cache(tmp_path / "c")
@@ -142,11 +144,11 @@ def test_coop_layout_end_to_end(model_dir, tmp_path):
 
 
 def test_user_errors_are_extract_errors(model_dir, folder, tmp_path):
-    with pytest.raises(ex.ExtractError, match="unknown dataset spec"):
+    with pytest.raises(ExtractError, match="unknown dataset spec"):
         ex.main(_args(model_dir, folder, tmp_path / "x", dataset="nope"))
-    with pytest.raises(ex.ExtractError, match="use --views 1"):
+    with pytest.raises(ExtractError, match="use --views 1"):
         ex.main(_args(model_dir, folder, tmp_path / "x", "--augment", "none", "--views", "3"))
-    with pytest.raises(ex.ExtractError, match="does not exist"):
+    with pytest.raises(ExtractError, match="does not exist"):
         ex.main(_args(tmp_path / "no" / "model", folder, tmp_path / "x"))
 
 
@@ -156,7 +158,7 @@ def test_shards_then_merge_equal_one_process(first_cache, model_dir, folder, tmp
     for i in range(2):
         assert ex.main(_args(model_dir, folder, out, *common, "--shard", f"{i}/2")) == 0
     assert not out.exists() and len(list((tmp_path / "sharded.shards").iterdir())) == 2
-    with pytest.raises(ex.ExtractError, match="different inputs"):
+    with pytest.raises(ExtractError, match="different inputs"):
         ex.main(_args(model_dir, folder, out, *common, "--views", "2", "--merge"))
     ex.main(_args(model_dir, folder, out, *common, "--merge"))
     merged, single = load_cache(out), load_cache(first_cache)

@@ -24,8 +24,8 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
-from hgadapter.augment import Preprocess
 from hgadapter.errors import UserError
+from hgadapter.extract.augment import Preprocess
 
 DEFAULT_ENCODER = "openai/clip-vit-base-patch16"
 

@@ -8,8 +8,8 @@ import clip_fixtures as cf
 import numpy as np
 import pytest
 
-from hgadapter import augment as aug
-from hgadapter.data import (
+from hgadapter.extract import augment as aug
+from hgadapter.extract.datasets import (
     DataError,
     Sample,
     build_dataset,

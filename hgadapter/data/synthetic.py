@@ -24,7 +24,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from hgadapter.features import FeatureCache, FewShotSet
+from hgadapter.data.cache import FeatureCache, FewShotSet
 
 __all__ = [
     "SyntheticTaskConfig",
@@ -343,7 +343,7 @@ def build_synthetic_task(config: SyntheticTaskConfig | None = None, **overrides:
         **overrides: fields replacing those of ``config``, e.g. ``seed=1, num_classes=10``.
 
     Returns:
-        A :class:`~hgadapter.features.FeatureCache` whose ``meta["synthetic"]`` is ``True``.
+        A :class:`~hgadapter.data.cache.FeatureCache` whose ``meta["synthetic"]`` is ``True``.
 
     Shapes:
         pos_text ``(C, P, d)``, neg_text ``(C, Q, d)``, val ``(C * val_per_class, d)``,
@@ -423,9 +423,9 @@ def write_synthetic_task(
         **overrides: fields replacing those of ``config``.
 
     Returns:
-        The path :func:`~hgadapter.features.save_cache` wrote.
+        The path :func:`~hgadapter.data.io.save_cache` wrote.
     """
-    from hgadapter.features import save_cache
+    from hgadapter.data.io import save_cache
 
     return save_cache(out_dir, build_synthetic_task(config, **overrides), overwrite=overwrite)
 
@@ -444,7 +444,7 @@ def _accuracy(logits: torch.Tensor, labels: torch.Tensor) -> float:
 def task_statistics(
     cache: FeatureCache, *, shots: int = 16, seed: int = 1, probe: bool = True
 ) -> dict[str, float]:
-    """The statistics docs/synthetic.md reports and tests/test_synthetic.py checks.
+    """The statistics docs/synthetic.md reports and tests/data/test_synthetic.py checks.
 
     Works on any cache, real or synthetic, so the synthetic task can be compared to a real one.
 
