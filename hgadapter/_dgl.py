@@ -18,7 +18,7 @@ from functools import lru_cache
 
 from hgadapter.errors import UserError
 
-__all__ = ["import_dgl", "dgl_available", "DGLUnavailableError"]
+__all__ = ["import_dgl", "dgl_available", "check_dgl_device", "DGLUnavailableError"]
 
 
 class DGLUnavailableError(UserError, ImportError):
@@ -66,3 +66,27 @@ def import_dgl() -> types.ModuleType:
     if module is None:
         raise DGLUnavailableError(f"the dgl engine is unavailable: {why}; use engine 'torch' instead")
     return module
+
+
+def check_dgl_device(device) -> "torch.device":
+    """``device`` as a :class:`torch.device` if the installed dgl can put graphs there.
+
+    PyPI's dgl wheels are CPU-only; a CUDA device needs a CUDA build of DGL. The check builds a
+    one-edge graph on the device, which is what fails on a CPU-only build.
+    """
+    import torch
+
+    dgl = import_dgl()
+    device = torch.device(device)
+    if device.type == "cpu":
+        return device
+    try:
+        dgl.graph(([0], [0]), num_nodes=1, device=device)
+    except Exception as exc:  # DGLError on a CPU-only build, RuntimeError without a GPU
+        version = getattr(dgl, "__version__", "?")
+        raise DGLUnavailableError(
+            f"the installed dgl {version} cannot use {device} ({type(exc).__name__}: {str(exc).splitlines()[0][:200]}); "
+            "PyPI's dgl wheels are CPU-only: install a CUDA build of DGL for your torch and CUDA versions "
+            "(see dgl.ai's install page), or use engine 'torch' on this device"
+        ) from None
+    return device

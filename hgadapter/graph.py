@@ -20,7 +20,7 @@ from hgadapter.metapaths import CANONICAL_ETYPES, DEFAULT_WEIGHT_KIND, NTYPES
 if TYPE_CHECKING:
     from hgadapter.config import GraphConfig
 
-__all__ = ["RelationGraph", "prompt_ensemble", "class_means", "build_node_features", "build_edge_weights", "build_relation_graph", "build_relation_graph_from_config", "build_heterograph"]
+__all__ = ["RelationGraph", "prompt_ensemble", "class_means", "build_node_features", "build_edge_weights", "build_relation_graph", "build_relation_graph_from_config"]
 
 
 @dataclass(frozen=True)
@@ -191,17 +191,3 @@ def build_relation_graph_from_config(feat_dict: dict[str, torch.Tensor], graph_c
     """:func:`build_relation_graph` with every option taken from a variant's ``graph`` section."""
     options = {f.name: getattr(graph_cfg, f.name) for f in dataclasses.fields(graph_cfg)}
     return build_relation_graph(feat_dict, **options)
-
-
-def build_heterograph(graph: RelationGraph):
-    """The DGL heterograph of ``graph``: node types pos/neg/vis, one edge type per relation, and
-    the edge weights in ``edata["w"]``. Raises ``DGLUnavailableError`` when dgl cannot be imported.
-    """
-    from hgadapter._dgl import import_dgl
-
-    dgl = import_dgl()
-    data = {CANONICAL_ETYPES[etype]: (src, dst) for etype, (src, dst, _) in graph.edges_dict.items()}
-    g = dgl.heterograph(data, num_nodes_dict=dict(graph.num_nodes_dict))
-    for etype, (_, _, w) in graph.edges_dict.items():
-        g.edges[etype].data["w"] = w
-    return g

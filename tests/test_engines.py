@@ -122,10 +122,20 @@ def test_auto_engine_rule():
         resolve_engine("x")
 
 
-def test_dgl_engine_refuses_cuda():
+@pytest.mark.skipif(torch.cuda.is_available(), reason="a GPU machine may carry a CUDA build of DGL")
+def test_dgl_engine_on_cuda_needs_a_cuda_build_of_dgl():
+    from hgadapter._dgl import DGLUnavailableError
+
     rel = GRAPHS["dense"](_features())
-    with pytest.raises(ValueError, match="CPU only.*use engine 'torch'"):
+    with pytest.raises(DGLUnavailableError, match=r"installed dgl 2\.\d.* cannot use cuda.*CUDA build of DGL.*engine 'torch'"):
         create_engine("dgl", rel, device="cuda")
+
+
+def test_dgl_engine_builds_its_heterograph_on_the_run_device():
+    rel = GRAPHS["topk"](_features())
+    prop = create_engine("dgl", rel, device="cpu")
+    assert prop.hg.device == torch.device("cpu")
+    assert all(prop.hg.edges[e].data["w"].device == torch.device("cpu") for e in prop.hg.etypes)
 
 
 def test_canonical_etypes_are_the_paper_relations():

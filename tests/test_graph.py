@@ -7,7 +7,8 @@ import torch
 
 from hgadapter.config import StageConfig
 from hgadapter.engines import create_engine
-from hgadapter.graph import RelationGraph, build_edge_weights, build_heterograph, build_node_features, build_relation_graph
+from hgadapter.engines.dgl_engine import build_heterograph
+from hgadapter.graph import RelationGraph, build_edge_weights, build_node_features, build_relation_graph
 from hgadapter.metapaths import CANONICAL_ETYPES, ETYPES, MetaPath
 from hgadapter.adapter import HeteroGraphAdapter
 

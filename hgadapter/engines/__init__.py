@@ -9,7 +9,8 @@ An engine turns a :class:`~hgadapter.graph.RelationGraph` into a :class:`Propaga
 with d_i = sum_j |w_ij| (weighted in-degree of destination i in that relation) and
 d_j = sum_i |w_ij| (weighted out-degree of source j). ``torch`` uses dense or gather/scatter
 matmuls and runs on any device; ``dgl`` runs DGL's built-in ``u_mul_e``/``sum`` kernels on the
-DGL heterograph (CPU only: PyPI's dgl has no CUDA build).
+DGL heterograph, on the CPU or, with a CUDA build of DGL, on the GPU (PyPI's dgl wheels are
+CPU-only; :func:`hgadapter._dgl.check_dgl_device` says which build is installed).
 """
 
 from __future__ import annotations
@@ -22,10 +23,8 @@ from hgadapter.graph import RelationGraph
 
 __all__ = ["Propagator", "list_engines", "create_engine", "resolve_engine"]
 
-# `auto` = torch. experiments/bench_engines.py (docs/benchmarks.md) found dgl faster nowhere: per
-# hop 1.7-2.3x slower than torch.sparse.mm on top-16 graphs and 12-50x slower than one GEMM on
-# dense ones; per epoch within noise on top-16 graphs (0.93-1.18x). dgl also has no CUDA build
-# here. The dgl engine stays the independent implementation the tests hold torch to.
+# `auto` = torch: experiments/bench_engines.py found dgl faster nowhere (docs/benchmarks.md has
+# the numbers). The dgl engine stays the independent implementation the tests hold torch to.
 
 
 class Propagator(Protocol):
@@ -60,12 +59,7 @@ def create_engine(name: str, graph: RelationGraph, *, device: torch.device | str
 
         return TorchPropagator(graph, device=device)
     if name == "dgl":
-        if device.type != "cpu":
-            raise ValueError(
-                f"the dgl engine runs on the CPU only (PyPI's dgl 2.1 has no CUDA build); "
-                f"use engine 'torch' on {device}"
-            )
         from hgadapter.engines.dgl_engine import DGLPropagator
 
-        return DGLPropagator(graph)
+        return DGLPropagator(graph, device=device)
     raise ValueError(f"unknown engine {name!r}; available: ['dgl', 'torch'] (or 'auto')")

@@ -2,24 +2,44 @@
 
 Degrees come from ``copy_e`` + ``sum`` on the relation and on its reverse, edge coefficients
 from ``u_mul_v`` of the per-node ``1/sqrt(d + 1)`` factors, and each hop is one
-``update_all(u_mul_e, sum)`` on that relation.
+``update_all(u_mul_e, sum)`` on that relation. The heterograph lives on the device the run uses
+(a CUDA device needs a CUDA build of DGL; :func:`hgadapter._dgl.check_dgl_device`).
 """
 
 from __future__ import annotations
 
 import torch
 
-from hgadapter._dgl import import_dgl
-from hgadapter.graph import RelationGraph, build_heterograph
+from hgadapter._dgl import check_dgl_device, import_dgl
+from hgadapter.graph import RelationGraph
+from hgadapter.metapaths import CANONICAL_ETYPES
+
+__all__ = ["DGLPropagator", "build_heterograph"]
+
+
+def build_heterograph(graph: RelationGraph, *, device: torch.device | str = "cpu"):
+    """The DGL heterograph of ``graph`` on ``device``: node types pos/neg/vis, one edge type per
+    relation, and the edge weights in ``edata["w"]``.
+
+    Raises ``DGLUnavailableError`` when dgl cannot be imported or cannot use ``device``.
+    """
+    dgl = import_dgl()
+    device = check_dgl_device(device)
+    graph = graph.to(device)
+    data = {CANONICAL_ETYPES[etype]: (src, dst) for etype, (src, dst, _) in graph.edges_dict.items()}
+    g = dgl.heterograph(data, num_nodes_dict=dict(graph.num_nodes_dict), device=device)
+    for etype, (_, _, w) in graph.edges_dict.items():
+        g.edges[etype].data["w"] = w
+    return g
 
 
 class DGLPropagator:
     engine = "dgl"
 
-    def __init__(self, graph: RelationGraph) -> None:
+    def __init__(self, graph: RelationGraph, *, device: torch.device | str = "cpu") -> None:
         self.dgl = import_dgl()
         self.fn = self.dgl.function
-        self.hg = build_heterograph(graph)
+        self.hg = build_heterograph(graph, device=device)
         self._coef: dict[tuple[str, str], tuple[torch.Tensor, torch.Tensor | None]] = {}
 
     def _weighted_degrees(self, etype: str) -> tuple[torch.Tensor, torch.Tensor]:
