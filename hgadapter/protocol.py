@@ -15,7 +15,7 @@ import torch
 
 from hgadapter.features import CacheError, FeatureCache, FewShotSet
 
-__all__ = ["SelectionData", "Fitted", "selection_data", "score_on_test", "score_on_target", "accuracy"]
+__all__ = ["SelectionData", "FitContext", "Fitted", "selection_data", "score_on_test", "score_on_target", "accuracy"]
 
 
 def accuracy(logits: torch.Tensor, labels: torch.Tensor) -> float:
@@ -66,6 +66,28 @@ def selection_data(cache: FeatureCache, *, shots: int, seed: int) -> SelectionDa
         logit_scale=cache.logit_scale,
         meta=cache.meta,
     )
+
+
+@dataclass(frozen=True)
+class FitContext:
+    """How one fit runs, beside what it may look at (:class:`SelectionData`).
+
+    Attributes:
+        seed: seeds parameter initialisation and view/batch sampling.
+        device: the resolved device.
+        progress: show a progress bar while training.
+        log: receives progress lines for the run's ``log.txt`` (write them with :meth:`note`).
+    """
+
+    seed: int
+    device: torch.device
+    progress: bool = False
+    log: Callable[[str], None] | None = None
+
+    def note(self, message: str) -> None:
+        """Send ``message`` to :attr:`log`, if there is one."""
+        if self.log is not None:
+            self.log(message)
 
 
 @dataclass

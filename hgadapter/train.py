@@ -22,8 +22,7 @@ import torch.nn.functional as F
 from torch import nn
 from tqdm.auto import tqdm
 
-from hgadapter.features import FewShotSet
-from hgadapter.protocol import accuracy
+from hgadapter.protocol import FitContext, SelectionData, accuracy
 
 __all__ = [
     "CHECKPOINTS",
@@ -129,48 +128,44 @@ def train_loop(
     module: nn.Module,
     optimizer: torch.optim.Optimizer,
     schedule: Schedule,
+    data: SelectionData,
+    ctx: FitContext,
     *,
     logits_fn: Callable[[torch.Tensor], torch.Tensor],
     loss_fn: Callable[[torch.Tensor, torch.Tensor], torch.Tensor] | None = None,
-    train_set: FewShotSet,
-    val_features: torch.Tensor,
-    val_labels: torch.Tensor,
     epochs: int,
     batch_size: int,
     checkpoint: str = "last",
-    seed: int,
-    device: torch.device,
-    progress: bool = False,
     desc: str = "train",
-    log: Callable[[str], None] | None = None,
 ) -> TrainResult:
-    """Minimise ``loss_fn`` on the few-shot set, one random view per image per epoch.
+    """Minimise ``loss_fn`` on ``data``'s few-shot set, one random view per image per epoch.
 
     With ``checkpoint="best_val"`` the weights of the epoch with the best validation accuracy
     (the earliest on ties) are restored at the end; otherwise the last epoch's stay. The view and
-    batch draws come from a generator seeded with ``seed``, two draws per epoch (the image order,
-    then each image's view), so a seed fixes the whole sequence of batches.
+    batch draws come from a generator seeded with ``ctx.seed``, two draws per epoch (the image
+    order, then each image's view), so a seed fixes the whole sequence of batches.
 
     Args:
         module: holds every trainable parameter (its ``state_dict`` is the checkpoint).
         optimizer: over ``module``'s parameters; its learning rate is set before every step.
         schedule: the learning rate of each step.
+        data: the few-shot images (``(N, V, d)`` views) and the validation split.
+        ctx: seed, device, progress bar and log (one line per epoch).
         logits_fn: image features ``(B, d)`` -> logits ``(B, C)``; validated after every epoch.
         loss_fn: ``(views (B, d), labels (B,)) -> loss``; default: cross-entropy of ``logits_fn``.
-        train_set: the few-shot images, ``(N, V, d)`` views.
-        val_features / val_labels: ``(N_val, d)`` / ``(N_val,)``.
         epochs / batch_size: how long, and how many images per step.
-        log: receives one line per epoch.
+        desc: the progress bar's label.
     """
     if loss_fn is None:
 
         def loss_fn(query: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
             return F.cross_entropy(logits_fn(query), target)
 
-    generator = torch.Generator().manual_seed(seed)
-    views = F.normalize(train_set.features.float(), dim=-1).to(device)  # (N, V, d)
-    labels = train_set.labels.to(device)  # (N,)
-    val_x, val_y = val_features.float().to(device), val_labels.to(device)
+    device = ctx.device
+    generator = torch.Generator().manual_seed(ctx.seed)
+    views = F.normalize(data.train_set.features.float(), dim=-1).to(device)  # (N, V, d)
+    labels = data.train_set.labels.to(device)  # (N,)
+    val_x, val_y = data.val_features.float().to(device), data.val_labels.to(device)
     num_images, num_views = views.shape[0], views.shape[1]
     steps_per_epoch = math.ceil(num_images / batch_size)
 
@@ -187,7 +182,7 @@ def train_loop(
         return result
     best_state, best_acc = None, -1.0
     step = 0
-    bar = tqdm(range(epochs), desc=desc, unit="epoch", disable=None if progress else True, leave=False)  # None: no bar off a terminal
+    bar = tqdm(range(epochs), desc=desc, unit="epoch", disable=None if ctx.progress else True, leave=False)  # None: no bar off a terminal
     for epoch in bar:
         module.train()
         order = torch.randperm(num_images, generator=generator).to(device)
@@ -209,8 +204,7 @@ def train_loop(
         record = {"epoch": epoch + 1, "loss": total / num_images, "lr": lr, "val_acc": val_acc}
         result.history.append(record)
         bar.set_postfix(loss=f"{record['loss']:.3f}", val=f"{val_acc:.1f}")
-        if log is not None:
-            log(f"epoch {epoch + 1}/{epochs} loss {record['loss']:.4f} lr {lr:.2e} val_acc {val_acc:.2f}")
+        ctx.note(f"epoch {epoch + 1}/{epochs} loss {record['loss']:.4f} lr {lr:.2e} val_acc {val_acc:.2f}")
         if checkpoint == "best_val" and val_acc > best_acc:
             best_acc, best_state, result.epoch = val_acc, copy.deepcopy(module.state_dict()), epoch + 1
     if checkpoint == "best_val" and best_state is not None:

@@ -11,7 +11,7 @@ from safetensors.torch import load_file
 
 from hgadapter.config import ConfigError, load_config
 from hgadapter.methods import Method, create_method, list_methods, method_from_config
-from hgadapter.protocol import Fitted
+from hgadapter.protocol import FitContext, Fitted, selection_data
 from hgadapter.runner import run_experiment, run_method
 from hgadapter.train import dassl_lr, dassl_schedule, learning_rate, step_cosine, step_cosine_lr, train_loop, warmup_cosine
 
@@ -127,10 +127,8 @@ def test_train_loop_equals_the_loop_written_out(random_cache):
         optimizer = torch.optim.SGD(module.parameters(), lr=0.0, momentum=0.9)
         schedule = warmup_cosine(epochs=3, warmup_epochs=1, lr=0.5, warmup_lr=0.01)
         if loop == "shared":
-            history = train_loop(
-                module, optimizer, schedule, logits_fn=module, train_set=train_set, val_features=random_cache.val_features,
-                val_labels=random_cache.val_labels, epochs=3, batch_size=5, seed=7, device=torch.device("cpu"),
-            ).history
+            data, ctx = selection_data(random_cache, shots=4, seed=1), FitContext(seed=7, device=torch.device("cpu"))
+            history = train_loop(module, optimizer, schedule, data, ctx, logits_fn=module, epochs=3, batch_size=5).history
         else:
             history = _reference_loop(
                 module, optimizer, lambda step: schedule(step, math.ceil(24 / 5)), train_set.features, train_set.labels,
@@ -145,11 +143,15 @@ def test_best_val_checkpoint_restores_the_best_epoch(random_cache):
     torch.manual_seed(0)
     module = torch.nn.Linear(random_cache.dim, random_cache.num_classes)
     states = []
+
+    def loss_fn(x, y):
+        states.append(module.weight.detach().clone())
+        return F.cross_entropy(module(x), y)
+
     result = train_loop(
-        module, torch.optim.SGD(module.parameters(), lr=0.0), lambda step, spe: 50.0, logits_fn=module,
-        loss_fn=lambda x, y: (states.append(module.weight.detach().clone()), F.cross_entropy(module(x), y))[1],
-        train_set=random_cache.train_set(4, 1), val_features=random_cache.val_features, val_labels=random_cache.val_labels,
-        epochs=4, batch_size=24, checkpoint="best_val", seed=1, device=torch.device("cpu"),
+        module, torch.optim.SGD(module.parameters(), lr=0.0), lambda step, spe: 50.0,
+        selection_data(random_cache, shots=4, seed=1), FitContext(seed=1, device=torch.device("cpu")),
+        logits_fn=module, loss_fn=loss_fn, epochs=4, batch_size=24, checkpoint="best_val",
     )
     accs = [h["val_acc"] for h in result.history]
     assert result.epoch == accs.index(max(accs)) + 1 and result.val_acc == max(accs)
@@ -171,12 +173,12 @@ class _Constant(Method):
 
     config_cls = dict
 
-    def _fit(self, data, *, seed, device, progress, log):
-        log("constant fit")
+    def _fit(self, data, ctx):
+        ctx.note("constant fit")
         weight = torch.zeros(data.num_classes, data.dim)
 
         def predict(x):
-            return x.to(device) @ weight.T
+            return x.to(ctx.device) @ weight.T
 
         return Fitted(predict=predict, val_acc=1.0, record={"flavour": "plain"}, tensors={"weights": {"w": weight}})
 

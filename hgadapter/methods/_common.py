@@ -21,7 +21,7 @@ from hgadapter.adapter import text_logits as zero_shot_logits  # CLIP's classifi
 from hgadapter.evaluate import cache_keys
 from hgadapter.graph import class_means, prompt_ensemble
 from hgadapter.methods._registry import Method
-from hgadapter.protocol import Fitted, SelectionData
+from hgadapter.protocol import FitContext, Fitted, SelectionData
 from hgadapter.train import CHECKPOINTS, Schedule, TrainResult, dassl_schedule, train_loop
 
 __all__ = [
@@ -66,10 +66,11 @@ class TrainedMethod(Method):
     :meth:`select` have defaults.
     """
 
-    def build(self, data: SelectionData, *, device: torch.device) -> tuple[nn.Module, Predictor]:
-        """The trainable module and its differentiable logits ``(B, d) -> (B, C)``.
+    def build(self, data: SelectionData, text: torch.Tensor, device: torch.device) -> tuple[nn.Module, Predictor]:
+        """The trainable module on ``device`` and its differentiable logits ``(B, d) -> (B, C)``.
 
-        Runs with the global RNG seeded by the fit's seed (and restored afterwards), so a random
+        ``text`` ``(C, d)`` is the zero-shot classifier (the prompt ensemble) on ``device``. Runs
+        with the global RNG seeded by the fit's seed (and restored afterwards), so a random
         initialisation is the seed's.
         """
         raise NotImplementedError
@@ -94,30 +95,18 @@ class TrainedMethod(Method):
 
         return predict, result.val_acc, {}
 
-    def _fit(self, data: SelectionData, *, seed: int, device: torch.device, progress: bool, log: Callable[[str], None]) -> Fitted:
+    def _fit(self, data: SelectionData, ctx: FitContext) -> Fitted:
         cfg = self.config
+        text = prompt_ensemble(data.pos_text).to(ctx.device)  # (C, d)
         with torch.random.fork_rng(devices=[]):
-            torch.manual_seed(seed)
-            module, logits_fn = self.build(data, device=device)
+            torch.manual_seed(ctx.seed)
+            module, logits_fn = self.build(data, text, ctx.device)
         result = train_loop(
-            module,
-            self.optimizer(module),
-            self.schedule(),
-            logits_fn=logits_fn,
-            train_set=data.train_set,
-            val_features=data.val_features,
-            val_labels=data.val_labels,
-            epochs=cfg.epochs,
-            batch_size=cfg.batch_size,
-            checkpoint=cfg.checkpoint,
-            seed=seed,
-            device=device,
-            progress=progress,
-            desc=self.name,
-            log=log,
+            module, self.optimizer(module), self.schedule(), data, ctx,
+            logits_fn=logits_fn, epochs=cfg.epochs, batch_size=cfg.batch_size, checkpoint=cfg.checkpoint, desc=self.name,
         )
         start = time.perf_counter()
-        predict, val_acc, hparams = self.select(module, logits_fn, result, data, device=device)
+        predict, val_acc, hparams = self.select(module, logits_fn, result, data, device=ctx.device)
         return Fitted(
             predict=predict,
             val_acc=val_acc,

@@ -32,7 +32,7 @@ import torch
 from hgadapter._resources import resource_path
 from hgadapter.config import RECORD_KEYS, SWEEP_KEY, ConfigError, _parse_override, _Parser, _read_yaml, _Tree, read_config_layers
 from hgadapter.device import intra_op_threads, resolve_device
-from hgadapter.protocol import Fitted, SelectionData
+from hgadapter.protocol import FitContext, Fitted, SelectionData
 
 __all__ = [
     "Method",
@@ -179,10 +179,6 @@ def _plain(obj: Any) -> Any:
 # Methods
 
 
-def _quiet(message: str) -> None:
-    pass
-
-
 class Method:
     """A comparable few-shot method with its hyper-parameters resolved.
 
@@ -259,13 +255,13 @@ class Method:
         dev = resolve_device(self.default_device() if device is None else device)
         start = time.perf_counter()
         with intra_op_threads(self.threads if dev.type == "cpu" else None) as threads:
-            fitted = self._fit(data, seed=seed, device=dev, progress=progress, log=log or _quiet)
+            fitted = self._fit(data, FitContext(seed=seed, device=dev, progress=progress, log=log))
         fitted.fit_seconds = time.perf_counter() - start
         fitted.threads, fitted.device = threads, dev
         return fitted
 
-    def _fit(self, data: SelectionData, *, seed: int, device: torch.device, progress: bool, log: Callable[[str], None]) -> Fitted:
-        """What the method does (see :meth:`fit`): ``device`` is resolved, the thread count set."""
+    def _fit(self, data: SelectionData, ctx: FitContext) -> Fitted:
+        """What the method does (see :meth:`fit`): ``ctx.device`` is resolved, the thread count set."""
         raise NotImplementedError
 
     def __repr__(self) -> str:

@@ -21,7 +21,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from hgadapter.methods._common import CHECKPOINTS, TrainedMethod, prompt_ensemble, zero_shot_logits
+from hgadapter.methods._common import CHECKPOINTS, TrainedMethod, zero_shot_logits
 from hgadapter.methods._registry import hparam, register_method
 from hgadapter.protocol import SelectionData
 
@@ -77,10 +77,8 @@ class ClipAdapter(TrainedMethod):
 
     config_cls = ClipAdapterConfig
 
-    def build(self, data: SelectionData, *, device: torch.device):
-        cfg: ClipAdapterConfig = self.config
-        text = prompt_ensemble(data.pos_text).to(device)  # (C, d)
-        adapter = FeatureAdapter(data.dim, reduction=cfg.reduction, ratio=cfg.ratio).to(device)
+    def build(self, data: SelectionData, text: torch.Tensor, device: torch.device):
+        adapter = FeatureAdapter(data.dim, reduction=self.config.reduction, ratio=self.config.ratio).to(device)
         return adapter, lambda x: zero_shot_logits(adapter(x.float()), text, data.logit_scale)
 
     def optimizer(self, module: nn.Module) -> torch.optim.Optimizer:

@@ -35,7 +35,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from hgadapter.methods._common import CHECKPOINTS, TrainedMethod, class_means, prompt_ensemble, text_predictor, zero_shot_logits
+from hgadapter.methods._common import CHECKPOINTS, TrainedMethod, class_means, text_predictor, zero_shot_logits
 from hgadapter.methods._registry import hparam, register_method
 from hgadapter.protocol import SelectionData
 
@@ -124,11 +124,9 @@ class GraphAdapter(TrainedMethod):
 
     config_cls = GraphAdapterConfig
 
-    def build(self, data: SelectionData, *, device: torch.device):
-        cfg: GraphAdapterConfig = self.config
-        text = prompt_ensemble(data.pos_text).to(device)  # (C, d)
+    def build(self, data: SelectionData, text: torch.Tensor, device: torch.device):
         visual = class_means(data.train_set.features, data.train_set.labels, data.num_classes).to(device)  # (C, d)
-        learner = DualGraphLearner(text, visual, beta=cfg.beta, fusion=cfg.fusion).to(device)
+        learner = DualGraphLearner(text, visual, beta=self.config.beta, fusion=self.config.fusion).to(device)
         return learner, lambda x: zero_shot_logits(x, learner(), data.logit_scale)
 
     def optimizer(self, module: nn.Module) -> torch.optim.Optimizer:

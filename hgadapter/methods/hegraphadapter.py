@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import os
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 
 import torch
 import torch.nn.functional as F
@@ -31,10 +31,10 @@ from hgadapter.engines import Propagator, create_engine, resolve_engine
 from hgadapter.evaluate import cache_keys, select_predictor
 from hgadapter.graph import build_node_features, build_relation_graph_from_config
 from hgadapter.methods._registry import Method, method_config_path, register_method
-from hgadapter.protocol import Fitted, SelectionData
+from hgadapter.protocol import FitContext, Fitted, SelectionData
 from hgadapter.train import TrainResult, train_loop, warmup_cosine
 
-__all__ = ["HeGraphAdapter"]
+__all__ = ["HeGraphAdapter", "train_adapter"]
 
 METHOD = "hegraphadapter"
 DEFAULT_VARIANT = "full"
@@ -82,8 +82,8 @@ class HeGraphAdapter(Method):
     def default_device(self) -> str:
         return self.config.device
 
-    def _fit(self, data: SelectionData, *, seed: int, device: torch.device, progress: bool, log: Callable[[str], None]) -> Fitted:
-        cfg, variant = self.config, self.config.variant
+    def _fit(self, data: SelectionData, ctx: FitContext) -> Fitted:
+        cfg, variant, device = self.config, self.config.variant, ctx.device
         feat_dict = build_node_features(pos_text=data.pos_text, neg_text=data.neg_text, train_set=data.train_set)
         feat_dict = {k: v.to(device) for k, v in feat_dict.items()}
         graph = None
@@ -92,13 +92,13 @@ class HeGraphAdapter(Method):
             engine = resolve_engine(cfg.engine)
             relation_graph = build_relation_graph_from_config(feat_dict, variant.graph)
             graph = create_engine(engine, relation_graph, device=device)
-            log(f"graph: {', '.join(f'{e}={relation_graph.num_edges(e)}' for e in relation_graph.etypes)} edges; engine {engine}")
-        log(f"variant {variant.name} classifier {variant.classifier} device {device}")
+            ctx.note(f"graph: {', '.join(f'{e}={relation_graph.num_edges(e)}' for e in relation_graph.etypes)} edges; engine {engine}")
+        ctx.note(f"variant {variant.name} classifier {variant.classifier} device {device}")
 
         adapter, result = None, TrainResult()
         text, vis_bias = feat_dict["pos"], None
         if variant.classifier != "zero_shot":
-            adapter, result = self._train(graph, feat_dict, data, seed=seed, device=device, progress=progress, log=log)
+            adapter, result = train_adapter(cfg, graph, feat_dict, data, ctx)
             with torch.no_grad():  # the test-time forward (test-time betas), once: selection and the saved nodes share it
                 out = adapter(graph, feat_dict, training=False)
             text, vis_bias = out.feat_dict["pos"], out.vis_bias
@@ -108,7 +108,7 @@ class HeGraphAdapter(Method):
             text, vis_bias, cfg.eval, with_cache=variant.classifier == "text_cache", data=data, device=device
         )
         select_seconds = time.perf_counter() - start
-        log(f"val_acc {selection.val_acc:.2f} alpha {selection.alpha} beta {selection.beta}")
+        ctx.note(f"val_acc {selection.val_acc:.2f} alpha {selection.alpha} beta {selection.beta}")
 
         nodes = {f"initial.{k}": v for k, v in feat_dict.items()}
         tensors = {"nodes": nodes}
@@ -142,54 +142,47 @@ class HeGraphAdapter(Method):
             tensors=tensors,
         )
 
-    def _train(
-        self,
-        graph: Propagator | None,
-        feat_dict: dict[str, torch.Tensor],
-        data: SelectionData,
-        *,
-        seed: int,
-        device: torch.device,
-        progress: bool,
-        log: Callable[[str], None],
-    ) -> tuple[HeteroGraphAdapter, TrainResult]:
-        """Train the variant's stage projections on Eq. 9; returns the adapter and what the loop did."""
-        variant, tcfg = self.config.variant, self.config.train
-        torch.manual_seed(seed)  # parameter init (random inits); the loop seeds its own view/batch draws
-        adapter = HeteroGraphAdapter.from_config(variant, dim=feat_dict["pos"].shape[1], init=tcfg.init, learn_betas=tcfg.learn_betas).to(device)
-        scale, num_classes = data.logit_scale, feat_dict["pos"].shape[0]
-        labels = data.train_set.labels.to(device)  # (N,)
-        keys = cache_keys(data.train_set, device=device)  # (N, d): cache keys before the visual bias
-        use_cache = variant.classifier == "text_cache"
 
-        def loss_fn(query: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
-            out = adapter(graph, feat_dict, training=True)
-            loss = F.cross_entropy(text_logits(query, out.feat_dict["pos"], scale), target)
-            if use_cache:
-                affinity = shifted_cache_affinity(query, keys, labels, out.vis_bias)  # (B, N)
-                logits = cache_logits(affinity, labels, tcfg.cache_beta, num_classes=num_classes)
-                loss = loss + tcfg.cache_loss_weight * F.cross_entropy(logits, target)
-            return loss
+def train_adapter(
+    cfg: RunConfig, graph: Propagator | None, feat_dict: dict[str, torch.Tensor], data: SelectionData, ctx: FitContext
+) -> tuple[HeteroGraphAdapter, TrainResult]:
+    """Train ``cfg.variant``'s stage projections on Eq. 9 with the one training loop.
 
-        def val_logits(x: torch.Tensor) -> torch.Tensor:  # the text classifier at test-time betas
-            return text_logits(x, adapter(graph, feat_dict, training=False).feat_dict["pos"], scale)
+    Args:
+        cfg: the variant and the ``train`` settings.
+        graph: the prepared heterograph (``None`` for a variant without stages).
+        feat_dict: initial node features ``ntype -> (C, d)`` on ``ctx.device``.
+        data: the few-shot set and the validation split (per-epoch text-classifier accuracy).
+        ctx: seed (parameter init and view/batch draws), device, progress bar, log.
 
-        optimizer = torch.optim.AdamW(adapter.parameters(), lr=tcfg.lr, weight_decay=tcfg.weight_decay)
-        result = train_loop(
-            adapter,
-            optimizer,
-            warmup_cosine(epochs=tcfg.epochs, warmup_epochs=tcfg.warmup_epochs, lr=tcfg.lr, warmup_lr=tcfg.warmup_lr),
-            logits_fn=val_logits,
-            loss_fn=loss_fn,
-            train_set=data.train_set,
-            val_features=data.val_features,
-            val_labels=data.val_labels,
-            epochs=tcfg.epochs,
-            batch_size=tcfg.batch_size,
-            seed=seed,
-            device=device,
-            progress=progress,
-            desc=f"train {variant.name}",
-            log=log,
-        )
-        return adapter, result
+    Returns:
+        The trained adapter (in eval mode) and what the loop did.
+    """
+    variant, tcfg = cfg.variant, cfg.train
+    torch.manual_seed(ctx.seed)  # parameter init (random inits); the loop seeds its own view/batch draws
+    adapter = HeteroGraphAdapter.from_config(variant, dim=feat_dict["pos"].shape[1], init=tcfg.init, learn_betas=tcfg.learn_betas)
+    adapter = adapter.to(ctx.device)
+    scale, num_classes = data.logit_scale, feat_dict["pos"].shape[0]
+    labels = data.train_set.labels.to(ctx.device)  # (N,)
+    keys = cache_keys(data.train_set, device=ctx.device)  # (N, d): cache keys before the visual bias
+    use_cache = variant.classifier == "text_cache"
+
+    def loss_fn(query: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+        out = adapter(graph, feat_dict, training=True)
+        loss = F.cross_entropy(text_logits(query, out.feat_dict["pos"], scale), target)
+        if use_cache:
+            affinity = shifted_cache_affinity(query, keys, labels, out.vis_bias)  # (B, N)
+            logits = cache_logits(affinity, labels, tcfg.cache_beta, num_classes=num_classes)
+            loss = loss + tcfg.cache_loss_weight * F.cross_entropy(logits, target)
+        return loss
+
+    def val_logits(x: torch.Tensor) -> torch.Tensor:  # the text classifier at test-time betas
+        return text_logits(x, adapter(graph, feat_dict, training=False).feat_dict["pos"], scale)
+
+    optimizer = torch.optim.AdamW(adapter.parameters(), lr=tcfg.lr, weight_decay=tcfg.weight_decay)
+    schedule = warmup_cosine(epochs=tcfg.epochs, warmup_epochs=tcfg.warmup_epochs, lr=tcfg.lr, warmup_lr=tcfg.warmup_lr)
+    result = train_loop(
+        adapter, optimizer, schedule, data, ctx,
+        logits_fn=val_logits, loss_fn=loss_fn, epochs=tcfg.epochs, batch_size=tcfg.batch_size, desc=f"train {variant.name}",
+    )
+    return adapter, result

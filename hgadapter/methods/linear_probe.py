@@ -23,7 +23,6 @@ from __future__ import annotations
 import math
 import time
 import warnings
-from collections.abc import Callable
 from dataclasses import dataclass
 
 import numpy as np
@@ -31,7 +30,7 @@ import torch
 import torch.nn.functional as F
 
 from hgadapter.methods._registry import Method, hparam, register_method
-from hgadapter.protocol import Fitted, SelectionData, accuracy
+from hgadapter.protocol import FitContext, Fitted, SelectionData, accuracy
 
 __all__ = ["LinearProbeConfig", "LinearProbe"]
 
@@ -53,7 +52,7 @@ class LinearProbe(Method):
 
     config_cls = LinearProbeConfig
 
-    def _fit(self, data: SelectionData, *, seed: int, device: torch.device, progress: bool, log: Callable[[str], None]) -> Fitted:
+    def _fit(self, data: SelectionData, ctx: FitContext) -> Fitted:
         from sklearn.linear_model import LogisticRegression
         from threadpoolctl import threadpool_limits
 
@@ -74,7 +73,7 @@ class LinearProbe(Method):
 
         def trial(c: float) -> float:
             if c not in tried:
-                clf = LogisticRegression(C=c, solver="lbfgs", max_iter=cfg.max_iter, tol=cfg.tol, random_state=seed)
+                clf = LogisticRegression(C=c, solver="lbfgs", max_iter=cfg.max_iter, tol=cfg.tol, random_state=ctx.seed)
                 with warnings.catch_warnings():
                     # The extreme ends of the sweep (C = 1e6) stop at max_iter, as in CoOp; that is expected.
                     warnings.simplefilter("ignore")
@@ -96,6 +95,7 @@ class LinearProbe(Method):
         best_c = max(tried, key=lambda c: tried[c][0])  # max() keeps the first of equal accuracies
         val_acc, clf = tried[best_c]
         select_seconds = time.perf_counter() - start
+        device = ctx.device
         weight = torch.as_tensor(clf.coef_, dtype=torch.float32, device=device)  # (C, d)
         bias = torch.as_tensor(clf.intercept_, dtype=torch.float32, device=device)  # (C,)
 

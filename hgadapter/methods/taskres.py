@@ -21,7 +21,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from hgadapter.methods._common import CHECKPOINTS, TrainedMethod, prompt_ensemble, text_predictor, zero_shot_logits
+from hgadapter.methods._common import CHECKPOINTS, TrainedMethod, text_predictor, zero_shot_logits
 from hgadapter.methods._registry import hparam, register_method
 from hgadapter.protocol import SelectionData
 
@@ -65,8 +65,8 @@ class TaskRes(TrainedMethod):
 
     config_cls = TaskResConfig
 
-    def build(self, data: SelectionData, *, device: torch.device):
-        module = TaskResidual(prompt_ensemble(data.pos_text).to(device), alpha=self.config.alpha)
+    def build(self, data: SelectionData, text: torch.Tensor, device: torch.device):
+        module = TaskResidual(text, alpha=self.config.alpha)
         return module, lambda x: zero_shot_logits(x, module(), data.logit_scale)
 
     def optimizer(self, module: nn.Module) -> torch.optim.Optimizer:

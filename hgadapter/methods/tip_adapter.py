@@ -29,7 +29,7 @@ import torch
 from hgadapter.evaluate import select_alpha_beta
 from hgadapter.methods._common import cache_model, prompt_ensemble, zero_shot_logits
 from hgadapter.methods._registry import Method, hparam, register_method
-from hgadapter.protocol import Fitted, SelectionData
+from hgadapter.protocol import FitContext, Fitted, SelectionData
 
 __all__ = ["TipAdapterConfig", "TipAdapter", "search_grid", "search_grids", "tip_logits", "select_cache_predictor"]
 
@@ -96,9 +96,9 @@ class TipAdapter(Method):
 
     config_cls = TipAdapterConfig
 
-    def _fit(self, data: SelectionData, *, seed: int, device: torch.device, progress: bool, log: Callable[[str], None]) -> Fitted:
-        text = prompt_ensemble(data.pos_text).to(device)  # (C, d)
-        keys, values = cache_model(data, device)  # (N, d), (N, C)
+    def _fit(self, data: SelectionData, ctx: FitContext) -> Fitted:
+        text = prompt_ensemble(data.pos_text).to(ctx.device)  # (C, d)
+        keys, values = cache_model(data, ctx.device)  # (N, d), (N, C)
         start = time.perf_counter()
-        predict, val_acc, hparams = select_cache_predictor(data, text, keys, values, self.config, device)
+        predict, val_acc, hparams = select_cache_predictor(data, text, keys, values, self.config, ctx.device)
         return Fitted(predict=predict, val_acc=val_acc, hparams=hparams, select_seconds=time.perf_counter() - start)

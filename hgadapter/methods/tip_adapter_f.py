@@ -20,7 +20,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from hgadapter.methods._common import CHECKPOINTS, TrainedMethod, cache_model, prompt_ensemble, zero_shot_logits
+from hgadapter.methods._common import CHECKPOINTS, TrainedMethod, cache_model, zero_shot_logits
 from hgadapter.methods._registry import hparam, register_method
 from hgadapter.methods.tip_adapter import select_cache_predictor, tip_logits
 from hgadapter.protocol import SelectionData
@@ -62,9 +62,8 @@ class TipAdapterF(TrainedMethod):
 
     config_cls = TipAdapterFConfig
 
-    def build(self, data: SelectionData, *, device: torch.device):
+    def build(self, data: SelectionData, text: torch.Tensor, device: torch.device):
         cfg: TipAdapterFConfig = self.config
-        text = prompt_ensemble(data.pos_text).to(device)  # (C, d)
         init_keys, values = cache_model(data, device)  # (N, d), (N, C)
         keys = _Keys(init_keys, text=text, values=values).to(device)
 

@@ -7,14 +7,13 @@ Nothing is trained and nothing is chosen; the validation accuracy is reported fo
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
 
 from hgadapter.methods._common import prompt_ensemble, text_predictor
 from hgadapter.methods._registry import Method, register_method
-from hgadapter.protocol import Fitted, SelectionData, accuracy
+from hgadapter.protocol import FitContext, Fitted, SelectionData, accuracy
 
 __all__ = ["ZeroShotConfig", "ZeroShot"]
 
@@ -30,6 +29,6 @@ class ZeroShot(Method):
 
     config_cls = ZeroShotConfig
 
-    def _fit(self, data: SelectionData, *, seed: int, device: torch.device, progress: bool, log: Callable[[str], None]) -> Fitted:
-        predict = text_predictor(prompt_ensemble(data.pos_text).to(device), data.logit_scale, device)  # (C, d) classifier
-        return Fitted(predict=predict, val_acc=accuracy(predict(data.val_features), data.val_labels.to(device)))
+    def _fit(self, data: SelectionData, ctx: FitContext) -> Fitted:
+        predict = text_predictor(prompt_ensemble(data.pos_text).to(ctx.device), data.logit_scale, ctx.device)  # (C, d) classifier
+        return Fitted(predict=predict, val_acc=accuracy(predict(data.val_features), data.val_labels.to(ctx.device)))
