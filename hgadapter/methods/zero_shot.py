@@ -9,8 +9,6 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-import torch
-
 from hgadapter.methods._common import prompt_ensemble, text_predictor
 from hgadapter.methods._registry import Method, register_method
 from hgadapter.protocol import FitContext, Fitted, SelectionData, accuracy
