@@ -598,7 +598,7 @@ def main(argv: list[str] | None = None) -> list[dict]:
     print(table)
     notes = [
         f"Machine: {machine}.",
-        "Variant `full`, batch 256, one epoch of `hgadapter.train.fit` (its `train_seconds` less the interleaved bound steps; "
+        "Variant `full`, batch 256, one epoch of `train_adapter` (the training loop's seconds less the interleaved bound steps; "
         "includes the one validation forward per epoch, 1 image per class); ratio = epoch_s / gemm_bound_s.",
     ]
     if args.repeat > 1:
