@@ -508,7 +508,10 @@ def _complexity_tables(groups: Sequence[_Group], paper: PaperResults, enabled: b
         note += f"; intra-op threads: {threads}."
         older = sum(1 for r in kept if not is_number(r.get("select_seconds")))
         if older:
-            note += f" {older} run(s) predate separate selection timings: their seconds per epoch may include selection."
+            note += (
+                f" {older} run(s) record no selection seconds (runs from before every method recorded them, whose"
+                " training seconds also counted selection, or results files that do not keep them)."
+            )
         columns = [("seconds_per_epoch", "train loop s / epoch"), ("select_seconds", "selection s"), ("epochs", "epochs"), ("params_millions", "trained params (M)")]
         tables.append(Table("complexity", title, note, {"dataset": dataset, "backbone": backbone, "shots": shots}, columns, rows, synthetic))
     return tables

@@ -452,9 +452,9 @@ def test_complexity_table_labels_what_it_times(paper):
     cells = {row.id: row.cells for row in table.rows}
     assert cells["hegraphadapter"]["seconds_per_epoch"].mean == pytest.approx(1.5) and cells["hegraphadapter"]["select_seconds"].mean == 0.5
     assert "training-loop seconds per epoch" in table.paper_note and "ours on cpu; intra-op threads: 1, 2." in table.paper_note
-    assert "predate" not in table.paper_note
+    assert "record no selection seconds" not in table.paper_note
     older = next(t for t in build_report([record("taskres", 1, None)], paper).tables if t.kind == "complexity")
-    assert "1 run(s) predate separate selection timings" in older.paper_note and "select_seconds" not in older.rows[0].cells
+    assert "1 run(s) record no selection seconds" in older.paper_note and "select_seconds" not in older.rows[0].cells
 
 
 def test_one_dataset_gets_the_shots_table_instead_of_one_column_tables():
