@@ -3,7 +3,7 @@
 For every configuration (classes C, shots K, feature dim d, dense or top-k graph, engine) this
 script measures, in a fresh subprocess:
 
-- ``epoch_s``: one epoch of :func:`hgadapter.train.fit` (the library's training loop, called
+- ``epoch_s``: one epoch of :func:`hgadapter.methods.hegraphadapter.train_adapter` (the library's training loop, called
   unchanged): ceil(C*K / 256) steps, each a full adapter forward over the heterograph (the
   hierarchical message passing runs at every step; the edge weights are static, and the adapter
   memoises the meta-paths whose inputs are frozen, see :func:`gemm_products`), the text CE on
@@ -60,7 +60,8 @@ from hgadapter.engines import create_engine
 from hgadapter.data.cache import FeatureCache, FewShotSet
 from hgadapter.graph import build_node_features, build_relation_graph, build_relation_graph_from_config
 from hgadapter.metapaths import CANONICAL_ETYPES
-from hgadapter.train import fit
+from hgadapter.methods.hegraphadapter import train_adapter
+from hgadapter.protocol import FitContext, selection_data
 
 VARIANT = "full"
 SEED = 1
@@ -311,7 +312,7 @@ def _fit_steps(run_cfg: RunConfig, steps: int, fit_kwargs: dict, *, bound: GemmB
     """Run the first ``steps`` steps of ``fit``; returns each step's duration in seconds."""
     with _StepTimer(bound=bound, stop_after=steps) as timer:
         try:
-            fit(run_cfg, **fit_kwargs)
+            train_adapter(run_cfg, **fit_kwargs)
         except _StopTraining:
             return timer.durations
     raise RuntimeError(f"fit ended before step {steps}; the epoch has fewer steps")
@@ -342,13 +343,8 @@ def measure(cfg: BenchConfig) -> dict:
     fit_kwargs = dict(
         graph=create_engine(run_cfg.engine, relation_graph, device=device),
         feat_dict=feat_dict,
-        train_set=train_set,
-        val_features=cache.val_features,
-        val_labels=cache.val_labels,
-        logit_scale=cache.logit_scale,
-        seed=SEED,
-        device=device,
-        progress=False,
+        data=selection_data(cache, shots=cfg.shots, seed=SEED),
+        ctx=FitContext(seed=SEED, device=device),
     )
     images = cfg.classes * cfg.shots
     batch = run_cfg.train.batch_size
@@ -368,10 +364,10 @@ def measure(cfg: BenchConfig) -> dict:
         timed_steps = len(durations)
     else:
         with _StepTimer(bound=bound) as timer:
-            result = fit(run_cfg, **fit_kwargs)
+            _, result = train_adapter(run_cfg, **fit_kwargs)
         if len(timer.durations) != steps_per_epoch or bound.steps != steps_per_epoch:
             raise RuntimeError(f"saw {len(timer.durations)} training steps, expected {steps_per_epoch}")
-        epoch_s = result.train_seconds - bound.seconds  # train_seconds includes the interleaved bound
+        epoch_s = result.seconds - bound.seconds  # the loop's seconds include the interleaved bound
         bound_s = bound.seconds
         timed_steps = steps_per_epoch
     return {
@@ -602,7 +598,7 @@ def main(argv: list[str] | None = None) -> list[dict]:
     print(table)
     notes = [
         f"Machine: {machine}.",
-        "Variant `full`, batch 256, one epoch of `hgadapter.train.fit` (its `train_seconds` less the interleaved bound steps; "
+        "Variant `full`, batch 256, one epoch of `train_adapter` (the training loop's seconds less the interleaved bound steps; "
         "includes the one validation forward per epoch, 1 image per class); ratio = epoch_s / gemm_bound_s.",
     ]
     if args.repeat > 1:

@@ -1,9 +1,11 @@
-"""Prediction with the adapted classifiers and the choice of alpha/beta on validation.
+"""The cache classifier's keys, and the choice of its alpha/beta on validation.
 
 Prediction (METHOD.md, Tip-Adapter): ``logits_text + alpha * logits_cache``; ``alpha`` and the
 cache sharpness ``beta`` come from a grid search on the validation split (or are fixed in the
-config). Nothing here can see the test split: it receives a
-:class:`~hgadapter.protocol.SelectionData` and returns a predictor with frozen hyper-parameters.
+config). Tip-Adapter, Tip-Adapter-F and HeGraphAdapter build their cache keys with
+:func:`cache_keys` and search with :func:`select_alpha_beta`. Nothing here can see the test
+split: it receives a :class:`~hgadapter.protocol.SelectionData` and returns a predictor with
+frozen hyper-parameters.
 """
 
 from __future__ import annotations
@@ -14,12 +16,27 @@ from typing import Callable
 import torch
 import torch.nn.functional as F
 
-from hgadapter.adapter import HeteroGraphAdapter, cache_affinity, cache_logits, shift_features, text_logits
-from hgadapter.config import EvalConfig, VariantConfig
-from hgadapter.engines import Propagator
+from hgadapter.adapter import cache_affinity, cache_logits, shift_features, text_logits
+from hgadapter.config import EvalConfig
+from hgadapter.data.cache import FewShotSet
 from hgadapter.protocol import SelectionData, accuracy
 
-__all__ = ["Selection", "select_alpha_beta", "select_predictor"]
+__all__ = ["Selection", "cache_keys", "select_alpha_beta", "select_predictor"]
+
+
+def cache_keys(train_set: FewShotSet, *, device: torch.device | str, vis_bias: torch.Tensor | None = None) -> torch.Tensor:
+    """Tip-Adapter's cache keys: each image's V unit-norm views averaged, shifted, renormalised.
+
+    Tip-Adapter (``build_cache_model``) averages the features of ``augment_epoch`` augmented
+    passes over the training set; the cache's V views are those passes. With ``vis_bias``
+    ``(C, d)`` (HeGraphAdapter's visual stage) each key is shifted by its class's bias before
+    renormalising (:func:`~hgadapter.adapter.shift_features`).
+
+    Returns:
+        keys ``(N, d)`` on ``device``.
+    """
+    views = F.normalize(train_set.features.float(), dim=-1).to(device)  # (N, V, d)
+    return shift_features(views.mean(dim=1), train_set.labels.to(device), vis_bias)  # (N, d)
 
 
 @dataclass(frozen=True)
@@ -66,32 +83,27 @@ def select_alpha_beta(
 
 @torch.no_grad()
 def select_predictor(
-    variant: VariantConfig,
+    text: torch.Tensor,
+    vis_bias: torch.Tensor | None,
     eval_cfg: EvalConfig,
     *,
-    adapter: HeteroGraphAdapter | None,
-    graph: Propagator | None,
-    feat_dict: dict[str, torch.Tensor],
+    with_cache: bool,
     data: SelectionData,
     device: torch.device,
 ) -> Selection:
-    """Freeze the adapted classifiers (test-time betas) and choose alpha/beta on validation."""
-    if adapter is not None:
-        adapter.eval()
-        out = adapter(graph, feat_dict, training=False)
-        text, vis_bias = out.feat_dict["pos"], out.vis_bias
-    else:
-        text, vis_bias = feat_dict["pos"], None
+    """Freeze a text classifier ``(C, d)`` (plus the cache, ``with_cache``) and choose alpha/beta on validation.
+
+    ``vis_bias`` ``(C, d)`` shifts the cache keys (:func:`cache_keys`); ``eval_cfg`` fixes alpha
+    or beta, or gives their grids.
+    """
     scale = data.logit_scale
     val_x, val_y = data.val_features.float().to(device), data.val_labels.to(device)
     val_text = text_logits(val_x, text, scale)
-    if variant.classifier != "text_cache":
+    if not with_cache:
         return Selection(predict=lambda x: text_logits(x, text, scale), val_acc=accuracy(val_text, val_y), alpha=None, beta=None)
 
-    train = data.train_set
-    views = F.normalize(train.features.float().to(device), dim=-1)  # (N, V, d)
-    labels = train.labels.to(device)
-    keys = shift_features(views.mean(dim=1), labels, vis_bias)  # (N, d)
+    labels = data.train_set.labels.to(device)
+    keys = cache_keys(data.train_set, device=device, vis_bias=vis_bias)  # (N, d)
     alpha_grid = (eval_cfg.alpha,) if eval_cfg.alpha is not None else eval_cfg.alpha_grid
     beta_grid = (eval_cfg.beta,) if eval_cfg.beta is not None else eval_cfg.beta_grid
     alpha, beta, val_acc = select_alpha_beta(

@@ -15,7 +15,7 @@ import torch
 
 from hgadapter.data.cache import CacheError, ClassTextShapes, FeatureCache, FewShotSet
 
-__all__ = ["SelectionData", "Fitted", "selection_data", "score_on_test", "score_on_target", "accuracy"]
+__all__ = ["SelectionData", "FitContext", "Fitted", "selection_data", "score_on_test", "score_on_target", "accuracy"]
 
 
 def accuracy(logits: torch.Tensor, labels: torch.Tensor) -> float:
@@ -60,27 +60,67 @@ def selection_data(cache: FeatureCache, *, shots: int, seed: int) -> SelectionDa
     )
 
 
+@dataclass(frozen=True)
+class FitContext:
+    """How one fit runs, beside what it may look at (:class:`SelectionData`).
+
+    Attributes:
+        seed: seeds parameter initialisation and view/batch sampling.
+        device: the resolved device.
+        progress: show a progress bar while training.
+        log: receives progress lines for the run's ``log.txt`` (write them with :meth:`note`).
+    """
+
+    seed: int
+    device: torch.device
+    progress: bool = False
+    log: Callable[[str], None] | None = None
+
+    def note(self, message: str) -> None:
+        """Send ``message`` to :attr:`log`, if there is one."""
+        if self.log is not None:
+            self.log(message)
+
+
 @dataclass
 class Fitted:
     """A trained method with its hyper-parameters fixed, ready for one test evaluation.
+
+    Every method returns one (:meth:`hgadapter.methods.Method.fit`); the runner writes what it
+    holds into the run directory without asking which method made it.
 
     Attributes:
         predict: maps image features ``(N, d)`` to logits ``(N, C)``.
         val_acc: validation accuracy (percent) at the chosen hyper-parameters.
         hparams: the chosen hyper-parameters (JSON-serialisable).
-        train_seconds: wall time of training and selection.
         epochs: epochs trained (0 for training-free methods).
         history: per-epoch records (loss, lr, val_acc), if the method trains.
-        artifacts: method-specific extras for the run directory (e.g. node features).
+        train_seconds: wall time of the training loop (0 for training-free methods).
+        select_seconds: wall time of choosing hyper-parameters on validation after training
+            (grid searches, a linear probe's sweep of fits); per-epoch validation inside the
+            training loop counts as training.
+        fit_seconds: wall time of the whole fit (set by ``Method.fit``).
+        threads: intra-op threads the fit ran on (set by ``Method.fit``).
+        device: the device the fit ran on, where the test features are sent (set by ``Method.fit``).
+        trainable_params: trained parameter values (methods trained by gradient descent).
+        record: method-specific keys for the run's record (e.g. ``variant``, ``engine``).
+        tensors: method-specific tensors for the run directory, file stem -> name -> tensor
+            (saved as ``<stem>.safetensors``).
     """
 
     predict: Callable[[torch.Tensor], torch.Tensor]
     val_acc: float
     hparams: dict[str, Any] = field(default_factory=dict)
-    train_seconds: float = 0.0
     epochs: int = 0
     history: list[dict] = field(default_factory=list)
-    artifacts: dict[str, Any] = field(default_factory=dict)
+    train_seconds: float = 0.0
+    select_seconds: float = 0.0
+    fit_seconds: float = 0.0
+    threads: int | None = None
+    device: torch.device | None = None
+    trainable_params: int | None = None
+    record: dict[str, Any] = field(default_factory=dict)
+    tensors: dict[str, dict[str, torch.Tensor]] = field(default_factory=dict)
 
 
 @torch.no_grad()

@@ -17,8 +17,11 @@ Keys a record may have: ``dataset`` (``imagenet``, ``caltech101``, ...; ``synthe
 ``backbone`` (``RN50``, ``ViT-B/16``, ...), ``variant``, ``experiment`` (the sweep's name),
 ``params`` (dotted config key -> value of a sweep grid point, e.g. a fusion weight),
 ``targets`` (domain-generalisation dataset -> test accuracy of the same fitted model),
-``synthetic``, ``config_hash``, ``train_seconds``, ``epochs``, ``hparams``, ``trainable_params``
-(methods trained by gradient descent: the number of trained parameter values).
+``synthetic``, ``config_hash``, ``epochs``, ``hparams``, ``trainable_params`` (methods trained by
+gradient descent: the number of trained parameter values), and the same timings for every method:
+``train_seconds`` (the training loop, per-epoch validation included), ``select_seconds``
+(choosing hyper-parameters after training), ``fit_seconds`` (the whole fit), ``threads`` and
+``device`` (where the fit ran).
 :func:`load_records` adds ``run_dir``, the directory the record came from.
 """
 

@@ -9,8 +9,8 @@ sample standard deviation) and lays the groups out as the tables of the paper's 
 - ``dg``: records with ``targets``, per backbone: source, each target, Average (Table 1);
 - ``sensitivity``: records with ``params``, one table per swept key: accuracy per value (Table 3);
 - ``backbones``: ImageNet 16-shot, methods x backbones (Table 4);
-- ``complexity``: trained methods at 16 shots, per (dataset, backbone): seconds per epoch,
-  epochs and trained parameters in millions (Table 5).
+- ``complexity``: trained methods at 16 shots, per (dataset, backbone): training-loop seconds
+  per epoch, selection seconds, epochs and trained parameters in millions (Table 5).
 
 ``out_dir`` receives ``report.md`` (all tables), ``report.csv`` (one line per cell) and
 ``report.json`` (the same lines plus each table's layout), written atomically. See
@@ -459,7 +459,12 @@ def _backbone_tables(groups: Sequence[_Group], paper: PaperResults, enabled: boo
 
 
 def _complexity_tables(groups: Sequence[_Group], paper: PaperResults, enabled: bool) -> list[Table]:
-    """Table 5: seconds per training epoch, epochs and trained parameters, per (dataset, backbone)."""
+    """Table 5 per (dataset, backbone): training-loop seconds per epoch, selection seconds, epochs, trained parameters.
+
+    Every method records the same timings (:mod:`hgadapter.runner`): ``train_seconds`` is its
+    training loop (per-epoch validation included), ``select_seconds`` the hyper-parameter choice
+    after it, each on ``threads`` threads of ``device``; the note says which threads and devices.
+    """
     t5 = paper.tables.get("table5_complexity") or {}
     shots = t5.get("shots", 16)
     tables = []
@@ -473,11 +478,14 @@ def _complexity_tables(groups: Sequence[_Group], paper: PaperResults, enabled: b
         use_paper = enabled and not synthetic and (dataset, backbone) == (t5.get("dataset"), t5.get("backbone"))
         rows = _method_rows({g.method for g in gs}, paper)
         used: set[str] = set()
+        kept: list[dict] = []
         for row in rows:
             records = [r for g in gs if g.method == row.id for rs in g.by_seed.values() for r in rs if r.get("epochs")]
+            kept += records
             published = (t5.get("values") or {}).get(row.id, {}) if use_paper else {}
             columns = (
                 ("seconds_per_epoch", [r["train_seconds"] / r["epochs"] for r in records], "seconds_per_epoch"),
+                ("select_seconds", [float(r["select_seconds"]) for r in records if is_number(r.get("select_seconds"))], None),
                 ("epochs", [float(r["epochs"]) for r in records], None),
                 ("params_millions", [r["trainable_params"] / 1e6 for r in records if is_number(r.get("trainable_params"))], "tunable_params_millions"),
             )
@@ -487,14 +495,24 @@ def _complexity_tables(groups: Sequence[_Group], paper: PaperResults, enabled: b
                     if found:
                         used.add(found[1])
                     row.cells[col] = cell = _stat_cell(values, found)
-                    if col != "seconds_per_epoch" and min(values) == max(values):
+                    if col in ("epochs", "params_millions") and min(values) == max(values):
                         cell.std = None  # a setting, not a measurement: no spread to show
         title = f"Complexity (Table 5): {paper.display('datasets', dataset)}, {_backbone_label(backbone)}, {shots}-shot{_title_suffix(synthetic)}"
         note = _source_note(paper, used, rows, synthetic, enabled, backbone is None)
+        devices = ", ".join(sorted({str(r.get("device", "?")) for r in kept}))
+        threads = ", ".join(sorted({str(r["threads"]) for r in kept if r.get("threads") is not None}, key=int)) or "?"
+        note += " Timings: training-loop seconds per epoch (per-epoch validation included) and seconds choosing hyper-parameters after training;"
+        note += f" ours on {devices}"
         if "table5_complexity" in used:  # timings only compare on the same hardware
-            devices = sorted({str(r.get("device", "?")) for g in gs for rs in g.by_seed.values() for r in rs})
-            note += f" Seconds per epoch: ours on {', '.join(devices)}, the paper's on an {t5.get('device', 'unnamed device')}."
-        columns = [("seconds_per_epoch", "s / epoch"), ("epochs", "epochs"), ("params_millions", "trained params (M)")]
+            note += f", the paper's on an {t5.get('device', 'unnamed device')}"
+        note += f"; intra-op threads: {threads}."
+        older = sum(1 for r in kept if not is_number(r.get("select_seconds")))
+        if older:
+            note += (
+                f" {older} run(s) record no selection seconds (runs from before every method recorded them, whose"
+                " training seconds also counted selection, or results files that do not keep them)."
+            )
+        columns = [("seconds_per_epoch", "train loop s / epoch"), ("select_seconds", "selection s"), ("epochs", "epochs"), ("params_millions", "trained params (M)")]
         tables.append(Table("complexity", title, note, {"dataset": dataset, "backbone": backbone, "shots": shots}, columns, rows, synthetic))
     return tables
 

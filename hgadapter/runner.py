@@ -2,17 +2,18 @@
 
 A run directory holds ``metrics.json`` (the record :mod:`hgadapter.records` documents),
 ``config.yaml`` (resolved config with package versions and the git commit), ``history.json``
-(per-epoch loss and validation accuracy), ``log.txt`` and ``classes.json``; HeGraphAdapter runs
-add ``nodes.safetensors`` (initial and adapted node features, for t-SNE figures without
-re-training) and ``adapter.safetensors`` (trained weights). Every file is written atomically and
-``metrics.json`` last, so a run directory with a ``metrics.json`` is a finished run. The test
-split is read once, after training and selection (:mod:`hgadapter.protocol`); a
+(per-epoch loss and validation accuracy), ``log.txt`` and ``classes.json``, plus one
+``<stem>.safetensors`` per entry of the method's ``Fitted.tensors`` (e.g. node features and
+trained weights). Every method runs the same path: :meth:`hgadapter.methods.Method.fit` on the
+selection data, then the test split; what only one method records travels in its ``Fitted``
+(``record`` keys, ``tensors``), so nothing here asks which method it runs. Every file is written
+atomically and ``metrics.json`` last, so a run directory with a ``metrics.json`` is a finished
+run. The test split is read once, after training and selection (:mod:`hgadapter.protocol`); a
 domain-generalisation target's test split is read once too, by the same fitted model.
 """
 
 from __future__ import annotations
 
-import dataclasses
 import importlib.metadata
 import platform
 import subprocess
@@ -24,11 +25,8 @@ from typing import Any
 import yaml
 
 from hgadapter._io import atomic_save_tensors, atomic_write_json, atomic_write_text, json_safe
-from hgadapter.methods import Method
-from hgadapter.methods.hegraphadapter import HeGraphAdapter
-from hgadapter.config import RunConfig
 from hgadapter.data.cache import FeatureCache, dataset_name
-from hgadapter.method import fit_hegraphadapter, resolve_device
+from hgadapter.methods import Method, method_from_config
 from hgadapter.protocol import Fitted, score_on_target, score_on_test, selection_data
 from hgadapter.records import backbone_of_encoder
 
@@ -57,7 +55,7 @@ def environment_info() -> dict[str, Any]:
 
 
 def run_experiment(
-    cfg: RunConfig,
+    cfg: Any,
     cache: FeatureCache,
     *,
     shots: int,
@@ -65,12 +63,13 @@ def run_experiment(
     out_dir: str | Path | None = None,
     progress: bool = True,
 ) -> dict[str, Any]:
-    """Train and evaluate HeGraphAdapter variant ``cfg.variant`` on ``cache``'s (shots, seed) set.
+    """:func:`run_method` for the registered method that the resolved config ``cfg`` configures.
 
-    Returns the metrics record (also written to ``out_dir/metrics.json`` when given).
+    A convenience for a config resolved beforehand (e.g. :func:`hgadapter.config.load_config`'s
+    ``RunConfig``); see :func:`hgadapter.methods.method_from_config`. Returns the metrics record
+    (also written to ``out_dir/metrics.json`` when given).
     """
-    name = "hegraphadapter" if cfg.variant.name == "full" else f"hegraphadapter:{cfg.variant.name}"
-    return run_method(HeGraphAdapter(name=name, config=cfg), cache, shots=shots, seed=seed, out_dir=out_dir, progress=progress)
+    return run_method(method_from_config(cfg), cache, shots=shots, seed=seed, out_dir=out_dir, progress=progress)
 
 
 def run_method(
@@ -96,8 +95,8 @@ def run_method(
             test split the fitted model is also scored on; the scores go to ``record["targets"]``.
         extra: keys added to the record (``experiment``, ``params``, ``backbone``, ``config_hash``);
             ``dataset`` here replaces the cache's own name.
-        device: ``auto``, ``cpu``, ``cuda[:N]``; ``None`` keeps the method's config (HeGraphAdapter)
-            or picks ``auto``.
+        device: ``auto``, ``cpu``, ``cuda[:N]``; ``None``: the method's default
+            (:meth:`~hgadapter.methods.Method.default_device`).
         progress: show a progress bar while training.
 
     Returns:
@@ -110,23 +109,15 @@ def run_method(
 
     log(f"{method.name} shots {shots} seed {seed}")
     data = selection_data(cache, shots=shots, seed=seed)
-    if isinstance(method, HeGraphAdapter):
-        cfg = method.config if device is None else dataclasses.replace(method.config, device=device)
-        fitted = fit_hegraphadapter(cfg, data, seed=seed, progress=progress, log=log)
-    else:
-        fitted = method.fit(data, seed=seed, device=device, progress=progress)
-    used = fitted.artifacts.get("device") or resolve_device(device or "auto")
+    fitted = method.fit(data, seed=seed, device=device, progress=progress, log=log)
+    used = fitted.device
     test_acc = score_on_test(fitted, cache, device=used)
     log(f"val_acc {fitted.val_acc:.2f} test_acc {test_acc:.2f}")
     target_acc = {}
     for name, target in (targets or {}).items():
         target_acc[name] = round(score_on_target(fitted, list(cache.classnames), target, device=used), 4)
         log(f"target {name}: test_acc {target_acc[name]:.2f}")
-    record: dict[str, Any] = {"method": method.name}
-    if isinstance(method, HeGraphAdapter):
-        cfg = method.config
-        record.update(variant=cfg.variant.name, classifier=cfg.variant.classifier, engine=fitted.artifacts["engine"])
-        record.update(alpha=fitted.hparams.get("alpha"), beta=fitted.hparams.get("beta"))  # the cache classifier's pair
+    record: dict[str, Any] = {"method": method.name, **json_safe(dict(fitted.record))}
     record.update(
         shots=shots,
         seed=seed,
@@ -135,11 +126,14 @@ def run_method(
     )
     if targets:
         record["targets"] = target_acc
-    if "trainable_params" in fitted.artifacts:  # methods trained by gradient descent report it
-        record["trainable_params"] = int(fitted.artifacts["trainable_params"])
+    if fitted.trainable_params is not None:  # methods trained by gradient descent report it
+        record["trainable_params"] = int(fitted.trainable_params)
     record.update(
         hparams=json_safe(fitted.hparams),
-        train_seconds=round(float(fitted.train_seconds), 3),
+        train_seconds=round(float(fitted.train_seconds), 3),  # the training loop (per-epoch validation included)
+        select_seconds=round(float(fitted.select_seconds), 3),  # choosing hyper-parameters after training
+        fit_seconds=round(float(fitted.fit_seconds), 3),  # the whole fit
+        threads=fitted.threads,
         epochs=int(fitted.epochs),
         dataset=dataset_name(cache.meta),
         backbone=backbone_of_encoder((cache.meta.get("encoder") or {}).get("id")),
@@ -154,8 +148,8 @@ def run_method(
 
 def _write_run(out: Path, method: Method, record: dict, fitted: Fitted, cache: FeatureCache, log_lines: list[str]) -> None:
     out.mkdir(parents=True, exist_ok=True)
-    # config.yaml minus its `run` and `environment` sections is the method's config: for
-    # HeGraphAdapter it reloads as `hgadapter run --config`, for a baseline as a method config.
+    # config.yaml minus its `run` and `environment` sections is the method's config: it reloads
+    # as the method's config file (`hgadapter run --config` for a dotted RunConfig).
     run_keys = ("method", "shots", "seed", "engine", "dataset", "backbone", "experiment", "params", "config_hash")
     resolved = {
         **json_safe(method.config_dict()),
@@ -165,12 +159,7 @@ def _write_run(out: Path, method: Method, record: dict, fitted: Fitted, cache: F
     atomic_write_text(out / "config.yaml", yaml.safe_dump(resolved, sort_keys=False))
     atomic_write_json(out / "classes.json", list(cache.classnames))
     atomic_write_json(out / "history.json", json_safe(fitted.history))
-    if "feat_dict" in fitted.artifacts:
-        nodes = {f"initial.{k}": v for k, v in fitted.artifacts["feat_dict"].items()}
-        for key, value in fitted.artifacts.get("adapted", {}).items():
-            nodes[key if key == "vis_bias" else f"adapted.{key}"] = value
-        atomic_save_tensors(out / "nodes.safetensors", nodes)
-    if fitted.artifacts.get("adapter") is not None:
-        atomic_save_tensors(out / "adapter.safetensors", fitted.artifacts["adapter"].state_dict())
+    for stem, tensors in fitted.tensors.items():
+        atomic_save_tensors(out / f"{stem}.safetensors", tensors)
     atomic_write_text(out / "log.txt", "\n".join(log_lines) + "\n")
     atomic_write_json(out / "metrics.json", record)  # last: its presence marks a finished run

@@ -1,45 +1,48 @@
-"""Training the stage projections (paper Sec. 3.2 and 4.1): loss, optimiser and schedule.
+"""The one training loop every gradient-trained method runs, and the learning-rate schedules.
 
-Loss (Eq. 9): ``CE(text logits) + lambda * CE(cache logits)``. AdamW, a linear warmup of
-``warmup_epochs`` starting at ``warmup_lr``, then cosine decay to 0, updated every step. Each
-step draws one augmented view per training image; CLIP features stay frozen and only the
-adapter's projections are trained.
+Each epoch shuffles the few-shot images and draws one of each image's V cached augmented views
+(training on freshly augmented images, as the methods' own code does); every step sets the
+learning rate from a schedule, minimises the method's loss on the batch and steps the optimiser;
+after each epoch the validation accuracy of the method's logits is recorded. CLIP features stay
+frozen: only the method's module is trained. What differs between methods is their module, loss,
+optimiser and schedule (HeGraphAdapter: paper Sec. 3.2 and 4.1, Eq. 9; the baselines:
+docs/baselines.md).
 """
 
 from __future__ import annotations
 
+import copy
 import math
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Callable
 
 import torch
 import torch.nn.functional as F
+from torch import nn
 from tqdm.auto import tqdm
 
-from hgadapter.adapter import HeteroGraphAdapter, cache_logits, shifted_cache_affinity, text_logits
-from hgadapter.config import RunConfig
-from hgadapter.engines import Propagator
-from hgadapter.data.cache import FewShotSet
+from hgadapter.protocol import FitContext, SelectionData, accuracy
 
-__all__ = ["FitResult", "fit", "learning_rate"]
+__all__ = [
+    "CHECKPOINTS",
+    "Schedule",
+    "TrainResult",
+    "train_loop",
+    "learning_rate",
+    "warmup_cosine",
+    "dassl_lr",
+    "dassl_schedule",
+    "step_cosine_lr",
+    "step_cosine",
+]
 
+# Which trained weights a method keeps: the last epoch's (Dassl's default), or the epoch with the
+# best validation accuracy (Tip-Adapter-F keeps its best epoch; we judge it on val, not test).
+CHECKPOINTS: tuple[str, ...] = ("last", "best_val")
 
-@dataclass
-class FitResult:
-    """A trained adapter and what happened while training it.
-
-    Attributes:
-        adapter: the trained module (``None`` for zero-shot variants, which train nothing).
-        history: one record per epoch: ``epoch``, ``loss``, ``lr``, ``val_acc`` (text classifier).
-        train_seconds: wall time of the optimisation loop.
-        epochs: epochs run.
-    """
-
-    adapter: HeteroGraphAdapter | None
-    history: list[dict] = field(default_factory=list)
-    train_seconds: float = 0.0
-    epochs: int = 0
+Schedule = Callable[[int, int], float]
+"""``(step, steps_per_epoch) -> learning rate`` for the 0-based global step about to run."""
 
 
 def learning_rate(step: int, *, total_steps: int, warmup_steps: int, lr: float, warmup_lr: float) -> float:
@@ -51,92 +54,164 @@ def learning_rate(step: int, *, total_steps: int, warmup_steps: int, lr: float, 
     return 0.5 * lr * (1.0 + math.cos(math.pi * progress))
 
 
-def _accuracy(logits: torch.Tensor, labels: torch.Tensor) -> float:
-    return 100.0 * float((logits.argmax(dim=1) == labels).float().mean())
+def warmup_cosine(*, epochs: int, warmup_epochs: int, lr: float, warmup_lr: float) -> Schedule:
+    """:func:`learning_rate` updated every step, warmup and decay counted in epochs (HeGraphAdapter)."""
+
+    def schedule(step: int, steps_per_epoch: int) -> float:
+        return learning_rate(
+            step,
+            total_steps=epochs * steps_per_epoch,
+            warmup_steps=min(warmup_epochs, epochs) * steps_per_epoch,
+            lr=lr,
+            warmup_lr=warmup_lr,
+        )
+
+    return schedule
 
 
-def fit(
-    cfg: RunConfig,
+def dassl_lr(epoch: int, *, epochs: int, lr: float, warmup_epochs: int, warmup_lr: float) -> float:
+    """Dassl's ``cosine`` schedule with ``constant`` warmup, updated once per epoch.
+
+    The first ``warmup_epochs`` epochs run at ``warmup_lr``; epoch e after them runs at
+    ``lr / 2 * (1 + cos(pi * (e - warmup_epochs) / epochs))`` (CoOp, TaskRes, CLIP-Adapter and
+    GraphAdapter all train with this schedule).
+    """
+    if epoch < warmup_epochs:
+        return warmup_lr
+    return 0.5 * lr * (1.0 + math.cos(math.pi * (epoch - warmup_epochs) / max(epochs, 1)))
+
+
+def dassl_schedule(*, epochs: int, lr: float, warmup_epochs: int, warmup_lr: float) -> Schedule:
+    """:func:`dassl_lr` of the step's epoch."""
+
+    def schedule(step: int, steps_per_epoch: int) -> float:
+        return dassl_lr(step // steps_per_epoch, epochs=epochs, lr=lr, warmup_epochs=warmup_epochs, warmup_lr=warmup_lr)
+
+    return schedule
+
+
+def step_cosine_lr(step: int, *, total_steps: int, lr: float) -> float:
+    """PyTorch's ``CosineAnnealingLR(T_max=total_steps)`` stepped after every batch (Tip-Adapter-F)."""
+    return 0.5 * lr * (1.0 + math.cos(math.pi * min(step, total_steps) / max(total_steps, 1)))
+
+
+def step_cosine(*, epochs: int, lr: float) -> Schedule:
+    """:func:`step_cosine_lr` over all ``epochs`` worth of steps."""
+
+    def schedule(step: int, steps_per_epoch: int) -> float:
+        return step_cosine_lr(step, total_steps=epochs * steps_per_epoch, lr=lr)
+
+    return schedule
+
+
+@dataclass
+class TrainResult:
+    """What :func:`train_loop` did.
+
+    Attributes:
+        history: per epoch ``epoch``, ``loss`` (mean over images), ``lr`` (the epoch's last
+            step's), ``val_acc``.
+        epoch: the epoch whose weights were kept (0 = the initial weights).
+        val_acc: validation accuracy of the kept weights (percent).
+        seconds: wall time of the loop, per-epoch validation included.
+        trainable_params: number of trained parameter values in the module.
+    """
+
+    history: list[dict] = field(default_factory=list)
+    epoch: int = 0
+    val_acc: float = 0.0
+    seconds: float = 0.0
+    trainable_params: int = 0
+
+
+def train_loop(
+    module: nn.Module,
+    optimizer: torch.optim.Optimizer,
+    schedule: Schedule,
+    data: SelectionData,
+    ctx: FitContext,
     *,
-    graph: Propagator | None,
-    feat_dict: dict[str, torch.Tensor],
-    train_set: FewShotSet,
-    val_features: torch.Tensor,
-    val_labels: torch.Tensor,
-    logit_scale: float,
-    seed: int,
-    device: torch.device,
-    progress: bool = True,
-    log: Callable[[str], None] | None = None,
-) -> FitResult:
-    """Train an adapter for ``cfg.variant`` on one few-shot set.
+    logits_fn: Callable[[torch.Tensor], torch.Tensor],
+    loss_fn: Callable[[torch.Tensor, torch.Tensor], torch.Tensor] | None = None,
+    epochs: int,
+    batch_size: int,
+    checkpoint: str = "last",
+    desc: str = "train",
+) -> TrainResult:
+    """Minimise ``loss_fn`` on ``data``'s few-shot set, one random view per image per epoch.
+
+    With ``checkpoint="best_val"`` the weights of the epoch with the best validation accuracy
+    (the earliest on ties) are restored at the end; otherwise the last epoch's stay. The view and
+    batch draws come from a generator seeded with ``ctx.seed``, two draws per epoch (the image
+    order, then each image's view), so a seed fixes the whole sequence of batches.
 
     Args:
-        graph: the prepared heterograph (``None`` for zero-shot variants).
-        feat_dict: initial node features ``ntype -> (C, d)`` on ``device``.
-        train_set: the few-shot images, ``(N, V, d)`` views.
-        val_features / val_labels: used only to log per-epoch validation accuracy.
-        seed: seeds parameter init (for random inits) and the view/batch sampling.
+        module: holds every trainable parameter (its ``state_dict`` is the checkpoint).
+        optimizer: over ``module``'s parameters; its learning rate is set before every step.
+        schedule: the learning rate of each step.
+        data: the few-shot images (``(N, V, d)`` views) and the validation split.
+        ctx: seed, device, progress bar and log (one line per epoch).
+        logits_fn: image features ``(B, d)`` -> logits ``(B, C)``; validated after every epoch.
+        loss_fn: ``(views (B, d), labels (B,)) -> loss``; default: cross-entropy of ``logits_fn``.
+        epochs / batch_size: how long, and how many images per step.
+        desc: the progress bar's label.
     """
-    variant, tcfg = cfg.variant, cfg.train
-    if variant.classifier == "zero_shot":
-        return FitResult(adapter=None)
-    torch.manual_seed(seed)
-    generator = torch.Generator().manual_seed(seed)
-    dim = feat_dict["pos"].shape[1]
-    adapter = HeteroGraphAdapter.from_config(
-        variant, dim=dim, init=tcfg.init, learn_betas=tcfg.learn_betas, num_classes=feat_dict["pos"].shape[0], classwise_bias=tcfg.classwise_bias
-    ).to(device)
+    if loss_fn is None:
 
-    views = F.normalize(train_set.features.float(), dim=-1).to(device)  # (N, V, d)
-    labels = train_set.labels.to(device)  # (N,)
+        def loss_fn(query: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+            return F.cross_entropy(logits_fn(query), target)
+
+    device = ctx.device
+    generator = torch.Generator().manual_seed(ctx.seed)
+    views = F.normalize(data.train_set.features.float(), dim=-1).to(device)  # (N, V, d)
+    labels = data.train_set.labels.to(device)  # (N,)
+    val_x, val_y = data.val_features.float().to(device), data.val_labels.to(device)
     num_images, num_views = views.shape[0], views.shape[1]
-    use_cache = variant.classifier == "text_cache"
-    keys = F.normalize(views.mean(dim=1), dim=-1)  # (N, d): cache keys before the visual bias
-    num_classes = feat_dict["pos"].shape[0]
-    val_features = val_features.to(device)
-    val_labels = val_labels.to(device)
+    steps_per_epoch = math.ceil(num_images / batch_size)
 
-    steps_per_epoch = math.ceil(num_images / tcfg.batch_size)
-    total_steps = tcfg.epochs * steps_per_epoch
-    warmup_steps = min(tcfg.warmup_epochs, tcfg.epochs) * steps_per_epoch
-    optimizer = torch.optim.AdamW(adapter.parameters(), lr=tcfg.lr, weight_decay=tcfg.weight_decay)
+    def val_accuracy() -> float:
+        module.eval()
+        with torch.no_grad():
+            return accuracy(logits_fn(val_x), val_y)
 
-    history: list[dict] = []
-    step = 0
     start = time.perf_counter()
-    # disable=None: tqdm hides the bar when stderr is not a terminal (logs, CI)
-    bar = tqdm(range(tcfg.epochs), desc=f"train {variant.name}", unit="epoch", disable=None if progress else True, leave=False)
+    result = TrainResult(trainable_params=sum(p.numel() for p in module.parameters() if p.requires_grad))
+    if epochs == 0:
+        result.val_acc = val_accuracy()
+        result.seconds = time.perf_counter() - start
+        return result
+    best_state, best_acc = None, -1.0
+    step = 0
+    bar = tqdm(range(epochs), desc=desc, unit="epoch", disable=None if ctx.progress else True, leave=False)  # None: no bar off a terminal
     for epoch in bar:
-        adapter.train()
+        module.train()
         order = torch.randperm(num_images, generator=generator).to(device)
         view_idx = torch.randint(num_views, (num_images,), generator=generator).to(device)
-        total_loss = 0.0
-        for begin in range(0, num_images, tcfg.batch_size):
-            idx = order[begin : begin + tcfg.batch_size]
-            lr = learning_rate(step, total_steps=total_steps, warmup_steps=warmup_steps, lr=tcfg.lr, warmup_lr=tcfg.warmup_lr)
+        total = 0.0
+        for begin in range(0, num_images, batch_size):
+            lr = schedule(step, steps_per_epoch)
             for group in optimizer.param_groups:
                 group["lr"] = lr
+            idx = order[begin : begin + batch_size]
             query = views[idx, view_idx[idx]]  # (B, d): one augmented view per image
-            target = labels[idx]
-            out = adapter(graph, feat_dict, training=True)
-            loss = F.cross_entropy(text_logits(query, out.feat_dict["pos"], logit_scale), target)
-            if use_cache:
-                affinity = shifted_cache_affinity(query, keys, labels, out.vis_bias)  # (B, N)
-                logits = cache_logits(affinity, labels, tcfg.cache_beta, num_classes=num_classes)
-                loss = loss + tcfg.cache_loss_weight * F.cross_entropy(logits, target)
+            loss = loss_fn(query, labels[idx])
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             optimizer.step()
-            total_loss += loss.item() * idx.numel()
+            total += loss.item() * idx.numel()
             step += 1
-        adapter.eval()
-        with torch.no_grad():
-            pos = adapter(graph, feat_dict, training=False).feat_dict["pos"]
-            val_acc = _accuracy(text_logits(val_features, pos, logit_scale), val_labels)
-        record = {"epoch": epoch + 1, "loss": total_loss / num_images, "lr": lr, "val_acc": val_acc}
-        history.append(record)
+        val_acc = val_accuracy()
+        record = {"epoch": epoch + 1, "loss": total / num_images, "lr": lr, "val_acc": val_acc}
+        result.history.append(record)
         bar.set_postfix(loss=f"{record['loss']:.3f}", val=f"{val_acc:.1f}")
-        if log is not None:
-            log(f"epoch {epoch + 1}/{tcfg.epochs} loss {record['loss']:.4f} lr {lr:.2e} val_acc(text) {val_acc:.2f}")
-    return FitResult(adapter=adapter, history=history, train_seconds=time.perf_counter() - start, epochs=tcfg.epochs)
+        ctx.note(f"epoch {epoch + 1}/{epochs} loss {record['loss']:.4f} lr {lr:.2e} val_acc {val_acc:.2f}")
+        if checkpoint == "best_val" and val_acc > best_acc:
+            best_acc, best_state, result.epoch = val_acc, copy.deepcopy(module.state_dict()), epoch + 1
+    if checkpoint == "best_val" and best_state is not None:
+        module.load_state_dict(best_state)
+        result.val_acc = best_acc
+    else:
+        result.epoch, result.val_acc = epochs, result.history[-1]["val_acc"]
+    module.eval()
+    result.seconds = time.perf_counter() - start
+    return result

@@ -13,12 +13,12 @@ import torch
 import torch.nn.functional as F
 
 from hgadapter.methods import create_method, list_methods, methods_dir
-from hgadapter.methods._common import dassl_lr, step_cosine_lr
 from hgadapter.methods.graphadapter import query_propagation
 from hgadapter.methods.tip_adapter import search_grid
 from hgadapter.config import ConfigError, list_variants
 from hgadapter.protocol import Fitted, SelectionData, selection_data
 from hgadapter.data.synthetic import build_synthetic_task
+from hgadapter.train import dassl_lr, step_cosine_lr
 
 NUM_CLASSES = 20
 # Fewer epochs and smaller grids, so that every method runs in well under a second here.
@@ -73,7 +73,19 @@ def test_every_method_fits_and_predicts_sanely(name, data):
     json.dumps(fitted.hparams)  # recorded in results.json
     json.dumps(method.config_dict())
     assert fitted.train_seconds >= 0.0 and isinstance(fitted.epochs, int)
-    assert str(fitted.artifacts["device"]) == "cpu"
+    assert str(fitted.device) == "cpu"
+    assert fitted.fit_seconds >= fitted.train_seconds + fitted.select_seconds >= 0.0
+    assert (fitted.train_seconds > 0.0) == (fitted.epochs > 0)  # only a training loop counts as training
+
+
+@pytest.mark.parametrize("name", list_methods())
+def test_every_method_runs_on_its_thread_policy(name, data):
+    method = create_method(name, overrides=quick(name))
+    before = torch.get_num_threads()
+    fitted = method.fit(data, seed=1, device="cpu")
+    assert torch.get_num_threads() == before  # restored afterwards
+    assert fitted.threads == (before if method.threads is None else method.threads)
+    assert method.threads == (None if name.startswith("hegraphadapter") else 1)
 
 
 @pytest.mark.parametrize("name", ["tip_adapter_f", "taskres", "clip_adapter", "graphadapter", "linear_probe"])

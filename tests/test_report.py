@@ -439,6 +439,24 @@ def test_complexity_table_divides_time_by_epochs_and_sets_the_papers_table5_besi
     assert "ours on cuda:0, the paper's on an NVIDIA RTX 3090" in table.paper_note
 
 
+def test_complexity_table_labels_what_it_times(paper):
+    from hgadapter.report import build_report
+
+    def record(method, seed, threads, **extra):
+        return {"method": method, "dataset": "dtd", "backbone": "RN50", "shots": 16, "seed": seed, "val_acc": 0.0, "test_acc": 50.0,
+                "params": {}, "train_seconds": 10.0 * seed, "epochs": 10, "threads": threads, "device": "cpu", **extra}
+
+    records = [record("hegraphadapter", s, 2, select_seconds=0.5) for s in (1, 2)] + [record("taskres", 1, 1, select_seconds=0.0)]
+    table = next(t for t in build_report(records, paper).tables if t.kind == "complexity")
+    assert dict(table.columns)["seconds_per_epoch"] == "train loop s / epoch" and dict(table.columns)["select_seconds"] == "selection s"
+    cells = {row.id: row.cells for row in table.rows}
+    assert cells["hegraphadapter"]["seconds_per_epoch"].mean == pytest.approx(1.5) and cells["hegraphadapter"]["select_seconds"].mean == 0.5
+    assert "training-loop seconds per epoch" in table.paper_note and "ours on cpu; intra-op threads: 1, 2." in table.paper_note
+    assert "record no selection seconds" not in table.paper_note
+    older = next(t for t in build_report([record("taskres", 1, None)], paper).tables if t.kind == "complexity")
+    assert "1 run(s) record no selection seconds" in older.paper_note and "select_seconds" not in older.rows[0].cells
+
+
 def test_one_dataset_gets_the_shots_table_instead_of_one_column_tables():
     from hgadapter.report import build_report
 

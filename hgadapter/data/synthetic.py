@@ -25,6 +25,7 @@ import torch
 import torch.nn.functional as F
 
 from hgadapter.data.cache import FeatureCache, FewShotSet
+from hgadapter.protocol import accuracy
 
 __all__ = [
     "SyntheticTaskConfig",
@@ -437,10 +438,6 @@ def _class_prototypes(text: torch.Tensor) -> torch.Tensor:
     return F.normalize(F.normalize(text, dim=-1).mean(dim=1), dim=-1)  # (C, d)
 
 
-def _accuracy(logits: torch.Tensor, labels: torch.Tensor) -> float:
-    return 100.0 * (logits.argmax(dim=-1) == labels).float().mean().item()
-
-
 def task_statistics(
     cache: FeatureCache, *, shots: int = 16, seed: int = 1, probe: bool = True
 ) -> dict[str, float]:
@@ -506,7 +503,7 @@ def _task_statistics(cache: FeatureCache, *, shots: int, seed: int, probe: bool)
     n = shift.shape[0]
     stats["neg_shift_cos"] = ((shift_sim.sum() - n) / (n * (n - 1))).item()
 
-    stats["zero_shot_acc"] = _accuracy(image_text, labels)
+    stats["zero_shot_acc"] = accuracy(image_text, labels)
     few_shot = cache.train_set(shots, seed)
     train = F.normalize(F.normalize(few_shot.features.float(), dim=-1).mean(dim=1), dim=-1)  # (N_train, d)
     visual_mean = F.normalize(
@@ -515,9 +512,9 @@ def _task_statistics(cache: FeatureCache, *, shots: int, seed: int, probe: bool)
     # Text prototype + alpha * few-shot visual mean, alpha picked on the validation split as
     # Tip-Adapter picks its weights (a training-free stand-in for what an adapter can learn).
     val = F.normalize(cache.val_features.float(), dim=-1)  # (N_val, d)
-    alpha = max(_TIP_ALPHAS, key=lambda a: _accuracy(val @ proto.T + a * val @ visual_mean.T, cache.val_labels))
+    alpha = max(_TIP_ALPHAS, key=lambda a: accuracy(val @ proto.T + a * val @ visual_mean.T, cache.val_labels))
     stats["tip_alpha"] = alpha
-    stats["tip_acc"] = _accuracy(test @ proto.T + alpha * test @ visual_mean.T, labels)
+    stats["tip_acc"] = accuracy(test @ proto.T + alpha * test @ visual_mean.T, labels)
     if probe:
         from sklearn.linear_model import LogisticRegression
         from threadpoolctl import threadpool_limits

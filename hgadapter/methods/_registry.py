@@ -1,8 +1,11 @@
 """The method registry: every comparable method is looked up by name and configured in YAML.
 
 A method is a :class:`Method`: a registry name, a frozen config dataclass and
-``fit(data, *, seed, device, progress) -> Fitted`` on :class:`~hgadapter.protocol.SelectionData`
-(the few-shot training set and the validation split; never the test split).
+``fit(data, *, seed, device, progress, log) -> Fitted`` on
+:class:`~hgadapter.protocol.SelectionData` (the few-shot training set and the validation split;
+never the test split). Every method, HeGraphAdapter included, is fitted through
+:meth:`Method.fit`, which applies the device and thread policy and times the fit; a method
+implements only :meth:`Method._fit`.
 
 Config precedence, lowest first: the config dataclass's defaults (the source paper's values) <
 ``experiments/methods/<name>.yaml`` < ``config_file`` < ``overrides`` (``key=value``). Unknown
@@ -16,6 +19,7 @@ never parses YAML itself.
 from __future__ import annotations
 
 import os
+import time
 from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
 from typing import Any, ClassVar
@@ -24,7 +28,8 @@ import torch
 
 from hgadapter._resources import resource_path
 from hgadapter.config import RECORD_KEYS, SWEEP_KEY, ConfigError, ConfigParser, ConfigTree, echo, field_names, hparam, parse_override, to_plain
-from hgadapter.protocol import Fitted, SelectionData
+from hgadapter.device import intra_op_threads, resolve_device
+from hgadapter.protocol import FitContext, Fitted, SelectionData
 
 __all__ = [
     "Method",
@@ -32,6 +37,7 @@ __all__ = [
     "register_method",
     "list_methods",
     "create_method",
+    "method_from_config",
     "methods_dir",
     "method_config_path",
     "load_method_config",
@@ -91,14 +97,21 @@ class Method:
     """A comparable few-shot method with its hyper-parameters resolved.
 
     Subclasses set ``config_cls`` (a frozen dataclass whose defaults are the source's values)
-    and implement :meth:`fit`. Instances come from :func:`create_method`.
+    and implement :meth:`_fit`. Instances come from :func:`create_method` (or
+    :func:`method_from_config`).
 
     Attributes:
         name: the registry name.
         config: the resolved config (a frozen dataclass).
+        threads: intra-op threads while fitting on CPU; ``None`` keeps the process's setting.
+            The baselines' steps are small products over a batch or the C*K training rows, where
+            extra threads mostly add synchronisation, so they run on one (docs/baselines.md has
+            the measurement); one thread also fixes the order of float reductions, so a seed
+            gives the same fit whatever the machine's core count.
     """
 
     config_cls: ClassVar[type | None] = None
+    threads: ClassVar[int | None] = 1
 
     def __init__(self, *, name: str, config: Any) -> None:
         self.name = name
@@ -118,9 +131,18 @@ class Method:
             raise TypeError(f"{cls.__name__} sets no config_cls")
         return cls(name=name, config=load_method_config(cls.config_cls, name, config_file=config_file, overrides=overrides))
 
+    @classmethod
+    def from_config(cls, name: str, config: Any) -> "Method":
+        """The method registered as ``name`` with an already resolved ``config`` (a family names its variant)."""
+        return cls(name=name, config=config)
+
     def config_dict(self) -> dict[str, Any]:
         """The resolved config as plain JSON/YAML types (recorded beside every result)."""
         return to_plain(self.config)
+
+    def default_device(self) -> str:
+        """The device :meth:`fit` uses when given none (``auto``: CUDA if present)."""
+        return "auto"
 
     def fit(
         self,
@@ -129,15 +151,31 @@ class Method:
         seed: int,
         device: torch.device | str | None = None,
         progress: bool = False,
+        log: Callable[[str], None] | None = None,
     ) -> Fitted:
         """Train on ``data.train_set`` and choose hyper-parameters on ``data``'s validation split.
+
+        Resolves the device, runs :meth:`_fit` on :attr:`threads` intra-op threads (on CPU) and
+        records ``device``, ``threads`` and ``fit_seconds`` in the result.
 
         Args:
             data: the selection-time view of a cache (no test split).
             seed: seeds parameter initialisation and view/batch sampling.
-            device: ``None`` or ``auto`` (CUDA if present), ``cpu``, ``cuda``, ``cuda:N``.
+            device: ``None`` (:meth:`default_device`), ``auto`` (CUDA if present), ``cpu``,
+                ``cuda``, ``cuda:N``.
             progress: show a progress bar while training.
+            log: receives progress lines for the run's ``log.txt``.
         """
+        dev = resolve_device(self.default_device() if device is None else device)
+        start = time.perf_counter()
+        with intra_op_threads(self.threads if dev.type == "cpu" else None) as threads:
+            fitted = self._fit(data, FitContext(seed=seed, device=dev, progress=progress, log=log))
+        fitted.fit_seconds = time.perf_counter() - start
+        fitted.threads, fitted.device = threads, dev
+        return fitted
+
+    def _fit(self, data: SelectionData, ctx: FitContext) -> Fitted:
+        """What the method does (see :meth:`fit`): ``ctx.device`` is resolved, the thread count set."""
         raise NotImplementedError
 
     def __repr__(self) -> str:
@@ -218,3 +256,19 @@ def create_method(
     else:
         variant = None
     return cls.create(name, variant=variant, config_file=config_file, overrides=tuple(overrides))
+
+
+def method_from_config(config: Any) -> Method:
+    """The registered method that ``config`` configures (an instance of its ``config_cls``).
+
+    For code that resolved a config itself (e.g. :func:`hgadapter.config.load_config`'s
+    ``RunConfig``); the method then runs the same path as one from :func:`create_method`.
+
+    Raises:
+        ConfigError: no registered method takes this kind of config.
+    """
+    for name, (cls, _, _) in _REGISTRY.items():
+        if cls.config_cls is not None and type(config) is cls.config_cls:
+            return cls.from_config(name, config)
+    kinds = sorted({cls.config_cls.__name__ for cls, _, _ in _REGISTRY.values() if cls.config_cls is not None})
+    raise ConfigError(f"no registered method takes a {type(config).__name__}; method configs: {kinds}")

@@ -16,15 +16,14 @@ dataset, and the width is the cache's d instead of the hard-coded 1024 (RN50).
 
 from __future__ import annotations
 
-import time
 from dataclasses import dataclass
 
 import torch
 from torch import nn
 
-from hgadapter.methods._common import CHECKPOINTS, device_of, fit_on_device, prompt_ensemble, train_dassl, trained_fitted, zero_shot_logits
-from hgadapter.methods._registry import Method, hparam, register_method
-from hgadapter.protocol import Fitted, SelectionData
+from hgadapter.methods._common import CHECKPOINTS, TrainedMethod, zero_shot_logits
+from hgadapter.methods._registry import hparam, register_method
+from hgadapter.protocol import SelectionData
 
 __all__ = ["ClipAdapterConfig", "ClipAdapter", "FeatureAdapter"]
 
@@ -73,30 +72,15 @@ class FeatureAdapter(nn.Module):
 
 
 @register_method("clip_adapter")
-class ClipAdapter(Method):
+class ClipAdapter(TrainedMethod):
     """Residual bottleneck MLP on image features, trained with SGD."""
 
     config_cls = ClipAdapterConfig
 
-    @fit_on_device
-    def fit(self, data: SelectionData, *, seed: int, device: torch.device | str | None = None, progress: bool = False) -> Fitted:
+    def build(self, data: SelectionData, text: torch.Tensor, device: torch.device):
+        adapter = FeatureAdapter(data.dim, reduction=self.config.reduction, ratio=self.config.ratio).to(device)
+        return adapter, lambda x: zero_shot_logits(adapter(x.float()), text, data.logit_scale)
+
+    def optimizer(self, module: nn.Module) -> torch.optim.Optimizer:
         cfg: ClipAdapterConfig = self.config
-        start = time.perf_counter()
-        dev = device_of(device)
-        text = prompt_ensemble(data.pos_text).to(dev)  # (C, d)
-        with torch.random.fork_rng(devices=[]):
-            torch.manual_seed(seed)
-            adapter = FeatureAdapter(data.dim, reduction=cfg.reduction, ratio=cfg.ratio).to(dev)
-        scale = data.logit_scale
-
-        def logits_fn(x: torch.Tensor) -> torch.Tensor:
-            return zero_shot_logits(adapter(x.float()), text, scale)
-
-        optimizer = torch.optim.SGD(adapter.parameters(), lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay)
-        result = train_dassl(adapter, logits_fn, optimizer, cfg, data=data, seed=seed, device=dev, progress=progress, desc=self.name)
-
-        @torch.no_grad()
-        def predict(x: torch.Tensor) -> torch.Tensor:
-            return logits_fn(x.to(dev))
-
-        return trained_fitted(result, predict, epochs=cfg.epochs, start=start)
+        return torch.optim.SGD(module.parameters(), lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay)

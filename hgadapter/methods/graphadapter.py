@@ -29,16 +29,15 @@ and, the graphs being fixed, multiplied with the node features once before train
 from __future__ import annotations
 
 import math
-import time
 from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from hgadapter.methods._common import CHECKPOINTS, class_means, device_of, fit_on_device, prompt_ensemble, train_dassl, trained_fitted, zero_shot_logits
-from hgadapter.methods._registry import Method, hparam, register_method
-from hgadapter.protocol import Fitted, SelectionData
+from hgadapter.methods._common import CHECKPOINTS, TrainedMethod, class_means, text_predictor, zero_shot_logits
+from hgadapter.methods._registry import hparam, register_method
+from hgadapter.protocol import SelectionData
 
 __all__ = ["GraphAdapterConfig", "GraphAdapter", "DualGraphLearner", "query_propagation"]
 
@@ -120,32 +119,20 @@ class GraphAdapterConfig:
 
 
 @register_method("graphadapter")
-class GraphAdapter(Method):
+class GraphAdapter(TrainedMethod):
     """Dual knowledge graph (textual + visual class graphs) adapting the text classifier."""
 
     config_cls = GraphAdapterConfig
 
-    @fit_on_device
-    def fit(self, data: SelectionData, *, seed: int, device: torch.device | str | None = None, progress: bool = False) -> Fitted:
-        cfg: GraphAdapterConfig = self.config
-        start = time.perf_counter()
-        dev = device_of(device)
-        text = prompt_ensemble(data.pos_text).to(dev)  # (C, d)
-        visual = class_means(data.train_set.features, data.train_set.labels, data.num_classes).to(dev)  # (C, d)
-        with torch.random.fork_rng(devices=[]):
-            torch.manual_seed(seed)
-            learner = DualGraphLearner(text, visual, beta=cfg.beta, fusion=cfg.fusion).to(dev)
-        scale = data.logit_scale
+    def build(self, data: SelectionData, text: torch.Tensor, device: torch.device):
+        visual = class_means(data.train_set.features, data.train_set.labels, data.num_classes).to(device)  # (C, d)
+        learner = DualGraphLearner(text, visual, beta=self.config.beta, fusion=self.config.fusion).to(device)
+        return learner, lambda x: zero_shot_logits(x, learner(), data.logit_scale)
 
-        def logits_fn(x: torch.Tensor) -> torch.Tensor:
-            return zero_shot_logits(x, learner(), scale)
+    def optimizer(self, module: nn.Module) -> torch.optim.Optimizer:
+        return torch.optim.AdamW(module.parameters(), lr=self.config.lr, weight_decay=self.config.weight_decay)
 
-        optimizer = torch.optim.AdamW(learner.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
-        result = train_dassl(learner, logits_fn, optimizer, cfg, data=data, seed=seed, device=dev, progress=progress, desc=self.name)
+    def select(self, module, logits_fn, result, data, *, device):
         with torch.no_grad():
-            adapted = learner()  # (C, d)
-
-        def predict(x: torch.Tensor) -> torch.Tensor:
-            return zero_shot_logits(x.to(dev), adapted, scale)
-
-        return trained_fitted(result, predict, epochs=cfg.epochs, start=start)
+            adapted = module()  # (C, d)
+        return text_predictor(adapted, data.logit_scale, device), result.val_acc, {}

@@ -29,9 +29,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from hgadapter.methods._common import device_of, fit_on_device
 from hgadapter.methods._registry import Method, hparam, register_method
-from hgadapter.protocol import Fitted, SelectionData, accuracy
+from hgadapter.protocol import FitContext, Fitted, SelectionData, accuracy
 
 __all__ = ["LinearProbeConfig", "LinearProbe"]
 
@@ -53,13 +52,11 @@ class LinearProbe(Method):
 
     config_cls = LinearProbeConfig
 
-    @fit_on_device
-    def fit(self, data: SelectionData, *, seed: int, device: torch.device | str | None = None, progress: bool = False) -> Fitted:
+    def _fit(self, data: SelectionData, ctx: FitContext) -> Fitted:
         from sklearn.linear_model import LogisticRegression
         from threadpoolctl import threadpool_limits
 
         cfg: LinearProbeConfig = self.config
-        start = time.perf_counter()
         views = F.normalize(data.train_set.features.float(), dim=-1)  # (N, V, d)
         labels = data.train_set.labels
         if cfg.views == "mean":
@@ -76,7 +73,7 @@ class LinearProbe(Method):
 
         def trial(c: float) -> float:
             if c not in tried:
-                clf = LogisticRegression(C=c, solver="lbfgs", max_iter=cfg.max_iter, tol=cfg.tol, random_state=seed)
+                clf = LogisticRegression(C=c, solver="lbfgs", max_iter=cfg.max_iter, tol=cfg.tol, random_state=ctx.seed)
                 with warnings.catch_warnings():
                     # The extreme ends of the sweep (C = 1e6) stop at max_iter, as in CoOp; that is expected.
                     warnings.simplefilter("ignore")
@@ -84,6 +81,7 @@ class LinearProbe(Method):
                 tried[c] = (100.0 * float(np.mean(clf.predict(val_x) == val_y)), clf)
             return tried[c][0]
 
+        start = time.perf_counter()  # the sweep fits one model per C: all of it is selection
         with threadpool_limits(limits=1):
             coarse = [trial(c) for c in cfg.c_grid]
             peak = cfg.c_grid[int(np.argmax(coarse))]
@@ -96,19 +94,19 @@ class LinearProbe(Method):
 
         best_c = max(tried, key=lambda c: tried[c][0])  # max() keeps the first of equal accuracies
         val_acc, clf = tried[best_c]
-        dev = device_of(device)
-        weight = torch.as_tensor(clf.coef_, dtype=torch.float32, device=dev)  # (C, d)
-        bias = torch.as_tensor(clf.intercept_, dtype=torch.float32, device=dev)  # (C,)
+        select_seconds = time.perf_counter() - start
+        device = ctx.device
+        weight = torch.as_tensor(clf.coef_, dtype=torch.float32, device=device)  # (C, d)
+        bias = torch.as_tensor(clf.intercept_, dtype=torch.float32, device=device)  # (C,)
 
         def predict(features: torch.Tensor) -> torch.Tensor:
-            return features.float().to(dev) @ weight.T + bias
+            return features.float().to(device) @ weight.T + bias
 
         # Report the validation accuracy of the predictor actually returned (float32 logits).
-        val_acc = accuracy(predict(data.val_features), data.val_labels.to(dev))
+        val_acc = accuracy(predict(data.val_features), data.val_labels.to(device))
         return Fitted(
             predict=predict,
             val_acc=val_acc,
             hparams={"C": float(best_c), "fits": len(tried)},
-            train_seconds=time.perf_counter() - start,
-            epochs=0,
+            select_seconds=select_seconds,
         )

@@ -16,15 +16,14 @@ is zero-shot CLIP exactly.
 
 from __future__ import annotations
 
-import time
 from dataclasses import dataclass
 
 import torch
 from torch import nn
 
-from hgadapter.methods._common import CHECKPOINTS, device_of, fit_on_device, prompt_ensemble, train_dassl, trained_fitted, zero_shot_logits
-from hgadapter.methods._registry import Method, hparam, register_method
-from hgadapter.protocol import Fitted, SelectionData
+from hgadapter.methods._common import CHECKPOINTS, TrainedMethod, text_predictor, zero_shot_logits
+from hgadapter.methods._registry import hparam, register_method
+from hgadapter.protocol import SelectionData
 
 __all__ = ["TaskResConfig", "TaskRes", "TaskResidual"]
 
@@ -61,27 +60,17 @@ class TaskResidual(nn.Module):
 
 
 @register_method("taskres")
-class TaskRes(Method):
+class TaskRes(TrainedMethod):
     """Learned residual on the zero-shot text classifier."""
 
     config_cls = TaskResConfig
 
-    @fit_on_device
-    def fit(self, data: SelectionData, *, seed: int, device: torch.device | str | None = None, progress: bool = False) -> Fitted:
-        cfg: TaskResConfig = self.config
-        start = time.perf_counter()
-        dev = device_of(device)
-        module = TaskResidual(prompt_ensemble(data.pos_text).to(dev), alpha=cfg.alpha)
-        scale = data.logit_scale
+    def build(self, data: SelectionData, text: torch.Tensor, device: torch.device):
+        module = TaskResidual(text, alpha=self.config.alpha)
+        return module, lambda x: zero_shot_logits(x, module(), data.logit_scale)
 
-        def logits_fn(x: torch.Tensor) -> torch.Tensor:
-            return zero_shot_logits(x, module(), scale)
+    def optimizer(self, module: nn.Module) -> torch.optim.Optimizer:
+        return torch.optim.Adam(module.parameters(), lr=self.config.lr, weight_decay=self.config.weight_decay)
 
-        optimizer = torch.optim.Adam(module.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
-        result = train_dassl(module, logits_fn, optimizer, cfg, data=data, seed=seed, device=dev, progress=progress, desc=self.name)
-        text = module().detach()  # (C, d)
-
-        def predict(x: torch.Tensor) -> torch.Tensor:
-            return zero_shot_logits(x.to(dev), text, scale)
-
-        return trained_fitted(result, predict, epochs=cfg.epochs, start=start)
+    def select(self, module, logits_fn, result, data, *, device):
+        return text_predictor(module().detach(), data.logit_scale, device), result.val_acc, {}  # (C, d) frozen

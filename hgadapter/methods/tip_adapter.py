@@ -20,16 +20,18 @@ CLIP).
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 
-from hgadapter.methods._common import cache_model, device_of, fit_on_device, prompt_ensemble, zero_shot_logits
-from hgadapter.methods._registry import Method, hparam, register_method
 from hgadapter.evaluate import select_alpha_beta
-from hgadapter.protocol import Fitted, SelectionData
+from hgadapter.methods._common import cache_model, prompt_ensemble, zero_shot_logits
+from hgadapter.methods._registry import Method, hparam, register_method
+from hgadapter.protocol import FitContext, Fitted, SelectionData
 
-__all__ = ["TipAdapterConfig", "TipAdapter", "search_grid", "tip_logits"]
+__all__ = ["TipAdapterConfig", "TipAdapter", "search_grid", "search_grids", "tip_logits", "select_cache_predictor"]
 
 
 def search_grid(scale: float, steps: int) -> tuple[float, ...]:
@@ -53,23 +55,26 @@ class TipAdapterConfig:
     alpha: float | None = hparam(None, low=0.0)  # fix the residual ratio instead of searching (null = search)
     beta: float | None = hparam(None, low=0.0)  # fix the sharpness instead of searching (null = search)
 
-    def grids(self) -> tuple[tuple[float, ...], tuple[float, ...]]:
-        """The (alpha, beta) candidates: the fixed value, or the official grid."""
-        alphas = (self.alpha,) if self.alpha is not None else search_grid(self.search_scale[1], self.search_step[1])
-        betas = (self.beta,) if self.beta is not None else search_grid(self.search_scale[0], self.search_step[0])
-        return alphas, betas
+
+def search_grids(cfg: Any) -> tuple[tuple[float, ...], tuple[float, ...]]:
+    """The (alpha, beta) candidates of a config with ``search_scale``, ``search_step``, ``alpha``, ``beta``.
+
+    A fixed ``alpha``/``beta`` is the only candidate; otherwise the official grid.
+    """
+    alphas = (cfg.alpha,) if cfg.alpha is not None else search_grid(cfg.search_scale[1], cfg.search_step[1])
+    betas = (cfg.beta,) if cfg.beta is not None else search_grid(cfg.search_scale[0], cfg.search_step[0])
+    return alphas, betas
 
 
 def select_cache_predictor(
-    data: SelectionData,
-    text: torch.Tensor,
-    keys: torch.Tensor,
-    values: torch.Tensor,
-    alphas: tuple[float, ...],
-    betas: tuple[float, ...],
-    dev: torch.device,
-):
-    """Grid-search alpha/beta on validation for fixed keys; returns ``(predict, alpha, beta, val_acc)``."""
+    data: SelectionData, text: torch.Tensor, keys: torch.Tensor, values: torch.Tensor, cfg: Any, dev: torch.device
+) -> tuple[Callable[[torch.Tensor], torch.Tensor], float, dict[str, float]]:
+    """Grid-search alpha/beta (:func:`search_grids` of ``cfg``) on validation for fixed keys.
+
+    Returns:
+        ``(predict, val_acc, {"alpha": ..., "beta": ...})``.
+    """
+    alphas, betas = search_grids(cfg)
     scale = data.logit_scale
     val_x, val_y = data.val_features.float().to(dev), data.val_labels.to(dev)
     with torch.no_grad():
@@ -82,7 +87,7 @@ def select_cache_predictor(
         x = x.float().to(dev)
         return tip_logits(zero_shot_logits(x, text, scale), x @ keys.T, values, alpha=alpha, beta=beta)
 
-    return predict, alpha, beta, val_acc
+    return predict, val_acc, {"alpha": float(alpha), "beta": float(beta)}
 
 
 @register_method("tip_adapter")
@@ -91,19 +96,9 @@ class TipAdapter(Method):
 
     config_cls = TipAdapterConfig
 
-    @fit_on_device
-    def fit(self, data: SelectionData, *, seed: int, device: torch.device | str | None = None, progress: bool = False) -> Fitted:
-        cfg: TipAdapterConfig = self.config
+    def _fit(self, data: SelectionData, ctx: FitContext) -> Fitted:
+        text = prompt_ensemble(data.pos_text).to(ctx.device)  # (C, d)
+        keys, values = cache_model(data, ctx.device)  # (N, d), (N, C)
         start = time.perf_counter()
-        dev = device_of(device)
-        text = prompt_ensemble(data.pos_text).to(dev)  # (C, d)
-        keys, values = cache_model(data, dev)  # (N, d), (N, C)
-        alphas, betas = cfg.grids()
-        predict, alpha, beta, val_acc = select_cache_predictor(data, text, keys, values, alphas, betas, dev)
-        return Fitted(
-            predict=predict,
-            val_acc=val_acc,
-            hparams={"alpha": float(alpha), "beta": float(beta)},
-            train_seconds=time.perf_counter() - start,
-            epochs=0,
-        )
+        predict, val_acc, hparams = select_cache_predictor(data, text, keys, values, self.config, ctx.device)
+        return Fitted(predict=predict, val_acc=val_acc, hparams=hparams, select_seconds=time.perf_counter() - start)

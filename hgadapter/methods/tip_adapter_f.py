@@ -15,16 +15,16 @@ the best validation accuracy (``checkpoint: best_val``), so the test split is re
 
 from __future__ import annotations
 
-import time
 from dataclasses import dataclass
 
 import torch
 from torch import nn
 
-from hgadapter.methods._common import CHECKPOINTS, cache_model, device_of, fit_on_device, prompt_ensemble, step_cosine_lr, train_loop, trained_fitted, zero_shot_logits
-from hgadapter.methods._registry import Method, hparam, register_method
-from hgadapter.methods.tip_adapter import search_grid, select_cache_predictor, tip_logits
-from hgadapter.protocol import Fitted, SelectionData
+from hgadapter.methods._common import CHECKPOINTS, TrainedMethod, cache_model, zero_shot_logits
+from hgadapter.methods._registry import hparam, register_method
+from hgadapter.methods.tip_adapter import select_cache_predictor, tip_logits
+from hgadapter.protocol import SelectionData
+from hgadapter.train import Schedule, step_cosine
 
 __all__ = ["TipAdapterFConfig", "TipAdapterF"]
 
@@ -48,43 +48,37 @@ class TipAdapterFConfig:
 
 
 class _Keys(nn.Module):
-    def __init__(self, keys: torch.Tensor) -> None:
+    """The trainable cache keys, beside the frozen text classifier and cache values they are used with."""
+
+    def __init__(self, keys: torch.Tensor, *, text: torch.Tensor, values: torch.Tensor) -> None:
         super().__init__()
         self.weight = nn.Parameter(keys.clone())  # (N, d)
+        self.text, self.values = text, values  # (C, d), (N, C): plain attributes, not in the state dict
 
 
 @register_method("tip_adapter_f")
-class TipAdapterF(Method):
+class TipAdapterF(TrainedMethod):
     """Cache keys fine-tuned with AdamW; epoch, alpha and beta chosen on validation."""
 
     config_cls = TipAdapterFConfig
 
-    @fit_on_device
-    def fit(self, data: SelectionData, *, seed: int, device: torch.device | str | None = None, progress: bool = False) -> Fitted:
+    def build(self, data: SelectionData, text: torch.Tensor, device: torch.device):
         cfg: TipAdapterFConfig = self.config
-        start = time.perf_counter()
-        dev = device_of(device)
-        text = prompt_ensemble(data.pos_text).to(dev)  # (C, d)
-        init_keys, values = cache_model(data, dev)  # (N, d), (N, C)
-        keys = _Keys(init_keys).to(dev)
-        scale = data.logit_scale
+        init_keys, values = cache_model(data, device)  # (N, d), (N, C)
+        keys = _Keys(init_keys, text=text, values=values).to(device)
 
         def logits_fn(x: torch.Tensor) -> torch.Tensor:
             x = x.float()
-            return tip_logits(zero_shot_logits(x, text, scale), x @ keys.weight.T, values, alpha=cfg.init_alpha, beta=cfg.init_beta)
+            return tip_logits(zero_shot_logits(x, text, data.logit_scale), x @ keys.weight.T, values, alpha=cfg.init_alpha, beta=cfg.init_beta)
 
-        optimizer = torch.optim.AdamW(keys.parameters(), lr=cfg.lr, eps=cfg.eps, weight_decay=cfg.weight_decay)
+        return keys, logits_fn
 
-        def lr_at(epoch: int, step: int, steps_per_epoch: int) -> float:
-            return step_cosine_lr(epoch * steps_per_epoch + step, total_steps=cfg.epochs * steps_per_epoch, lr=cfg.lr)
+    def optimizer(self, module: nn.Module) -> torch.optim.Optimizer:
+        cfg: TipAdapterFConfig = self.config
+        return torch.optim.AdamW(module.parameters(), lr=cfg.lr, eps=cfg.eps, weight_decay=cfg.weight_decay)
 
-        result = train_loop(
-            keys, logits_fn, optimizer, lr_at,
-            data=data, epochs=cfg.epochs, batch_size=cfg.batch_size, checkpoint=cfg.checkpoint,
-            seed=seed, device=dev, progress=progress, desc=self.name,
-        )
-        alphas = (cfg.alpha,) if cfg.alpha is not None else search_grid(cfg.search_scale[1], cfg.search_step[1])
-        betas = (cfg.beta,) if cfg.beta is not None else search_grid(cfg.search_scale[0], cfg.search_step[0])
-        trained = keys.weight.detach()
-        predict, alpha, beta, val_acc = select_cache_predictor(data, text, trained, values, alphas, betas, dev)
-        return trained_fitted(result, predict, val_acc=val_acc, hparams={"alpha": float(alpha), "beta": float(beta)}, epochs=cfg.epochs, start=start)
+    def schedule(self) -> Schedule:
+        return step_cosine(epochs=self.config.epochs, lr=self.config.lr)
+
+    def select(self, module, logits_fn, result, data, *, device):
+        return select_cache_predictor(data, module.text, module.weight.detach(), module.values, self.config, device)

@@ -7,14 +7,11 @@ Nothing is trained and nothing is chosen; the validation accuracy is reported fo
 
 from __future__ import annotations
 
-import time
 from dataclasses import dataclass
 
-import torch
-
-from hgadapter.methods._common import device_of, fit_on_device, prompt_ensemble, zero_shot_logits
+from hgadapter.methods._common import prompt_ensemble, text_predictor
 from hgadapter.methods._registry import Method, register_method
-from hgadapter.protocol import Fitted, SelectionData, accuracy
+from hgadapter.protocol import FitContext, Fitted, SelectionData, accuracy
 
 __all__ = ["ZeroShotConfig", "ZeroShot"]
 
@@ -30,15 +27,6 @@ class ZeroShot(Method):
 
     config_cls = ZeroShotConfig
 
-    @fit_on_device
-    def fit(self, data: SelectionData, *, seed: int, device: torch.device | str | None = None, progress: bool = False) -> Fitted:
-        start = time.perf_counter()
-        dev = device_of(device)
-        text = prompt_ensemble(data.pos_text).to(dev)  # (C, d)
-        scale = data.logit_scale
-
-        def predict(x: torch.Tensor) -> torch.Tensor:
-            return zero_shot_logits(x.to(dev), text, scale)
-
-        val_acc = accuracy(predict(data.val_features), data.val_labels.to(dev))
-        return Fitted(predict=predict, val_acc=val_acc, hparams={}, train_seconds=time.perf_counter() - start, epochs=0)
+    def _fit(self, data: SelectionData, ctx: FitContext) -> Fitted:
+        predict = text_predictor(prompt_ensemble(data.pos_text).to(ctx.device), data.logit_scale, ctx.device)  # (C, d) classifier
+        return Fitted(predict=predict, val_acc=accuracy(predict(data.val_features), data.val_labels.to(ctx.device)))
