@@ -73,28 +73,6 @@ def test_bad_input_is_one_line_and_exit_2(small_cache, tmp_path, capsys, argv, m
     assert not (tmp_path / "run" / "metrics.json").exists()
 
 
-def test_demo_writes_tables_report_and_tsne(tmp_path, monkeypatch, capsys):
-    """The demo end to end on a small synthetic task (the real one takes about two minutes)."""
-    import hgadapter.cli as cli
-    import hgadapter.synthetic as synthetic
-
-    real = synthetic.build_synthetic_task
-    small = synthetic.SyntheticTaskConfig(num_classes=24, num_families=4, dim=32, shots=(2,), seeds=(1, 2), test_per_class=10)
-    monkeypatch.setattr(synthetic, "build_synthetic_task", lambda cfg=None: real(small))
-    monkeypatch.setattr(cli, "DEMO_SHOTS", 2)
-    monkeypatch.setattr(cli, "DEMO_SEEDS", (1, 2))
-    assert cli.main(["demo", "--out", str(tmp_path), "--quiet"]) == 0
-    out = capsys.readouterr().out
-    assert "SYNTHETIC task" in out and "demo finished" in out
-    results = (tmp_path / "results.md").read_text()
-    assert "| full | 1,2 |" in results and "tip_adapter" in results
-    report = (tmp_path / "report" / "report.md").read_text()
-    for row in ("| HeGraphAdapter(T-N) |", "| HeGraphAdapter |", "| Tip-Adapter |", "| Zero-shot CLIP |"):
-        assert row in report, row
-    assert "synthetic task: says nothing about real CLIP" in report
-    assert (tmp_path / "tsne_pos_full_seed1.png").stat().st_size > 0 and (tmp_path / "tsne_pos_full_seed1.pdf").is_file()
-
-
 def test_synth_set_changes_images_but_not_classes_or_prompts(tmp_path, capsys):
     from hgadapter.cli import main
     from hgadapter.features import load_cache
