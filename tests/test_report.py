@@ -467,3 +467,17 @@ def test_one_dataset_gets_the_shots_table_instead_of_one_column_tables():
     assert kinds == ["shots"]
     kinds = [t.kind for t in build_report(records(["dtd", "eurosat"]), None).tables]
     assert kinds == ["shots", "fewshot", "fewshot"]
+
+
+def test_seed_values_one_number_per_seed_then_mean_std():
+    """The one aggregation over seeds (report, compare, demo, viz): repeats of a seed count once."""
+    from hgadapter.records import mean_std, seed_values
+
+    records = [{"seed": 1, "test_acc": 60.0}, {"seed": 2, "test_acc": 64.0}, {"seed": 1, "test_acc": 62.0}, {"seed": 3, "test_acc": 66.0}]
+    assert seed_values(records) == [61.0, 64.0, 66.0]  # seed 1 is the mean of its two runs
+    assert mean_std(seed_values(records)) == (pytest.approx(191 / 3), pytest.approx(2.5166114784), 3)
+    with_targets = [{"seed": 1, "targets": {"v2": 50.0}}, {"seed": 2, "targets": {}}, {"seed": 3, "targets": {"v2": float("nan")}}]
+    assert seed_values(with_targets, lambda r: r["targets"].get("v2")) == [50.0]  # missing and non-finite left out
+    assert mean_std([70.0]) == (70.0, 0.0, 1)
+    with pytest.raises(ValueError, match="mean_std of no values"):
+        mean_std([])
