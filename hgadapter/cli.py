@@ -11,9 +11,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import importlib
-import statistics
 import sys
-import time
 from pathlib import Path
 from typing import Sequence
 
@@ -21,10 +19,6 @@ from hgadapter._cli import USER_ERRORS_ATTR, run_command_line
 from hgadapter.config import ConfigError, echo, list_variants, load_config, load_variant, parse_override
 from hgadapter.data.cache import CacheError
 from hgadapter.errors import UserError
-
-DEMO_VARIANTS = ("base", "t_n", "t_p", "t", "full")
-DEMO_SEEDS = (1, 2, 3)
-DEMO_SHOTS = 16
 
 
 # What ends in a one-line message: every error type derived from UserError, and file-system
@@ -154,83 +148,11 @@ def _cmd_variants(args: argparse.Namespace) -> int:
 
 
 def _add_demo(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("demo", help="Base, T-N, T-P, T and full HeGraphAdapter on the synthetic task, seeds 1-3")
-    p.add_argument("--out", default="runs/demo", help="output directory (default: runs/demo)")
-    p.add_argument("--engine", choices=["auto", "dgl", "torch"], default=None, help="message-passing engine")
-    p.add_argument("--quiet", action="store_true", help="no progress bars")
-    p.add_argument("--no-baselines", action="store_true", help="skip the baseline comparison")
-    p.set_defaults(func=_cmd_demo)
+    from hgadapter.demo import add_demo_arguments, run_demo_command  # the body lives in hgadapter/demo.py
 
-
-def format_results_table(records: list[dict], *, title: str) -> str:
-    """Markdown table of mean +- std (population of seeds, n-1 denominator) per variant."""
-    lines = [f"### {title}", "", "| variant | seeds | val acc (%) | test acc (%) |", "|---|---|---|---|"]
-    order: list[str] = []
-    for r in records:
-        if r["variant"] not in order:
-            order.append(r["variant"])
-    for variant in order:
-        rows = [r for r in records if r["variant"] == variant]
-        seeds = ",".join(str(r["seed"]) for r in rows)
-
-        def stat(key: str) -> str:
-            values = [r[key] for r in rows]
-            std = statistics.stdev(values) if len(values) > 1 else 0.0
-            return f"{statistics.mean(values):.2f} ± {std:.2f}"
-
-        lines.append(f"| {variant} | {seeds} | {stat('val_acc')} | {stat('test_acc')} |")
-    return "\n".join(lines) + "\n"
-
-
-def _cmd_demo(args: argparse.Namespace) -> int:
-    from hgadapter._io import atomic_write_json, atomic_write_text
-    from hgadapter.data.io import save_cache
-    from hgadapter.runner import run_experiment
-    from hgadapter.data.synthetic import build_synthetic_task
-
-    out = Path(args.out)
-    start = time.perf_counter()
-    cache = build_synthetic_task()
-    try:  # identical to what is there already: nothing is rewritten
-        save_cache(out / "cache", cache)
-    except CacheError:  # an older or different task in that folder
-        save_cache(out / "cache", cache, overwrite=True)
-    print(f"SYNTHETIC task (CLIP-like features, not real CLIP): {cache.num_classes} classes, d={cache.dim}, {DEMO_SHOTS} shots")
-    overrides = [f"engine={args.engine}"] if args.engine else []
-    records = []
-    for variant in DEMO_VARIANTS:
-        cfg = load_config(variant, overrides=overrides)
-        for seed in DEMO_SEEDS:
-            m = run_experiment(cfg, cache, shots=DEMO_SHOTS, seed=seed, out_dir=out / variant / f"seed{seed}", progress=not args.quiet)
-            print(f"  {variant:5s} seed {seed}: val {m['val_acc']:6.2f}  test {m['test_acc']:6.2f}  ({m['train_seconds']:.1f} s, engine {m['engine']})")
-            records.append({k: m[k] for k in ("variant", "seed", "shots", "val_acc", "test_acc", "alpha", "beta", "engine")})
-    atomic_write_json(out / "results.json", records)
-    table = format_results_table(records, title=f"Synthetic CLIP-like task, {DEMO_SHOTS} shots, seeds 1-3 (SYNTHETIC: says nothing about real CLIP)")
-    atomic_write_text(out / "results.md", table)
-    print()
-    print(table)
-    if not args.no_baselines:
-        from hgadapter.compare import DEFAULT_METHODS, compare, format_table
-
-        baselines = [m for m in DEFAULT_METHODS if not m.startswith("hegraphadapter")]
-        print(f"baselines on the same cache and protocol: {', '.join(baselines)}")
-        base_records = compare(cache, baselines, [DEMO_SHOTS], list(DEMO_SEEDS), out / "baselines", progress=not args.quiet, log=lambda m: None)
-        base_table = format_table(base_records, title="Baselines, same synthetic task and protocol (SYNTHETIC)")
-        atomic_write_text(out / "results.md", table + "\n" + base_table)
-        print(base_table)
-    from hgadapter.report import write_report
-
-    report = write_report(out, out / "report")
-    print(f"variants and baselines in the paper's Table 2 layout -> {report / 'report.md'}")
-    try:
-        from viz.tsne import plot_node_tsne
-
-        fig = plot_node_tsne(out / "full" / "seed1", out / "tsne_pos_full_seed1.png", formats=("png", "pdf"))
-        print(f"t-SNE of positive text nodes before/after adaptation -> {fig}")
-    except ImportError as exc:
-        print(f"(t-SNE figure skipped: {exc})")
-    print(f"demo finished in {time.perf_counter() - start:.0f} s; results in {out}/results.md")
-    return 0
+    p = sub.add_parser("demo", help="Base, T-N, T-P, T and full HeGraphAdapter and the baselines on the synthetic task, seeds 1-3")
+    add_demo_arguments(p)
+    p.set_defaults(func=run_demo_command)
 
 
 # ---------------------------------------------------------------------------------------------

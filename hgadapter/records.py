@@ -1,9 +1,11 @@
-"""Finished runs as records: what ``hgadapter report`` and the figures in ``viz`` read.
+"""Finished runs as records: what ``hgadapter report``, ``hgadapter compare`` and ``viz`` read.
 
-Every run directory written by ``hgadapter run``, ``hgadapter sweep`` or ``hgadapter demo`` holds a
-``metrics.json`` (one record) and, for trained methods, a ``history.json`` (one entry per epoch).
-This module finds and reads them. It imports neither torch nor dgl, so plotting and reporting
-stay light.
+Every run directory written by ``hgadapter run``, ``sweep``, ``compare`` or ``demo`` holds a
+``metrics.json`` (one record) and, for trained methods, a ``history.json`` (one entry per epoch);
+the names of a run directory's files are defined here once (``*_FILE``). This module finds and
+reads them, and holds the one aggregation over seeds every table and figure uses
+(:func:`seed_values`, then :func:`mean_std`). It imports neither torch nor dgl, so plotting and
+reporting stay light.
 
 A record is a flat JSON object. Keys every record has:
 
@@ -29,9 +31,10 @@ from __future__ import annotations
 
 import json
 import math
+import operator
 import re
 import statistics
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -40,20 +43,30 @@ from hgadapter.errors import UserError
 __all__ = [
     "METRICS_FILE",
     "HISTORY_FILE",
-    "RESULTS_FILE",
+    "CONFIG_FILE",
+    "CLASSES_FILE",
+    "NODES_FILE",
+    "ADAPTER_FILE",
+    "LOG_FILE",
     "REQUIRED_KEYS",
     "RecordError",
     "load_records",
     "load_record",
     "load_history",
     "mean_std",
+    "seed_values",
     "is_number",
     "backbone_of_encoder",
 ]
 
-METRICS_FILE = "metrics.json"
-HISTORY_FILE = "history.json"
-RESULTS_FILE = "results.json"  # `hgadapter compare` writes its records as one list
+# The files of a run directory (hgadapter.runner writes them; metrics.json last).
+METRICS_FILE = "metrics.json"  # the run's record; its presence marks a finished run
+HISTORY_FILE = "history.json"  # per-epoch loss, lr and validation accuracy
+CONFIG_FILE = "config.yaml"  # resolved method config, package versions, git commit
+CLASSES_FILE = "classes.json"  # the C class names
+NODES_FILE = "nodes.safetensors"  # HeGraphAdapter's initial and adapted node features
+ADAPTER_FILE = "adapter.safetensors"  # trained adapter weights
+LOG_FILE = "log.txt"  # the run's log lines
 REQUIRED_KEYS: tuple[str, ...] = ("method", "shots", "seed", "val_acc", "test_acc")
 
 
@@ -89,11 +102,10 @@ def load_record(run_dir: str | Path) -> dict[str, Any]:
 def load_records(runs_dir: str | Path) -> list[dict[str, Any]]:
     """Every run record under ``runs_dir`` (searched recursively), sorted by run directory.
 
-    Records come from run directories (``metrics.json``) and from ``hgadapter compare`` folders
-    (``results.json``, a list of records that carry a ``config_hash``). Each record gets
-    ``run_dir``: its directory relative to ``runs_dir`` (``"."`` when ``runs_dir`` is itself a
-    run; ``<folder>/results.json#<i>`` for a comparison's i-th record). Directories whose name
-    starts with ``.`` (temporary or in-progress output) are skipped.
+    Records come from run directories (``metrics.json``), whichever command wrote them. Each
+    record gets ``run_dir``: its directory relative to ``runs_dir`` (``"."`` when ``runs_dir`` is
+    itself a run). Directories whose name starts with ``.`` (temporary or in-progress output) are
+    skipped.
 
     Raises:
         RecordError: ``runs_dir`` is not a directory, holds no run, or a metrics file is malformed.
@@ -109,19 +121,6 @@ def load_records(runs_dir: str | Path) -> list[dict[str, Any]]:
         record = load_record(path.parent)
         record["run_dir"] = rel.as_posix() or "."
         records.append(record)
-    for path in sorted(root.rglob(RESULTS_FILE)):
-        rel = path.relative_to(root)
-        if any(part.startswith(".") for part in rel.parts):
-            continue
-        data = _read_json(path)
-        # hgadapter compare's format; other results.json files (e.g. the demo's summary) are not records
-        if not isinstance(data, list) or not data or not all(isinstance(r, dict) and "config_hash" in r for r in data):
-            continue
-        for i, record in enumerate(data):
-            missing = [k for k in REQUIRED_KEYS if k not in record]
-            if missing:
-                raise RecordError(f"{path}: record {i} lacks keys {missing}; a run record needs {list(REQUIRED_KEYS)}")
-            records.append({**record, "run_dir": f"{rel.as_posix()}#{i}"})
     if not records:
         raise RecordError(f"{root}: no run found (no {METRICS_FILE} below it); run `hgadapter sweep` or `hgadapter run` first")
     return records
@@ -144,12 +143,34 @@ def is_number(value: Any) -> bool:
 
 
 def mean_std(values: Iterable[float]) -> tuple[float, float, int]:
-    """Mean, sample standard deviation (n - 1 denominator; 0 for one value) and count."""
+    """Mean, sample standard deviation (n - 1 denominator; 0 for one value) and count.
+
+    The one mean ± std over seeds of the project: tables (:mod:`hgadapter.report`, and through it
+    ``hgadapter compare`` and the demo) and figures (:mod:`viz`) all call it.
+    """
     data: Sequence[float] = [float(v) for v in values]
     if not data:
         raise ValueError("mean_std of no values")
     std = statistics.stdev(data) if len(data) > 1 else 0.0
     return statistics.fmean(data), std, len(data)
+
+
+def seed_values(
+    records: Iterable[Mapping[str, Any]],
+    value: Callable[[Mapping[str, Any]], Any] = operator.itemgetter("test_acc"),
+) -> list[float]:
+    """One number per seed of ``records`` (a group that differs only in seed), in first-seen order.
+
+    A seed run twice (say by a few-shot sweep and an ablation sweep) counts once, as the mean of
+    its runs, so it cannot weigh twice in :func:`mean_std`. ``value(record)`` gives the number
+    (default: ``test_acc``); records for which it is not a finite number are left out.
+    """
+    by_seed: dict[Any, list[float]] = {}
+    for record in records:
+        number = value(record)
+        if is_number(number):
+            by_seed.setdefault(record.get("seed"), []).append(float(number))
+    return [statistics.fmean(v) for v in by_seed.values()]
 
 
 _VIT_WIDTHS = {"base": "B", "large": "L", "huge": "H"}

@@ -11,6 +11,8 @@ sample standard deviation) and lays the groups out as the tables of the paper's 
 - ``backbones``: ImageNet 16-shot, methods x backbones (Table 4);
 - ``complexity``: trained methods at 16 shots, per (dataset, backbone): training-loop seconds
   per epoch, selection seconds, epochs and trained parameters in millions (Table 5).
+- ``selection`` (only when asked, as ``hgadapter compare`` does): per (dataset, backbone, shots),
+  validation and test accuracy and training seconds per method.
 
 ``out_dir`` receives ``report.md`` (all tables), ``report.csv`` (one line per cell) and
 ``report.json`` (the same lines plus each table's layout), written atomically. See
@@ -40,7 +42,7 @@ from typing import Any
 
 from hgadapter._io import atomic_write_json, atomic_write_text
 from hgadapter.paper_results import AVERAGE, LEARN_KEY, TABLE_NAMES, PaperResults, ReportError, load_paper_results, paper_results_path
-from hgadapter.records import is_number, load_records, mean_std
+from hgadapter.records import is_number, load_records, mean_std, seed_values
 
 __all__ = [
     "CSV_COLUMNS",
@@ -61,6 +63,8 @@ CSV_COLUMNS: tuple[str, ...] = (
 )
 SYNTHETIC_NOTE = "(synthetic task: says nothing about real CLIP)"
 FULL_SEEDS = 3  # fewer seeds than this and a cell shows its n
+REPORT_STEM = "report"  # write_report writes report.md, report.csv and report.json
+_RECORD_METRICS = ("test_acc", "val_acc", "train_seconds")  # per-seed numbers a record holds itself
 
 
 # --------------------------------------------------------------------------------------------
@@ -100,7 +104,7 @@ class Table:
     """One table in the paper's layout.
 
     Attributes:
-        kind: ``shots``, ``fewshot``, ``dg``, ``sensitivity``, ``backbones`` or ``complexity``.
+        kind: ``shots``, ``fewshot``, ``dg``, ``sensitivity``, ``backbones``, ``complexity`` or ``selection``.
         title: the markdown heading (ends in :data:`SYNTHETIC_NOTE` for synthetic tasks).
         paper_note: one line saying where the paper values come from (or why there are none).
         setting: what the table holds fixed (``backbone``, ``shots``, ``dataset``, ``method``, ``key``).
@@ -154,16 +158,12 @@ class _Group:
     by_seed: dict[Any, list[Mapping[str, Any]]] = field(default_factory=lambda: defaultdict(list))
 
     def per_seed(self, metric: str) -> list[float]:
-        """One value per seed of ``metric`` (``test_acc`` or a target name): repeats are averaged."""
-        values = []
-        for records in self.by_seed.values():
-            if metric == "test_acc":
-                got = [r["test_acc"] for r in records]
-            else:
-                got = [r["targets"][metric] for r in records if is_number((r.get("targets") or {}).get(metric))]
-            if got:
-                values.append(statistics.fmean(got))
-        return values
+        """One value per seed of ``metric`` (a record key such as ``test_acc``, or a target name):
+        repeats are averaged (:func:`hgadapter.records.seed_values`)."""
+        records = [r for rs in self.by_seed.values() for r in rs]
+        if metric in _RECORD_METRICS:
+            return seed_values(records, lambda r: r.get(metric))
+        return seed_values(records, lambda r: (r.get("targets") or {}).get(metric))
 
 
 def _group(records: Sequence[Mapping[str, Any]], warnings: list[str]) -> list[_Group]:
@@ -517,6 +517,33 @@ def _complexity_tables(groups: Sequence[_Group], paper: PaperResults, enabled: b
     return tables
 
 
+def _selection_tables(groups: Sequence[_Group], paper: PaperResults) -> list[Table]:
+    """Per (dataset, backbone, shots): validation and test accuracy and training seconds per run.
+
+    What ``hgadapter compare`` adds to the tables: how well validation predicted test, and cost.
+    """
+    tables = []
+    by_setting: dict[tuple, list[_Group]] = defaultdict(list)
+    for g in groups:
+        if not g.params:
+            by_setting[(g.synthetic, g.dataset, g.backbone, g.shots)].append(g)
+    for (synthetic, dataset, backbone, shots), gs in sorted(by_setting.items(), key=lambda kv: (kv[0][0], str(kv[0][1]), _backbone_rank(paper, kv[0][2]), kv[0][3])):
+        rows = _method_rows({g.method for g in gs}, paper)
+        for row in rows:
+            group = next(g for g in gs if g.method == row.id)  # one per method: the rest is fixed
+            for col in _RECORD_METRICS:
+                values = group.per_seed(col)
+                if values:
+                    row.cells[col] = cell = _stat_cell(values, None)
+                    if col == "train_seconds":
+                        cell.std = None  # a timing: its spread over seeds says little
+        columns = [("val_acc", "val acc (%)"), ("test_acc", "test acc (%)"), ("train_seconds", "train s / run")]
+        title = f"Validation, test and time: {paper.display('datasets', dataset)}, {_backbone_label(backbone)}, {shots}-shot{_title_suffix(synthetic)}"
+        note = "Validation accuracy chose each method's hyper-parameters; the test split was read once, afterwards."
+        tables.append(Table("selection", title, note, {"dataset": dataset, "backbone": backbone, "shots": shots}, columns, rows, synthetic))
+    return tables
+
+
 def _long_rows(table: Table) -> list[dict[str, Any]]:
     out = []
     for row in table.rows:
@@ -543,7 +570,7 @@ def _long_rows(table: Table) -> list[dict[str, Any]]:
                 line["value"] = table.setting["values"][col]
             elif table.kind == "backbones":
                 line["backbone"] = col
-            elif table.kind == "complexity":  # the column is the quantity: s/epoch, epochs, params (M)
+            elif table.kind in ("complexity", "selection"):  # the column is the quantity: s/epoch, val_acc, ...
                 line["key"] = col
             note = "; ".join(x for x in (cell.note, cell.paper_note and f"paper {cell.paper_note}") if x)
             line.update(mean=cell.mean, std=cell.std, n=cell.n, paper=cell.paper, diff=cell.diff, note=note)
@@ -551,16 +578,18 @@ def _long_rows(table: Table) -> list[dict[str, Any]]:
     return out
 
 
-def build_report(records: Sequence[Mapping[str, Any]], paper: Mapping[str, Any] | None) -> Report:
+def build_report(records: Sequence[Mapping[str, Any]], paper: Mapping[str, Any] | None, *, selection: bool = False) -> Report:
     """Group ``records`` by (dataset, backbone, method, shots, params), average over seeds, lay out tables.
 
     Args:
         records: run records (:func:`hgadapter.records.load_records`).
         paper: :func:`load_paper_results`'s answer, or ``None`` for no paper values.
+        selection: add, per (dataset, backbone, shots), a table of validation accuracy, test
+            accuracy and training seconds per method (``kind="selection"``; ``hgadapter compare``).
 
     Returns:
-        The tables (accuracy vs shots, few-shot, domain generalisation, sensitivity, backbones;
-        each only when some records fit it) and one long row per cell.
+        The tables (accuracy vs shots, few-shot, domain generalisation, sensitivity, backbones,
+        complexity, then selection; each only when some records fit it) and one long row per cell.
     """
     warnings: list[str] = []
     groups = _group(records, warnings)
@@ -578,6 +607,7 @@ def build_report(records: Sequence[Mapping[str, Any]], paper: Mapping[str, Any] 
         *_sensitivity_tables(groups, look, enabled),
         *_backbone_tables(groups, look, enabled),
         *_complexity_tables(groups, look, enabled),
+        *(_selection_tables(groups, look) if selection else []),
     ]
     rows = [line for table in tables for line in _long_rows(table)]
     return Report(tables=tables, rows=rows, runs=len(records), warnings=warnings, paper_file=(paper or {}).get("_path"))
@@ -611,10 +641,10 @@ def _escape(text: str) -> str:
     return text.replace("|", "\\|")
 
 
-def format_markdown(report: Report) -> str:
-    """All tables as markdown: a heading, one line on the paper values, the table."""
+def format_markdown(report: Report, *, title: str = "Results report") -> str:
+    """All tables as markdown under ``# title``: per table a heading, one line on the paper values, the table."""
     lines = [
-        "# Results report",
+        f"# {title}",
         "",
         f"{report.runs} runs. Test accuracy (%), mean ± sample std over seeds; `n=` when fewer than {FULL_SEEDS} seeds. "
         "Beside a cell: the paper's value and ours minus the paper's.",
@@ -663,8 +693,8 @@ def write_report(runs_dir: str | Path, out_dir: str | Path | None = None, *, pap
     paper = load_paper_results(paper_path) if use_paper else None
     report = build_report(records, paper)
     out = Path(out_dir) if out_dir is not None else Path(runs_dir) / "report"
-    atomic_write_text(out / "report.md", format_markdown(report))
-    atomic_write_text(out / "report.csv", _csv_text(report.rows))
+    atomic_write_text(out / f"{REPORT_STEM}.md", format_markdown(report))
+    atomic_write_text(out / f"{REPORT_STEM}.csv", _csv_text(report.rows))
     payload = {
         "runs": report.runs,
         "paper_file": report.paper_file,
@@ -673,7 +703,7 @@ def write_report(runs_dir: str | Path, out_dir: str | Path | None = None, *, pap
         "tables": [asdict(t) for t in report.tables],
         "warnings": report.warnings,
     }
-    atomic_write_json(out / "report.json", payload)
+    atomic_write_json(out / f"{REPORT_STEM}.json", payload)
     return out
 
 
@@ -688,7 +718,7 @@ def add_report_arguments(parser: argparse.ArgumentParser) -> None:
 def run_report(args: argparse.Namespace) -> int:
     """Run ``hgadapter report`` from parsed arguments; prints where it wrote, then the markdown."""
     out = write_report(args.runs_dir, args.out, paper_path=args.paper, use_paper=not args.no_paper)
-    print(f"wrote {out / 'report.md'}, {out / 'report.csv'}, {out / 'report.json'}")
+    print(f"wrote {', '.join(str(out / f'{REPORT_STEM}.{ext}') for ext in ('md', 'csv', 'json'))}")
     print()
-    print((out / "report.md").read_text(encoding="utf-8"), end="")
+    print((out / f"{REPORT_STEM}.md").read_text(encoding="utf-8"), end="")
     return 0

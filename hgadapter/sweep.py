@@ -13,9 +13,11 @@ when its directory holds a ``metrics.json`` with that hash (``metrics.json`` is 
 run writes). An interrupted sweep therefore resumes where it stopped, and a sweep whose config
 changed re-runs exactly the runs the change touches.
 
-Run directories: ``OUT/<experiment name>/<method>/[<grid point>/]<shots>shot-seed<seed>``, each
-as :mod:`hgadapter.runner` writes it; ``hgadapter report OUT`` and ``hgadapter figures OUT`` read
-them back.
+Run directories: ``OUT/<experiment name>/`` + :func:`run_path` (``<method>/[<grid point>/]<shots>shot-seed<seed>``),
+each as :mod:`hgadapter.runner` writes it; ``hgadapter report OUT`` and ``hgadapter figures OUT``
+read them back. ``hgadapter compare`` is a sweep over one cache held in memory: it names, hashes,
+skips and executes its runs with the same functions (:func:`run_path`, :func:`run_hash`,
+:func:`is_finished`, :func:`execute_run`).
 """
 
 from __future__ import annotations
@@ -35,13 +37,18 @@ from typing import Any
 
 from hgadapter._io import json_digest
 from hgadapter.config import ConfigError, ExperimentConfig, backbone_slug, load_experiment
-from hgadapter.records import backbone_of_encoder
+from hgadapter.records import METRICS_FILE, backbone_of_encoder
 
 __all__ = [
     "RunSpec",
     "SweepResult",
     "FEATURES_ENV",
     "expand_experiment",
+    "run_path",
+    "method_digest",
+    "run_hash",
+    "memory_fingerprint",
+    "is_finished",
     "plan_runs",
     "execute_run",
     "run_sweep",
@@ -135,6 +142,20 @@ def _point_slug(point: dict[str, Any]) -> str:
     return ",".join(f"{k}={v}" for k, v in point.items()).replace("/", "-")
 
 
+def run_path(root: str | os.PathLike, method: str, shots: int, seed: int, params: dict[str, Any] | None = None) -> Path:
+    """The directory of one run below ``root``: ``<method>/[<grid point>/]<shots>shot-seed<seed>``.
+
+    ``:`` in a method name becomes ``-`` (``hegraphadapter:t`` -> ``hegraphadapter-t``).
+    """
+    parts = [_slug(method)] + ([_point_slug(params)] if params else []) + [f"{shots}shot-seed{seed}"]
+    return Path(root, *parts)
+
+
+def method_digest(method: Any) -> str:
+    """Hash of a resolved method's name and config (:class:`hgadapter.methods.Method`)."""
+    return json_digest({"method": method.name, "config": method.config_dict()})
+
+
 def expand_experiment(
     experiment: ExperimentConfig | str | os.PathLike,
     *,
@@ -177,11 +198,10 @@ def expand_experiment(
         for point in points:
             overrides = (*extra, *(_override(k, v) for k, v in point.items()))
             method = create_method(method_name, config_file=experiment.path if is_hegraph else None, overrides=overrides)
-            digest = json_digest({"method": method.name, "config": method.config_dict()})
+            digest = method_digest(method)
             for shots in sweep.shots:
                 for seed in sweep.seeds:
-                    parts = [sweep.name, _slug(method.name)] + ([_point_slug(point)] if point else []) + [f"{shots}shot-seed{seed}"]
-                    out_dir = str(Path(out_root, *parts))
+                    out_dir = str(run_path(Path(out_root, sweep.name), method.name, shots, seed, point))
                     specs.setdefault(
                         out_dir,
                         RunSpec(
@@ -244,35 +264,55 @@ def plan_runs(specs: Iterable[RunSpec]) -> tuple[list[RunSpec], list[RunSpec]]:
     for spec in specs:
         cache_fp = _cache_fingerprint(spec.features, (spec.shots, spec.seed), sidecars, spec.backbone)
         target_fps = {name: _cache_fingerprint(path, None, sidecars, spec.backbone) for name, path in spec.targets.items()}
-        full = json_digest(
-            {
-                "version": HASH_VERSION,
-                "config": spec.config_digest,
-                "shots": spec.shots,
-                "seed": spec.seed,
-                "dataset": spec.dataset,
-                "backbone": spec.backbone,
-                "params": spec.params,
-                "cache": cache_fp,
-                "targets": target_fps,
-            }
-        )
-        spec = dataclasses.replace(spec, config_hash=full)
-        (done if _finished(spec) else pending).append(spec)
+        spec = dataclasses.replace(spec, config_hash=run_hash(spec, cache_fp, target_fps))
+        (done if is_finished(spec.out_dir, spec.config_hash) else pending).append(spec)
     # Consecutive runs on the same training set reuse the loaded cache in a worker.
     pending.sort(key=lambda s: (s.features, s.shots, s.seed))
     return pending, done
 
 
-def _finished(spec: RunSpec) -> bool:
-    path = Path(spec.out_dir) / "metrics.json"
+def run_hash(spec: RunSpec, cache_fp: str, target_fps: dict[str, str]) -> str:
+    """The hash of everything that determines ``spec``'s result, given its caches' fingerprints."""
+    return json_digest(
+        {
+            "version": HASH_VERSION,
+            "config": spec.config_digest,
+            "shots": spec.shots,
+            "seed": spec.seed,
+            "dataset": spec.dataset,
+            "backbone": spec.backbone,
+            "params": spec.params,
+            "cache": cache_fp,
+            "targets": target_fps,
+        }
+    )
+
+
+def memory_fingerprint(cache: Any, train_key: tuple[int, int]) -> str:
+    """Fingerprint of a :class:`~hgadapter.data.cache.FeatureCache` held in memory, for one training set.
+
+    What a sidecar records for a cache on disk, as far as a cache in memory knows it: class
+    names, dimension, logit scale, the extraction's ``meta`` and the shape of the training set.
+    """
+    train = cache.train_set(*train_key)
+    return json_digest(
+        {
+            "memory": {"classnames": list(cache.classnames), "dim": cache.dim, "logit_scale": cache.logit_scale, "meta": cache.meta},
+            "train": {"shots": train_key[0], "seed": train_key[1], "shape": list(train.features.shape)},
+        }
+    )
+
+
+def is_finished(run_dir: str | os.PathLike, config_hash: str) -> bool:
+    """Whether ``run_dir`` holds a finished run with this hash (its ``metrics.json``, written last)."""
+    path = Path(run_dir) / METRICS_FILE
     if not path.is_file():
         return False
     try:
         record = json.loads(path.read_text(encoding="utf-8"))
     except (OSError, json.JSONDecodeError):
         return False
-    return isinstance(record, dict) and record.get("config_hash") == spec.config_hash
+    return isinstance(record, dict) and record.get("config_hash") == config_hash
 
 
 # --------------------------------------------------------------------------------------------
@@ -316,13 +356,18 @@ def _target_cache(path: str) -> Any:
     return _TARGET_MEMO[key]
 
 
-def execute_run(spec: RunSpec, *, device: str | None = None, progress: bool = False) -> dict:
-    """Fit, select and test one run and write its directory; returns its record."""
+def execute_run(spec: RunSpec, *, cache: Any = None, device: str | None = None, progress: bool = False) -> dict:
+    """Fit, select and test one run and write its directory; returns its record.
+
+    ``cache`` is the run's feature cache when the caller holds it in memory (``hgadapter
+    compare``); by default it is loaded from ``spec.features``.
+    """
     from hgadapter.methods import create_method
     from hgadapter.runner import run_method
 
     method = create_method(spec.method, config_file=spec.config_file, overrides=spec.overrides)
-    cache = _training_cache(spec.features, spec.shots, spec.seed)
+    if cache is None:
+        cache = _training_cache(spec.features, spec.shots, spec.seed)
     targets = {name: _target_cache(path) for name, path in spec.targets.items()}
     extra = {"experiment": spec.experiment, "dataset": spec.dataset, "params": spec.params, "config_hash": spec.config_hash}
     if spec.backbone is not None:  # else the runner names it from the cache's encoder id, if it can

@@ -3,6 +3,7 @@
 import json
 
 import pytest
+import yaml
 import torch
 
 from hgadapter.cli import main
@@ -73,28 +74,6 @@ def test_bad_input_is_one_line_and_exit_2(small_cache, tmp_path, capsys, argv, m
     assert not (tmp_path / "run" / "metrics.json").exists()
 
 
-def test_demo_writes_tables_report_and_tsne(tmp_path, monkeypatch, capsys):
-    """The demo end to end on a small synthetic task (the real one takes about two minutes)."""
-    import hgadapter.cli as cli
-    import hgadapter.data.synthetic as synthetic
-
-    real = synthetic.build_synthetic_task
-    small = synthetic.SyntheticTaskConfig(num_classes=24, num_families=4, dim=32, shots=(2,), seeds=(1, 2), test_per_class=10)
-    monkeypatch.setattr(synthetic, "build_synthetic_task", lambda cfg=None: real(small))
-    monkeypatch.setattr(cli, "DEMO_SHOTS", 2)
-    monkeypatch.setattr(cli, "DEMO_SEEDS", (1, 2))
-    assert cli.main(["demo", "--out", str(tmp_path), "--quiet"]) == 0
-    out = capsys.readouterr().out
-    assert "SYNTHETIC task" in out and "demo finished" in out
-    results = (tmp_path / "results.md").read_text()
-    assert "| full | 1,2 |" in results and "tip_adapter" in results
-    report = (tmp_path / "report" / "report.md").read_text()
-    for row in ("| HeGraphAdapter(T-N) |", "| HeGraphAdapter |", "| Tip-Adapter |", "| Zero-shot CLIP |"):
-        assert row in report, row
-    assert "synthetic task: says nothing about real CLIP" in report
-    assert (tmp_path / "tsne_pos_full_seed1.png").stat().st_size > 0 and (tmp_path / "tsne_pos_full_seed1.pdf").is_file()
-
-
 def test_synth_set_changes_images_but_not_classes_or_prompts(tmp_path, capsys):
     from hgadapter.cli import main
     from hgadapter.data.io import load_cache
@@ -142,7 +121,7 @@ def test_compare_a_method_yaml_with_a_base(small_cache, tmp_path, monkeypatch, c
     argv = ["compare", "--features", str(small_cache), "--methods", "taskres", "tip_adapter", "--shots", "2", "--seeds", "1",
             "--out", str(out), "--device", "cpu", "--config", f"tip_adapter={mine}", "--quiet"]
     assert main(argv) == 0, capsys.readouterr().err
-    configs = {r["method"]: r["config"] for r in json.loads((out / "results.json").read_text())}
+    configs = {m: yaml.safe_load((out / m / "2shot-seed1" / "config.yaml").read_text()) for m in ("taskres", "tip_adapter")}  # each run's resolved config
     assert (configs["taskres"]["alpha"], configs["taskres"]["epochs"], configs["taskres"]["lr"]) == (0.25, 2, 0.004)
     assert (configs["tip_adapter"]["search_step"], configs["tip_adapter"]["alpha"]) == ([10, 5], 2.0)
 

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import argparse
 import functools
-import json
 
 import pytest
 
@@ -14,6 +13,7 @@ from hgadapter.config import ConfigError
 from hgadapter.data.cache import CacheError
 from hgadapter.data.io import save_cache
 from hgadapter.data.synthetic import build_synthetic_task
+from hgadapter.records import CONFIG_FILE, METRICS_FILE, load_records
 
 QUICK: dict[str, list[str]] = {
     "linear_probe": ["search_steps=1"],
@@ -85,22 +85,33 @@ def test_selection_never_reads_the_test_split(tmp_path, monkeypatch):
     assert guarded.test_reads == 2 * len(methods)  # test_features and test_labels, once per run
 
 
+def on_disk(out_dir):
+    """The records of the run directories below ``out_dir``, without the ``run_dir`` load_records adds."""
+    return [{k: v for k, v in r.items() if k != "run_dir"} for r in load_records(out_dir)]
+
+
 def test_results_records_are_complete(tmp_path):
     methods = ["zero_shot", "tip_adapter", "taskres"]
     records = compare(small_task(), methods, [1, 2], [1, 2], tmp_path, progress=False, device="cpu", overrides=quick(methods), log=None)
-    on_disk = json.loads((tmp_path / "results.json").read_text())
-    assert on_disk == records
+    key = lambda r: (r["method"], r["shots"], r["seed"])  # noqa: E731
+    assert sorted(on_disk(tmp_path), key=key) == sorted(records, key=key)  # every record is a sweep-style run directory
+    for m in methods:
+        for k in (1, 2):
+            for s in (1, 2):
+                run = tmp_path / m / f"{k}shot-seed{s}"
+                assert (run / METRICS_FILE).is_file() and (run / CONFIG_FILE).is_file()
     assert [(r["method"], r["shots"], r["seed"]) for r in records] == [(m, k, s) for m in methods for k in (1, 2) for s in (1, 2)]
     for r in records:
-        assert set(r) == set(RECORD_KEYS)
+        assert set(RECORD_KEYS) <= set(r)
         assert 0.0 <= r["val_acc"] <= 100.0 and 0.0 <= r["test_acc"] <= 100.0
         assert r["dataset"] == "synthetic" and r["synthetic"] is True
-        assert r["train_seconds"] >= 0.0 and r["fit_seconds"] >= 0.0 and isinstance(r["epochs"], int)
-        assert isinstance(r["hparams"], dict) and isinstance(r["config"], dict)
+        assert r["train_seconds"] >= 0.0 and isinstance(r["epochs"], int)
+        assert isinstance(r["hparams"], dict) and r["experiment"] == "compare" and r["params"] == {}
     assert {r["epochs"] for r in records if r["method"] == "taskres"} == {3}
     assert set(records[4]["hparams"]) == {"alpha", "beta"}  # tip_adapter's chosen pair
     table = (tmp_path / "results.md").read_text()
-    assert "(synthetic task)" in table and "| tip_adapter |" in table and "| method | 1 shot | 2 shots |" in table
+    assert "synthetic task" in table and "| Tip-Adapter |" in table and "| Method | 1-shot | 2-shot |" in table
+    assert "| Method | val acc (%) | test acc (%) | train s / run |" in table
     for suffix in ("png", "pdf"):
         assert (tmp_path / f"results.{suffix}").stat().st_size > 1000
 
@@ -128,7 +139,23 @@ def test_resume_skips_finished_records_and_reruns_changed_configs(tmp_path, monk
     changed = compare(small_task(), methods, [2], [1, 2], tmp_path, progress=False, device="cpu", overrides={"taskres": ["epochs=2"]}, log=None)
     assert fits == [("taskres", 1), ("taskres", 2)]
     assert [r["epochs"] for r in changed if r["method"] == "taskres"] == [2, 2]
-    assert len(json.loads((tmp_path / "results.json").read_text())) == 4  # replaced, not appended
+    assert len(load_records(tmp_path)) == 4  # replaced, not appended
+    assert on_disk(tmp_path) == sorted(changed, key=lambda r: (r["method"], r["shots"], r["seed"]))
+
+
+def test_a_sweep_and_a_comparison_share_one_finished_run_test(tmp_path):
+    """compare names, hashes and skips its runs with the sweep's functions: a run whose hash
+    differs (here: another cache) is not finished, whatever its directory holds."""
+    from hgadapter.sweep import is_finished
+
+    first = compare(small_task(), ["zero_shot"], [1], [1], tmp_path, progress=False, device="cpu", log=None)[0]
+    run = tmp_path / "zero_shot" / "1shot-seed1"
+    assert is_finished(run, first["config_hash"]) and not is_finished(run, "0" * 16)
+    other = build_synthetic_task(
+        num_classes=12, dim=32, num_families=4, semantic_rank=16, family_rank=4, shots=(1,), seeds=(1,), test_per_class=4, seed=7
+    )
+    again = compare(other, ["zero_shot"], [1], [1], tmp_path, progress=False, device="cpu", log=None)[0]
+    assert again["config_hash"] != first["config_hash"] and load_records(tmp_path)[0]["config_hash"] == again["config_hash"]
 
 
 def test_errors_come_before_any_run(tmp_path):
@@ -138,19 +165,19 @@ def test_errors_come_before_any_run(tmp_path):
         compare(small_task(), ["taskres"], [1], [1], tmp_path, overrides={"taskres": ["epochz=1"]}, log=None)
     with pytest.raises(CacheError, match=r"shots=16, seed=1"):
         compare(small_task(), ["zero_shot"], [16], [1], tmp_path, log=None)
-    assert not (tmp_path / "results.json").exists()
+    assert list(tmp_path.iterdir()) == []  # no run directory, no table
 
 
 def test_format_table_mean_and_sample_std():
     records = [
-        {"method": "a", "shots": 4, "seed": s, "val_acc": v, "test_acc": t, "fit_seconds": 1.0}
+        {"method": "a", "shots": 4, "seed": s, "val_acc": v, "test_acc": t, "train_seconds": 1.0}
         for s, v, t in [(1, 60.0, 70.0), (2, 62.0, 72.0), (3, 64.0, 74.0)]
-    ] + [{"method": "b", "shots": 4, "seed": s, "val_acc": 50.0, "test_acc": 50.0 + s, "fit_seconds": 2.0} for s in (1, 2)]
-    table = format_table(records, title="T")
-    assert table.startswith("### T\n")
+    ] + [{"method": "b", "shots": 4, "seed": s, "val_acc": 50.0, "test_acc": 50.0 + s, "train_seconds": 2.0} for s in (1, 2)]
+    table = format_table(records, title="T")  # hgadapter.report's tables
+    assert table.startswith("# T\n")
     assert "| a | 72.00 ± 2.00 |" in table  # sample std (n - 1) of 70, 72, 74
-    assert "| b | 51.50 ± 0.71 (2) |" in table
-    assert "| a | 4 | 1,2,3 | 62.00 ± 2.00 | 72.00 ± 2.00 | 1.0 |" in table
+    assert "| b | 51.50 ± 0.71 (n=2) |" in table
+    assert "| a | 62.00 ± 2.00 | 72.00 ± 2.00 | 1.00 |" in table  # val, test, seconds per run
 
 
 def test_cli_compare_on_a_saved_cache(tmp_path, capsys):
@@ -163,11 +190,11 @@ def test_cli_compare_on_a_saved_cache(tmp_path, capsys):
          "--out", str(out), "--device", "cpu", "--quiet", "--set", "taskres.epochs=2", "--set", "tip_adapter.search_step=[10, 5]"]
     )
     assert run_compare(args) == 0
-    records = json.loads((out / "results.json").read_text())
+    records = load_records(out)
     assert sorted({r["shots"] for r in records}) == [1, 2]  # every K the cache holds for seeds 1 and 2
     assert {r["epochs"] for r in records if r["method"] == "taskres"} == {2}
     printed = capsys.readouterr().out
-    assert "SYNTHETIC" in printed and "| zero_shot |" in printed and "results.png" in printed
+    assert "SYNTHETIC" in printed and "| Zero-shot CLIP |" in printed and "results.png" in printed
 
 
 @pytest.mark.parametrize(

@@ -405,20 +405,37 @@ def test_learned_fusion_weights_meet_the_papers_learn_column(tmp_path, paper):
     assert "all fusion weights learned; paper Table 3, column 'learn'" in table.title
 
 
-def test_compare_results_files_are_records_too(tmp_path):
+def test_only_run_directories_are_records(tmp_path):
+    """One store of finished runs: metrics.json files; a results.json list (compare's old store) is not read."""
     from hgadapter.records import RecordError, load_records
 
     runs = tmp_path / "runs"
     (runs / "cmp").mkdir(parents=True)
     rows = [{"method": "tip_adapter", "shots": 16, "seed": s, "val_acc": 60.0, "test_acc": 61.0 + s, "config_hash": "x"} for s in (1, 2)]
     (runs / "cmp" / "results.json").write_text(json.dumps(rows))
-    (runs / "results.json").write_text(json.dumps([{"variant": "t", "seed": 1}]))  # the demo's summary: not records
-    records = load_records(runs)
-    assert [(r["method"], r["seed"], r["run_dir"]) for r in records] == [("tip_adapter", 1, "cmp/results.json#0"), ("tip_adapter", 2, "cmp/results.json#1")]
-    rows[1].pop("test_acc")
-    (runs / "cmp" / "results.json").write_text(json.dumps(rows))
-    with pytest.raises(RecordError, match=r"results\.json: record 1 lacks keys \['test_acc'\]"):
+    with pytest.raises(RecordError, match=r"no run found \(no metrics\.json below it\)"):
         load_records(runs)
+    (runs / "cmp" / "tip_adapter" / "16shot-seed1").mkdir(parents=True)
+    (runs / "cmp" / "tip_adapter" / "16shot-seed1" / "metrics.json").write_text(json.dumps(rows[0]))
+    assert [(r["method"], r["seed"], r["run_dir"]) for r in load_records(runs)] == [("tip_adapter", 1, "cmp/tip_adapter/16shot-seed1")]
+
+
+def test_selection_table_on_request(paper):
+    from hgadapter.report import build_report, format_markdown
+
+    records = [
+        {"method": "taskres", "shots": 16, "seed": s, "val_acc": 60.0 + s, "test_acc": 70.0 + 2 * s, "train_seconds": 3.0 * s, "dataset": "dtd", "backbone": "RN50"}
+        for s in (1, 2, 3)
+    ]
+    assert all(t.kind != "selection" for t in build_report(records, paper).tables)
+    report = build_report(records, paper, selection=True)
+    table = next(t for t in report.tables if t.kind == "selection")
+    cells = table.rows[0].cells
+    assert (cells["val_acc"].mean, cells["val_acc"].std) == (62.0, 1.0)
+    assert (cells["test_acc"].mean, cells["test_acc"].std) == (74.0, 2.0)
+    assert (cells["train_seconds"].mean, cells["train_seconds"].std) == (6.0, None)
+    assert {(r["table"], r["key"]) for r in report.rows if r["table"] == "selection"} == {("selection", k) for k in ("val_acc", "test_acc", "train_seconds")}
+    assert "| TaskRes | 62.00 ± 1.00 | 74.00 ± 2.00 | 6.00 |" in format_markdown(report, title="T")
 
 
 def test_complexity_table_divides_time_by_epochs_and_sets_the_papers_table5_beside(paper):
@@ -468,3 +485,17 @@ def test_one_dataset_gets_the_shots_table_instead_of_one_column_tables():
     assert kinds == ["shots"]
     kinds = [t.kind for t in build_report(records(["dtd", "eurosat"]), None).tables]
     assert kinds == ["shots", "fewshot", "fewshot"]
+
+
+def test_seed_values_one_number_per_seed_then_mean_std():
+    """The one aggregation over seeds (report, compare, demo, viz): repeats of a seed count once."""
+    from hgadapter.records import mean_std, seed_values
+
+    records = [{"seed": 1, "test_acc": 60.0}, {"seed": 2, "test_acc": 64.0}, {"seed": 1, "test_acc": 62.0}, {"seed": 3, "test_acc": 66.0}]
+    assert seed_values(records) == [61.0, 64.0, 66.0]  # seed 1 is the mean of its two runs
+    assert mean_std(seed_values(records)) == (pytest.approx(191 / 3), pytest.approx(2.5166114784), 3)
+    with_targets = [{"seed": 1, "targets": {"v2": 50.0}}, {"seed": 2, "targets": {}}, {"seed": 3, "targets": {"v2": float("nan")}}]
+    assert seed_values(with_targets, lambda r: r["targets"].get("v2")) == [50.0]  # missing and non-finite left out
+    assert mean_std([70.0]) == (70.0, 0.0, 1)
+    with pytest.raises(ValueError, match="mean_std of no values"):
+        mean_std([])

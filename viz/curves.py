@@ -8,8 +8,9 @@
 - :func:`plot_figures`: every figure a folder of runs supports (``hgadapter figures RUNS_DIR``).
 
 Everything here reads records through :mod:`hgadapter.records` (no torch) and only plots them.
-Means are over the records that share a point (usually seeds) with their sample standard
-deviation (n - 1), as :func:`hgadapter.records.mean_std` computes.
+Means are over the seeds of the records that share a point (a seed run twice counts once,
+:func:`hgadapter.records.seed_values`) with their sample standard deviation (n - 1), as
+:func:`hgadapter.records.mean_std` computes for every table and figure.
 """
 
 from __future__ import annotations
@@ -23,7 +24,7 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from hgadapter.records import HISTORY_FILE, METRICS_FILE, load_history, load_record, load_records, mean_std
+from hgadapter.records import HISTORY_FILE, METRICS_FILE, load_history, load_record, load_records, mean_std, seed_values
 from viz import style
 
 if TYPE_CHECKING:
@@ -600,12 +601,12 @@ def _filter(records: list[Record], key: str, wanted: str | Sequence[str] | None,
 
 
 def _group(records: Sequence[Record], key_of: Any) -> dict[Any, list[float]]:
-    """Test accuracies by ``key_of(record)``, one value per seed: a seed run twice (say by a
-    few-shot and an ablation sweep) counts once, as the mean of its runs, as in the report."""
-    by_seed: dict[Any, dict[Any, list[float]]] = defaultdict(lambda: defaultdict(list))
+    """Test accuracies by ``key_of(record)``, one value per seed (:func:`hgadapter.records.seed_values`,
+    as in the report)."""
+    groups: dict[Any, list[Record]] = defaultdict(list)
     for r in records:
-        by_seed[key_of(r)][r.get("seed")].append(float(r["test_acc"]))
-    return {key: [sum(v) / len(v) for v in seeds.values()] for key, seeds in by_seed.items()}
+        groups[key_of(r)].append(r)
+    return {key: seed_values(rs) for key, rs in groups.items()}
 
 
 def _synthetic_note(records: Sequence[Record]) -> str:

@@ -29,6 +29,7 @@ from typing import TYPE_CHECKING, Any, Sequence
 
 import numpy as np
 
+from hgadapter.records import CLASSES_FILE, METRICS_FILE, NODES_FILE  # imports no torch
 from viz import style
 
 if TYPE_CHECKING:
@@ -48,9 +49,6 @@ __all__ = [
     "DEFAULT_NUM_CLASSES",
 ]
 
-NODES_FILE = "nodes.safetensors"
-CLASSES_FILE = "classes.json"
-METRICS_FILE = "metrics.json"
 FIGURE_FORMATS = tuple("." + f for f in style.FIGURE_FORMATS)
 DEFAULT_NUM_CLASSES = 20  # the paper's Figure 3 draws 20 random classes
 DEFAULT_FIGSIZE = (style.TEXT_WIDTH, 3.6)  # inches: two panels across the full text width
