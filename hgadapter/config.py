@@ -32,6 +32,7 @@ import yaml
 
 from hgadapter._resources import resource_path
 from hgadapter.errors import UserError
+from hgadapter.train import CHECKPOINTS
 from hgadapter.metapaths import (
     ACTIVATIONS,
     CANONICAL_ETYPES,
@@ -171,6 +172,7 @@ class TrainConfig:
     init: str = hparam("identity", choices=INITS)  # initial stage projections: identity | zeros | xavier
     learn_betas: bool = hparam(False)  # learn every fusion weight, starting at its beta (paper Table 3, "learn"); beta_test unused
     classwise_bias: bool = hparam(False)  # a learnable, zero-initialised C x d term per meta-path inside its activation (METHOD.md)
+    checkpoint: str = hparam("last", choices=CHECKPOINTS)  # keep the last epoch's weights, or the epoch with the best validation accuracy (text classifier)
 
 
 @dataclass(frozen=True)

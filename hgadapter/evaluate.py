@@ -25,7 +25,7 @@ __all__ = ["Selection", "cache_keys", "select_alpha_beta", "select_predictor"]
 
 
 def cache_keys(train_set: FewShotSet, *, device: torch.device | str, vis_bias: torch.Tensor | None = None) -> torch.Tensor:
-    """Tip-Adapter's cache keys: each image's V unit-norm views averaged, shifted, renormalised.
+    """Tip-Adapter's cache keys: each image's V unit-norm views averaged and renormalised, then shifted and renormalised.
 
     Tip-Adapter (``build_cache_model``) averages the features of ``augment_epoch`` augmented
     passes over the training set; the cache's V views are those passes. With ``vis_bias``
@@ -36,7 +36,10 @@ def cache_keys(train_set: FewShotSet, *, device: torch.device | str, vis_bias: t
         keys ``(N, d)`` on ``device``.
     """
     views = F.normalize(train_set.features.float(), dim=-1).to(device)  # (N, V, d)
-    return shift_features(views.mean(dim=1), train_set.labels.to(device), vis_bias)  # (N, d)
+    # The unshifted key is renormalised before the shift, as in training
+    # (adapter.shifted_cache_affinity expects unit-norm keys), so the bias means the same in both.
+    keys = F.normalize(views.mean(dim=1), dim=-1)  # (N, d)
+    return shift_features(keys, train_set.labels.to(device), vis_bias)  # (N, d)
 
 
 @dataclass(frozen=True)

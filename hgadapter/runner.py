@@ -28,7 +28,7 @@ from hgadapter._io import atomic_save_tensors, atomic_write_json, atomic_write_t
 from hgadapter.data.cache import FeatureCache, dataset_name
 from hgadapter.methods import Method, method_from_config
 from hgadapter.protocol import Fitted, score_on_target, score_on_test, selection_data
-from hgadapter.records import backbone_of_encoder
+from hgadapter.records import CLASSES_FILE, CONFIG_FILE, HISTORY_FILE, LOG_FILE, METRICS_FILE, backbone_of_encoder
 
 __all__ = ["run_experiment", "run_method", "environment_info"]
 
@@ -156,10 +156,10 @@ def _write_run(out: Path, method: Method, record: dict, fitted: Fitted, cache: F
         "run": {k: record[k] for k in run_keys if k in record},
         "environment": environment_info(),
     }
-    atomic_write_text(out / "config.yaml", yaml.safe_dump(resolved, sort_keys=False))
-    atomic_write_json(out / "classes.json", list(cache.classnames))
-    atomic_write_json(out / "history.json", json_safe(fitted.history))
+    atomic_write_text(out / CONFIG_FILE, yaml.safe_dump(resolved, sort_keys=False))
+    atomic_write_json(out / CLASSES_FILE, list(cache.classnames))
+    atomic_write_json(out / HISTORY_FILE, json_safe(fitted.history))
     for stem, tensors in fitted.tensors.items():
         atomic_save_tensors(out / f"{stem}.safetensors", tensors)
-    atomic_write_text(out / "log.txt", "\n".join(log_lines) + "\n")
-    atomic_write_json(out / "metrics.json", record)  # last: its presence marks a finished run
+    atomic_write_text(out / LOG_FILE, "\n".join(log_lines) + "\n")
+    atomic_write_json(out / METRICS_FILE, record)  # last: its presence marks a finished run

@@ -176,7 +176,7 @@ def expand_experiment(
         ConfigError: an unknown method, a grid given for a method without a dotted config, or any
             invalid config value (the message names the file and key).
     """
-    from hgadapter.methods import create_method
+    from hgadapter.methods import create_method, method_class
 
     if not isinstance(experiment, ExperimentConfig):
         experiment = load_experiment(experiment)
@@ -191,13 +191,18 @@ def expand_experiment(
     points = _grid_points(sweep.grid)
     specs: dict[str, RunSpec] = {}
     for method_name in sweep.methods:
-        is_hegraph = method_name.split(":")[0] == "hegraphadapter"
-        if sweep.grid and not is_hegraph:
-            raise ConfigError(f"{where}.grid: grid keys are HeGraphAdapter config keys, but method {method_name!r} is not a HeGraphAdapter variant; sweep it in its own file")
+        # A method whose config is a run config (train/eval/graph sections) reads it from the
+        # experiment file itself; every other method reads its shipped method config.
+        config_file = experiment.path if method_class(method_name).reads_experiment_file else None
         extra = sweep.method_overrides.get(method_name, ())
         for point in points:
-            overrides = (*extra, *(_override(k, v) for k, v in point.items()))
-            method = create_method(method_name, config_file=experiment.path if is_hegraph else None, overrides=overrides)
+            overrides = (*extra, *(_override(k, v) for k, v in point.items()))  # grid keys are keys of each method's config
+            try:
+                method = create_method(method_name, config_file=config_file, overrides=overrides)
+            except ConfigError as exc:
+                if not point:
+                    raise
+                raise ConfigError(f"{where}.grid {dict(point)}: method {method_name!r}: {exc} (grid keys apply to every method of the file; sweep other methods in their own file)") from None
             digest = method_digest(method)
             for shots in sweep.shots:
                 for seed in sweep.seeds:
@@ -213,7 +218,7 @@ def expand_experiment(
                             seed=seed,
                             features=features,
                             targets=dict(targets),
-                            config_file=str(experiment.path) if is_hegraph else None,
+                            config_file=None if config_file is None else str(config_file),
                             overrides=tuple(overrides),
                             params=dict(point),
                             out_dir=out_dir,

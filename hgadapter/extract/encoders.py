@@ -24,6 +24,7 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
+from hgadapter.device import resolve_device
 from hgadapter.errors import UserError
 from hgadapter.extract.augment import Preprocess
 
@@ -145,12 +146,6 @@ class Encoder:
 
 
 # -- construction ---------------------------------------------------------------------------
-
-
-def _resolve_device(device: str | torch.device | None) -> torch.device:
-    if device is None or device == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(device)
 
 
 def _resolve_precision(precision: str, device: torch.device) -> str:
@@ -326,7 +321,7 @@ def create_encoder(
     Raises:
         EncoderError: unknown or unavailable model, with how to download it.
     """
-    dev = _resolve_device(device)
+    dev = resolve_device(device)
     prec = _resolve_precision(precision, dev)
     if model_id.startswith("open_clip:"):
         return _load_open_clip(model_id, dev, prec)

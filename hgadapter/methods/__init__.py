@@ -12,7 +12,7 @@ formulas, sources and defaults are described in docs/baselines.md; their configs
     >>> method = create_method("tip_adapter", overrides=["alpha=0"])
 """
 
-from hgadapter.methods._registry import Method, create_method, list_methods, load_method_config, method_from_config, methods_dir, register_method
+from hgadapter.methods._registry import Method, create_method, list_methods, load_method_config, method_class, method_from_config, methods_dir, register_method
 
 # Importing a module registers its method; this order is list_methods()'s order.
 from hgadapter.methods import zero_shot  # noqa: E402,F401  isort: skip
@@ -24,4 +24,4 @@ from hgadapter.methods import clip_adapter  # noqa: E402,F401  isort: skip
 from hgadapter.methods import graphadapter  # noqa: E402,F401  isort: skip
 from hgadapter.methods import hegraphadapter  # noqa: E402,F401  isort: skip
 
-__all__ = ["Method", "create_method", "list_methods", "load_method_config", "method_from_config", "methods_dir", "register_method"]
+__all__ = ["Method", "create_method", "list_methods", "load_method_config", "method_class", "method_from_config", "methods_dir", "register_method"]

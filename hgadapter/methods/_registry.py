@@ -37,6 +37,7 @@ __all__ = [
     "register_method",
     "list_methods",
     "create_method",
+    "method_class",
     "method_from_config",
     "methods_dir",
     "method_config_path",
@@ -112,6 +113,9 @@ class Method:
 
     config_cls: ClassVar[type | None] = None
     threads: ClassVar[int | None] = 1
+    # Whether the method's config is a run config read from an experiment file (its train / eval
+    # / graph sections, as HeGraphAdapter's is); other methods read their shipped method config.
+    reads_experiment_file: ClassVar[bool] = False
 
     def __init__(self, *, name: str, config: Any) -> None:
         self.name = name
@@ -256,6 +260,18 @@ def create_method(
     else:
         variant = None
     return cls.create(name, variant=variant, config_file=config_file, overrides=tuple(overrides))
+
+
+def method_class(name: str) -> type[Method]:
+    """The :class:`Method` subclass registered as ``name`` (or the family of ``name``'s variant).
+
+    Raises:
+        ConfigError: an unknown name ("unknown method 'x'; available: [...]").
+    """
+    entry = _REGISTRY.get(str(name).partition(VARIANT_SEPARATOR)[0])
+    if entry is None:
+        raise ConfigError(f"unknown method {name!r}; available: {list_methods()}")
+    return entry[0]
 
 
 def method_from_config(config: Any) -> Method:

@@ -52,6 +52,7 @@ class HeGraphAdapter(Method):
 
     config_cls = RunConfig
     threads = None  # all of the process's threads: the message passing is worth them
+    reads_experiment_file = True  # its RunConfig is the experiment file's train / eval / graph / stages
 
     def __init__(self, *, name: str, config: RunConfig) -> None:
         super().__init__(name=name, config=config)
@@ -190,6 +191,7 @@ def train_adapter(
     schedule = warmup_cosine(epochs=tcfg.epochs, warmup_epochs=tcfg.warmup_epochs, lr=tcfg.lr, warmup_lr=tcfg.warmup_lr)
     result = train_loop(
         adapter, optimizer, schedule, data, ctx,
-        logits_fn=val_logits, loss_fn=loss_fn, epochs=tcfg.epochs, batch_size=tcfg.batch_size, desc=f"train {variant.name}",
+        logits_fn=val_logits, loss_fn=loss_fn, epochs=tcfg.epochs, batch_size=tcfg.batch_size, checkpoint=tcfg.checkpoint,
+        desc=f"train {variant.name}",
     )
     return adapter, result
