@@ -226,6 +226,7 @@ def test_trained_methods_report_their_parameter_count(tmp_path):
     records = {r["method"]: r for r in run_sweep([tmp_path / "exp.yaml"], out_root=tmp_path / "runs", features_root=tmp_path / "features", progress=False, log=None).finished}
     C, d = cache.num_classes, cache.dim
     assert records["taskres"]["trainable_params"] == C * d  # one residual per class
-    assert records["hegraphadapter"]["trainable_params"] == 3 * d * d  # one d x d projection per stage
+    # one d x d projection per stage and a C x d class-wise term per meta-path (6 in full)
+    assert records["hegraphadapter"]["trainable_params"] == 3 * d * d + 6 * C * d
     assert records["clip_adapter"]["trainable_params"] > 0
     assert "trainable_params" not in records["zero_shot"]  # nothing trained

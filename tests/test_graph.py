@@ -125,7 +125,7 @@ def test_topk_by_relation_config():
     from hgadapter.config import ConfigError, load_config
 
     cfg = load_config("t", overrides=["graph.topk_by_relation={v2p: 1, n2p: null}"])
-    assert cfg.variant.graph.topk_by_relation == {"v2p": 1, "n2p": None} and cfg.variant.graph.topk == 16
+    assert cfg.variant.graph.topk_by_relation == {"v2p": 1, "n2p": None} and cfg.variant.graph.topk == 8
     with pytest.raises(ConfigError, match=r"graph\.topk_by_relation\.v2v: relation 'v2v' is not in graph\.relations"):
         load_config("t", overrides=["graph.topk_by_relation={v2v: 1}"])
     with pytest.raises(ConfigError, match=r"graph\.topk_by_relation\.x2y: unknown key; valid keys"):

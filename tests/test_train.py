@@ -66,7 +66,8 @@ def test_run_directory(random_cache, tmp_path):
     assert set(nodes) == {"initial.pos", "initial.neg", "initial.vis", "adapted.neg", "adapted.pos", "vis_bias"}
     assert not torch.allclose(nodes["initial.pos"], nodes["adapted.pos"])
     weights = load_file(tmp_path / "adapter.safetensors")
-    assert set(weights) == {"projections.0.weight", "projections.1.weight", "projections.2.weight"}
+    assert set(weights) == {"projections.0.weight", "projections.1.weight", "projections.2.weight", "classwise.0", "classwise.1", "classwise.2"}
+    assert weights["classwise.1"].shape == (3, random_cache.num_classes, random_cache.dim)  # pos stage: n2p, v2p, p2p
     config_text = (tmp_path / "config.yaml").read_text()
     assert "environment:" in config_text and "torch:" in config_text and "lr: 0.001" in config_text
     assert load_config("full", config_file=tmp_path / "config.yaml") == cfg  # a run's config reloads

@@ -36,8 +36,33 @@ def suite_configs(names: list[str] | None = None) -> dict[str, SyntheticTaskConf
     return {n: SyntheticTaskConfig(**{**spec["_defaults"], **f}) for n, f in tasks.items() if not names or n in names}
 
 
+def summarize(paths: list[str], *, method: str) -> str:
+    """Markdown: one row per choice (label) of ``method``: val / test per task (mean over the
+    shots run), the suite mean per shots and overall. The rows are in first-seen order."""
+    rows = [json.loads(line) for path in paths for line in Path(path).read_text().splitlines() if line.strip()]
+    rows = [r for r in rows if r["method"] == method]
+    labels = list(dict.fromkeys(r["label"] for r in rows))
+    tasks = list(dict.fromkeys(r["task"] for r in rows))
+    shots = sorted({r["shots"] for r in rows})
+
+    def mean(sel: list[dict], key: str) -> str:
+        return f"{sum(r[key] for r in sel) / len(sel):.2f}" if sel else "-"
+
+    head = ["choice", *tasks, *(f"K={k}" for k in shots), "mean"]
+    out = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    for label in labels:
+        mine = [r for r in rows if r["label"] == label]
+        cells = [f"{mean([r for r in mine if r['task'] == t], 'val')} / {mean([r for r in mine if r['task'] == t], 'test')}" for t in tasks]
+        cells += [f"{mean([r for r in mine if r['shots'] == k], 'val')} / {mean([r for r in mine if r['shots'] == k], 'test')}" for k in shots]
+        cells.append(f"**{mean(mine, 'val')}** / {mean(mine, 'test')}")
+        out.append(f"| {label} | " + " | ".join(cells) + " |")
+    return "\n".join(out)
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--summarize", nargs="+", default=None, metavar="JSONL",
+                   help="print the markdown table of earlier runs (val / test per task) for --methods[0] and exit")
     p.add_argument("--methods", nargs="+", default=["hegraphadapter"])
     p.add_argument("--tasks", nargs="+", default=None)
     p.add_argument("--shots", type=int, nargs="+", default=[1, 4, 16])
@@ -46,6 +71,9 @@ def main() -> None:
     p.add_argument("--label", default="default")
     p.add_argument("--out", default=None, help="append one JSON line per run here")
     args = p.parse_args()
+    if args.summarize:
+        print(summarize(args.summarize, method=args.methods[0]))
+        return
     rows = []
     for task, cfg in suite_configs(args.tasks).items():
         cache = build_synthetic_task(cfg)
