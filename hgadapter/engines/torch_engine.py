@@ -2,8 +2,8 @@
 
 Relations denser than :data:`DENSE_FRACTION` become dense ``(n_dst, n_src)`` matrices (one
 GEMM per hop); sparser ones (top-k graphs) become coalesced sparse COO matrices applied with
-``torch.sparse.mm``, O(E d) and differentiable in the dense operand (measured at C=1000, top-16,
-d=1024: 17x faster forward+backward than an explicit gather + ``index_add``).
+``torch.sparse.mm``, O(E d) and differentiable in the dense operand (much faster forward and
+backward than an explicit gather + ``index_add``; docs/benchmarks.md has the measurement).
 """
 
 from __future__ import annotations

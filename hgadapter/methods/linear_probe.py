@@ -15,7 +15,7 @@ Changes, and why:
   feature is its views' renormalised mean (``views: mean``), the closest thing to the centre
   crop. ``views: all`` trains on every view instead.
 - The solver runs on one BLAS/OpenMP thread: scikit-learn's and torch's thread pools otherwise
-  compete for the cores (measured 10x slower on a 2-core machine).
+  compete for the cores, which is many times slower on small machines.
 """
 
 from __future__ import annotations
