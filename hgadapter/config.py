@@ -183,6 +183,7 @@ class EvalConfig:
     beta_grid: tuple[float, ...] = hparam((1.0, 2.0, 3.0, 4.0, 5.5, 7.0, 9.0, 12.0), low=0.0)  # candidate cache sharpness values
     alpha: float | None = hparam(None, low=0.0)  # fix alpha instead of searching
     beta: float | None = hparam(None, low=0.0)  # fix beta instead of searching
+    extend_rounds: int = hparam(4, low=0)  # times a grid is extended outward when the optimum lies on its edge (0: never)
 
 
 @dataclass(frozen=True)

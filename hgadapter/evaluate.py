@@ -10,7 +10,8 @@ frozen hyper-parameters.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from collections.abc import Sequence
+from dataclasses import dataclass, field
 from typing import Callable
 
 import torch
@@ -21,7 +22,7 @@ from hgadapter.config import EvalConfig
 from hgadapter.data.cache import FewShotSet
 from hgadapter.protocol import SelectionData, accuracy
 
-__all__ = ["Selection", "cache_keys", "select_alpha_beta", "select_predictor"]
+__all__ = ["GridChoice", "Selection", "cache_keys", "outward_values", "select_alpha_beta", "select_predictor"]
 
 
 def cache_keys(train_set: FewShotSet, *, device: torch.device | str, vis_bias: torch.Tensor | None = None) -> torch.Tensor:
@@ -50,12 +51,45 @@ class Selection:
         predict: image features ``(N, d)`` -> logits ``(N, C)``.
         val_acc: validation accuracy in percent.
         alpha / beta: the chosen cache weight and sharpness (``None`` without a cache).
+        extended: grid values added past an edge of the search (:class:`GridChoice`).
     """
 
     predict: Callable[[torch.Tensor], torch.Tensor]
     val_acc: float
     alpha: float | None
     beta: float | None
+    extended: dict[str, list[float]] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class GridChoice:
+    """The outcome of :func:`select_alpha_beta`.
+
+    Attributes:
+        alpha / beta: the chosen pair.
+        val_acc: its validation accuracy in percent.
+        extended: grid values added because the optimum lay on an edge, by name (``alpha``,
+            ``beta``), in the order added; empty when the optimum was inside the given grids.
+    """
+
+    alpha: float
+    beta: float
+    val_acc: float
+    extended: dict[str, list[float]] = field(default_factory=dict)
+
+
+def outward_values(grid: Sequence[float], best: float) -> list[float]:
+    """The values to add when ``best`` lies on an edge of ``grid``: 1.5x and 2x past the top, or
+    1/1.5 and 1/2 of a positive bottom; nothing for an interior optimum, a one-value (fixed) grid
+    or a bottom of 0 (alpha = 0 is the natural bound: no cache)."""
+    values = sorted(set(float(v) for v in grid))
+    if len(values) < 2:
+        return []
+    if best == values[-1]:
+        return [values[-1] * 1.5, values[-1] * 2.0]
+    if best == values[0] and values[0] > 0:
+        return [values[0] / 1.5, values[0] / 2.0]
+    return []
 
 
 def select_alpha_beta(
@@ -64,24 +98,47 @@ def select_alpha_beta(
     values: torch.Tensor,
     labels: torch.Tensor,
     *,
-    alpha_grid: tuple[float, ...],
-    beta_grid: tuple[float, ...],
+    alpha_grid: Sequence[float],
+    beta_grid: Sequence[float],
     num_classes: int | None = None,
-) -> tuple[float, float, float]:
-    """Grid search on validation logits; returns ``(alpha, beta, val_acc)``.
+    extend_rounds: int = 0,
+) -> GridChoice:
+    """Grid search of ``text + alpha * cache_logits(affinity, beta)`` on validation.
 
-    Ties go to the first grid point in (beta, alpha) order, so the choice is deterministic.
+    Ties go to the first grid point in (beta, alpha) order, so the choice is deterministic. When
+    the optimum lies on an edge of a grid, that grid is extended outward (:func:`outward_values`)
+    and only the new (alpha, beta) pairs are evaluated, up to ``extend_rounds`` times: a search
+    whose answer is its own boundary has not found the optimum (Tip-Adapter's ImageNet grid caps
+    alpha on most other tasks). Validation only, like the rest of the search.
+
     Shapes: text ``(N, C)``, affinity ``(N, M)``, values ``(M, C)`` one-hot or ``(M,)`` labels
     with ``num_classes`` (see :func:`~hgadapter.adapter.cache_logits`).
     """
+    alphas, betas = list(alpha_grid), list(beta_grid)
     best = (-1.0, 0.0, 0.0)
-    for beta in beta_grid:
-        cache = cache_logits(affinity, values, beta, num_classes=num_classes)
-        for alpha in alpha_grid:
-            acc = accuracy(text + alpha * cache, labels)
-            if acc > best[0]:
-                best = (acc, alpha, beta)
-    return best[1], best[2], best[0]
+
+    def scan(pairs: list[tuple[float, list[float]]]) -> None:
+        nonlocal best
+        for beta, beta_alphas in pairs:
+            cache = cache_logits(affinity, values, beta, num_classes=num_classes)
+            for alpha in beta_alphas:
+                acc = accuracy(text + alpha * cache, labels)
+                if acc > best[0]:
+                    best = (acc, alpha, beta)
+
+    scan([(beta, alphas) for beta in betas])
+    extended: dict[str, list[float]] = {}
+    for _ in range(extend_rounds):
+        new_alphas, new_betas = outward_values(alphas, best[1]), outward_values(betas, best[2])
+        if not new_alphas and not new_betas:
+            break
+        # new alphas with every beta so far, then every alpha (old and new) with the new betas
+        scan([(beta, new_alphas) for beta in betas] + [(beta, alphas + new_alphas) for beta in new_betas])
+        alphas, betas = alphas + new_alphas, betas + new_betas
+        for name, added in (("alpha", new_alphas), ("beta", new_betas)):
+            if added:
+                extended.setdefault(name, []).extend(added)
+    return GridChoice(alpha=best[1], beta=best[2], val_acc=best[0], extended=extended)
 
 
 @torch.no_grad()
@@ -109,7 +166,7 @@ def select_predictor(
     keys = cache_keys(data.train_set, device=device, vis_bias=vis_bias)  # (N, d)
     alpha_grid = (eval_cfg.alpha,) if eval_cfg.alpha is not None else eval_cfg.alpha_grid
     beta_grid = (eval_cfg.beta,) if eval_cfg.beta is not None else eval_cfg.beta_grid
-    alpha, beta, val_acc = select_alpha_beta(
+    choice = select_alpha_beta(
         val_text,
         cache_affinity(val_x, keys),
         labels,
@@ -117,9 +174,11 @@ def select_predictor(
         alpha_grid=alpha_grid,
         beta_grid=beta_grid,
         num_classes=data.num_classes,
+        extend_rounds=eval_cfg.extend_rounds,
     )
+    alpha, beta = choice.alpha, choice.beta
 
     def predict(x: torch.Tensor) -> torch.Tensor:
         return text_logits(x, text, scale) + alpha * cache_logits(cache_affinity(x, keys), labels, beta, num_classes=data.num_classes)
 
-    return Selection(predict=predict, val_acc=val_acc, alpha=alpha, beta=beta)
+    return Selection(predict=predict, val_acc=choice.val_acc, alpha=alpha, beta=beta, extended=choice.extended)

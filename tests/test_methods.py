@@ -141,7 +141,12 @@ def test_tip_adapter_grid_is_the_official_one():
 
 def test_chosen_hyper_parameters_come_from_the_search_space(data):
     fitted = create_method("tip_adapter", overrides=quick("tip_adapter")).fit(data, seed=1, device="cpu")
-    assert fitted.hparams["alpha"] in search_grid(3.0, 5) and fitted.hparams["beta"] in search_grid(7.0, 20)
+    extended = fitted.hparams.get("grid_extended", {})  # values added past an edge of the grid, recorded
+    assert fitted.hparams["alpha"] in (*search_grid(3.0, 5), *extended.get("alpha", ()))
+    assert fitted.hparams["beta"] in (*search_grid(7.0, 20), *extended.get("beta", ()))
+    fixed = create_method("tip_adapter", overrides=[*quick("tip_adapter"), "extend_rounds=0"]).fit(data, seed=1, device="cpu")
+    assert fixed.hparams["alpha"] in search_grid(3.0, 5) and fixed.hparams["beta"] in search_grid(7.0, 20)
+    assert "grid_extended" not in fixed.hparams
     probe = create_method("linear_probe", overrides=quick("linear_probe")).fit(data, seed=1, device="cpu")
     assert 1e-7 <= probe.hparams["C"] <= 1e7 and probe.hparams["fits"] >= 7
 

@@ -110,6 +110,8 @@ class HeGraphAdapter(Method):
         )
         select_seconds = time.perf_counter() - start
         ctx.note(f"val_acc {selection.val_acc:.2f} alpha {selection.alpha} beta {selection.beta}")
+        if selection.extended:
+            ctx.note(f"optimum on the grid's edge: extended it by {selection.extended}")
 
         nodes = {f"initial.{k}": v for k, v in feat_dict.items()}
         tensors = {"nodes": nodes}
@@ -127,7 +129,7 @@ class HeGraphAdapter(Method):
         return Fitted(
             predict=predict,
             val_acc=selection.val_acc,
-            hparams={"alpha": selection.alpha, "beta": selection.beta},
+            hparams={"alpha": selection.alpha, "beta": selection.beta, **({"grid_extended": selection.extended} if selection.extended else {})},
             epochs=cfg.train.epochs if adapter is not None else 0,
             history=result.history,
             train_seconds=result.seconds,

@@ -52,6 +52,7 @@ class TipAdapterConfig:
 
     search_scale: tuple[float, ...] = hparam((7.0, 3.0), positive=True, length=2)  # upper ends of the beta and alpha grids
     search_step: tuple[int, ...] = hparam((200, 20), low=1, length=2)  # number of beta and alpha values tried
+    extend_rounds: int = hparam(4, low=0)  # times a grid is extended outward when the optimum lies on its edge (0: the source's fixed grid)
     alpha: float | None = hparam(None, low=0.0)  # fix the residual ratio instead of searching (null = search)
     beta: float | None = hparam(None, low=0.0)  # fix the sharpness instead of searching (null = search)
 
@@ -68,7 +69,7 @@ def search_grids(cfg: Any) -> tuple[tuple[float, ...], tuple[float, ...]]:
 
 def select_cache_predictor(
     data: SelectionData, text: torch.Tensor, keys: torch.Tensor, values: torch.Tensor, cfg: Any, dev: torch.device
-) -> tuple[Callable[[torch.Tensor], torch.Tensor], float, dict[str, float]]:
+) -> tuple[Callable[[torch.Tensor], torch.Tensor], float, dict[str, Any]]:
     """Grid-search alpha/beta (:func:`search_grids` of ``cfg``) on validation for fixed keys.
 
     Returns:
@@ -78,16 +79,21 @@ def select_cache_predictor(
     scale = data.logit_scale
     val_x, val_y = data.val_features.float().to(dev), data.val_labels.to(dev)
     with torch.no_grad():
-        alpha, beta, val_acc = select_alpha_beta(
-            zero_shot_logits(val_x, text, scale), val_x @ keys.T, values, val_y, alpha_grid=alphas, beta_grid=betas
+        choice = select_alpha_beta(
+            zero_shot_logits(val_x, text, scale), val_x @ keys.T, values, val_y, alpha_grid=alphas, beta_grid=betas,
+            extend_rounds=cfg.extend_rounds,
         )
+    alpha, beta = choice.alpha, choice.beta
 
     @torch.no_grad()
     def predict(x: torch.Tensor) -> torch.Tensor:
         x = x.float().to(dev)
         return tip_logits(zero_shot_logits(x, text, scale), x @ keys.T, values, alpha=alpha, beta=beta)
 
-    return predict, val_acc, {"alpha": float(alpha), "beta": float(beta)}
+    hparams: dict[str, Any] = {"alpha": float(alpha), "beta": float(beta)}
+    if choice.extended:  # the optimum lay on the grid's edge (recorded in metrics.json)
+        hparams["grid_extended"] = choice.extended
+    return predict, choice.val_acc, hparams
 
 
 @register_method("tip_adapter")

@@ -43,6 +43,7 @@ class TipAdapterFConfig:
     checkpoint: str = hparam("best_val", choices=CHECKPOINTS)  # which epoch's keys to keep
     search_scale: tuple[float, ...] = hparam((7.0, 3.0), positive=True, length=2)  # upper ends of the beta and alpha grids
     search_step: tuple[int, ...] = hparam((200, 20), low=1, length=2)  # number of beta and alpha values tried
+    extend_rounds: int = hparam(4, low=0)  # times a grid is extended outward when the optimum lies on its edge (0: the source's fixed grid)
     alpha: float | None = hparam(None, low=0.0)  # fix the residual ratio at test time instead of searching
     beta: float | None = hparam(None, low=0.0)  # fix the sharpness at test time instead of searching
 
