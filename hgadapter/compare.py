@@ -52,6 +52,7 @@ DEFAULT_METHODS: tuple[str, ...] = (
     "linear_probe",
     "tip_adapter",
     "tip_adapter_f",
+    "gda",
     "taskres",
     "clip_adapter",
     "graphadapter",

@@ -22,7 +22,7 @@ from hgadapter.config import EvalConfig
 from hgadapter.data.cache import FewShotSet
 from hgadapter.protocol import SelectionData, accuracy
 
-__all__ = ["GridChoice", "Selection", "cache_keys", "outward_values", "select_alpha_beta", "select_predictor"]
+__all__ = ["GridChoice", "Selection", "WeightChoice", "cache_keys", "outward_values", "select_alpha_beta", "select_predictor", "select_weight"]
 
 
 def cache_keys(train_set: FewShotSet, *, device: torch.device | str, vis_bias: torch.Tensor | None = None) -> torch.Tensor:
@@ -139,6 +139,44 @@ def select_alpha_beta(
             if added:
                 extended.setdefault(name, []).extend(added)
     return GridChoice(alpha=best[1], beta=best[2], val_acc=best[0], extended=extended)
+
+
+@dataclass(frozen=True)
+class WeightChoice:
+    """The outcome of :func:`select_weight`: the weight, its validation accuracy, values added past the grid."""
+
+    weight: float
+    val_acc: float
+    extended: list[float] = field(default_factory=list)
+
+
+def select_weight(
+    base: torch.Tensor, extra: torch.Tensor, labels: torch.Tensor, *, grid: Sequence[float], extend_rounds: int = 0
+) -> WeightChoice:
+    """The weight w of ``base + w * extra`` (two ``(N, C)`` logit matrices) with the best validation accuracy.
+
+    Ties go to the first grid value; an optimum on the grid's edge extends it outward
+    (:func:`outward_values`) up to ``extend_rounds`` times, as :func:`select_alpha_beta` does.
+    """
+    values = list(grid)
+    best = (-1.0, 0.0)
+
+    def scan(candidates: list[float]) -> None:
+        nonlocal best
+        for w in candidates:
+            acc = accuracy(base + w * extra, labels)
+            if acc > best[0]:
+                best = (acc, w)
+
+    scan(values)
+    extended: list[float] = []
+    for _ in range(extend_rounds):
+        new = outward_values(values, best[1])
+        if not new:
+            break
+        scan(new)
+        values, extended = values + new, extended + new
+    return WeightChoice(weight=float(best[1]), val_acc=best[0], extended=extended)
 
 
 @torch.no_grad()

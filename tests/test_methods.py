@@ -50,7 +50,7 @@ def data() -> SelectionData:
 
 def test_list_methods_has_the_baselines_and_every_variant():
     names = list_methods()
-    baselines = ["zero_shot", "linear_probe", "tip_adapter", "tip_adapter_f", "taskres", "clip_adapter", "graphadapter"]
+    baselines = ["zero_shot", "linear_probe", "tip_adapter", "tip_adapter_f", "gda", "taskres", "clip_adapter", "graphadapter"]
     assert names[: len(baselines)] == baselines
     assert "hegraphadapter" in names
     assert {f"hegraphadapter:{v}" for v in list_variants() if v != "full"} <= set(names)
@@ -255,3 +255,31 @@ def test_every_shipped_method_yaml_loads_and_matches_the_source_defaults():
         defaults = dataclasses.asdict(type(method.config)())
         resolved = dataclasses.asdict(method.config)
         assert {k: v for k, v in resolved.items() if defaults[k] != v} == REDUCTIONS.get(name, {}), name
+
+
+def test_gda_classifier_by_hand():
+    """W = P mu_c and b = -mu_c^T P mu_c / 2 with P = d ((N - 1) S + tr(S) I)^-1, in float64 by hand."""
+    from hgadapter.methods.gda import gda_classifier
+
+    g = torch.Generator().manual_seed(0)
+    x = F.normalize(torch.randn(12, 5, generator=g, dtype=torch.float64), dim=-1)
+    y = torch.tensor([0, 0, 0, 0, 1, 1, 1, 1, 2, 2, 2, 2])
+    weight, bias = gda_classifier(x, y, 3)
+    mu = torch.stack([x[y == c].mean(0) for c in range(3)])  # (3, 5)
+    centred = x - mu[y]
+    S = centred.T @ centred / 11
+    P = 5 * torch.linalg.inv(11 * S + torch.trace(S) * torch.eye(5, dtype=torch.float64))
+    torch.testing.assert_close(weight.double(), mu @ P, atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(bias.double(), -0.5 * torch.einsum("cd,de,ce->c", mu, P, mu), atol=1e-5, rtol=1e-5)
+
+
+def test_gda_beats_zero_shot_when_the_text_is_poor():
+    """On a task whose text is far from the images, the few-shot Gaussian classifier adds what the
+    text lacks; alpha is chosen on validation and recorded."""
+    cache = build_synthetic_task(num_classes=20, num_families=4, dim=32, shots=(8,), seeds=(1,), text_bias=0.7, test_per_class=10)
+    data = selection_data(cache, shots=8, seed=1)
+    gda = create_method("gda").fit(data, seed=1, device="cpu")
+    zs = create_method("zero_shot").fit(data, seed=1, device="cpu")
+    assert gda.val_acc > zs.val_acc + 5 and gda.hparams["alpha"] > 0
+    fixed = create_method("gda", overrides=["alpha=0"]).fit(data, seed=1, device="cpu")
+    assert fixed.val_acc == pytest.approx(zs.val_acc)  # alpha 0 is zero-shot CLIP

@@ -271,7 +271,7 @@ def test_dry_run_without_caches_still_lists_the_plan(tmp_path, capsys):
     path = REPO / "experiments" / "synthetic" / "fewshot.yaml"
     assert main(["sweep", str(path), "--dry-run", "--out", str(tmp_path / "runs"), "--features-root", str(tmp_path / "none")]) == 0
     out = capsys.readouterr().out
-    assert out.count("planned  ") == 120 and "cannot tell which are finished" in out and "hgadapter extract --out" in out
+    assert out.count("planned  ") == 135 and "cannot tell which are finished" in out and "hgadapter extract --out" in out
 
 
 def test_cli_report_figures_and_tsne_on_a_swept_run(tiny, capsys):

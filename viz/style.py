@@ -121,6 +121,7 @@ _METHOD_STYLES: dict[str, tuple[str, str, str]] = {
     "graphadapter": (OKABE_ITO["bluish_green"], "^", "-"),
     "taskres": (OKABE_ITO["sky_blue"], "D", "-."),
     "linear_probe": (OKABE_ITO["sky_blue"], "o", ":"),
+    "gda": (OKABE_ITO["yellow"], "h", "-"),
 }
 _METHOD_LABELS: dict[str, str] = {
     "hegraphadapter": "HeGraphAdapter",
@@ -135,6 +136,7 @@ _METHOD_LABELS: dict[str, str] = {
     "graphadapter": "GraphAdapter",
     "taskres": "TaskRes",
     "linear_probe": "Linear probe",
+    "gda": "GDA",
 }
 
 

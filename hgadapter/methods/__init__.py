@@ -19,6 +19,7 @@ from hgadapter.methods import zero_shot  # noqa: E402,F401  isort: skip
 from hgadapter.methods import linear_probe  # noqa: E402,F401  isort: skip
 from hgadapter.methods import tip_adapter  # noqa: E402,F401  isort: skip
 from hgadapter.methods import tip_adapter_f  # noqa: E402,F401  isort: skip
+from hgadapter.methods import gda  # noqa: E402,F401  isort: skip
 from hgadapter.methods import taskres  # noqa: E402,F401  isort: skip
 from hgadapter.methods import clip_adapter  # noqa: E402,F401  isort: skip
 from hgadapter.methods import graphadapter  # noqa: E402,F401  isort: skip
