@@ -51,6 +51,8 @@ def run_demo(out_dir: str | Path, *, engine: str | None = None, progress: bool =
     from hgadapter.report import REPORT_STEM, write_report
     from hgadapter.sweep import run_path
     from hgadapter.data.synthetic import build_synthetic_task
+    from hgadapter.config import field_names
+    from hgadapter.methods import method_class
 
     out = Path(out_dir)
     start = time.perf_counter()
@@ -61,7 +63,8 @@ def run_demo(out_dir: str | Path, *, engine: str | None = None, progress: bool =
         save_cache(out / "cache", cache, overwrite=True)
     print(f"SYNTHETIC task (CLIP-like features, not real CLIP): {cache.num_classes} classes, d={cache.dim}, {DEMO_SHOTS} shots")
     methods = demo_methods(baselines=baselines)
-    overrides = {m: [f"engine={engine}"] for m in methods if m.startswith("hegraphadapter")} if engine else {}
+    # the engine is a key of the methods whose config has one (the graph adapters' run config)
+    overrides = {m: [f"engine={engine}"] for m in methods if "engine" in field_names(method_class(m).config_cls)} if engine else {}
     compare(cache, methods, [DEMO_SHOTS], list(DEMO_SEEDS), out, progress=progress, overrides=overrides)
     print()
     print((out / RESULTS_MD).read_text(encoding="utf-8"))
