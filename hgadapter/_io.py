@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 import os
 import tempfile
 from pathlib import Path
@@ -92,13 +93,16 @@ def atomic_write_text(path: str | Path, text: str) -> Path:
 
 
 def json_safe(value: Any) -> Any:
-    """``value`` with numpy/torch scalars turned into Python numbers and tuples into lists."""
+    """``value`` with numpy/torch scalars turned into Python numbers, tuples into lists, and NaN or
+    infinite floats into ``None`` (JSON has no NaN: a file with one is not JSON to other readers)."""
     if isinstance(value, dict):
         return {str(k): json_safe(v) for k, v in value.items()}
     if isinstance(value, (list, tuple)):
         return [json_safe(v) for v in value]
     if hasattr(value, "item") and callable(value.item):  # numpy / torch scalars
-        return value.item()
+        value = value.item()
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
     return value
 
 
@@ -109,7 +113,8 @@ def json_digest(data: Any) -> str:
 
 
 def atomic_write_json(path: str | Path, data: Any) -> Path:
-    return atomic_write_text(path, json.dumps(data, indent=2, sort_keys=False) + "\n")
+    """Write ``data`` as JSON atomically; NaN and infinities become ``null`` (:func:`json_safe`)."""
+    return atomic_write_text(path, json.dumps(json_safe(data), indent=2, sort_keys=False, allow_nan=False) + "\n")
 
 
 def atomic_save_tensors(path: str | Path, tensors: "dict[str, torch.Tensor]", metadata: dict[str, str] | None = None) -> Path:

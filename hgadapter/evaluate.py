@@ -20,7 +20,7 @@ import torch.nn.functional as F
 from hgadapter.adapter import cache_affinity, cache_logits, shift_features, text_logits
 from hgadapter.config import EvalConfig
 from hgadapter.data.cache import FewShotSet
-from hgadapter.protocol import SelectionData, accuracy
+from hgadapter.protocol import SelectionData, accuracy, require_validation
 
 __all__ = ["GridChoice", "Selection", "WeightChoice", "cache_keys", "outward_values", "select_alpha_beta", "select_predictor", "select_weight"]
 
@@ -115,6 +115,9 @@ def select_alpha_beta(
     with ``num_classes`` (see :func:`~hgadapter.adapter.cache_logits`).
     """
     alphas, betas = list(alpha_grid), list(beta_grid)
+    if len(set(alphas)) == 1 and len(set(betas)) == 1 and labels.numel() == 0:  # fixed values, nothing to score them on
+        return GridChoice(alpha=float(alphas[0]), beta=float(betas[0]), val_acc=float("nan"))
+    require_validation(labels, "the alpha/beta search", "fix alpha and beta (eval.alpha / eval.beta, or alpha / beta of the method)")
     best = (-1.0, 0.0, 0.0)
 
     def scan(pairs: list[tuple[float, list[float]]]) -> None:
@@ -159,6 +162,9 @@ def select_weight(
     (:func:`outward_values`) up to ``extend_rounds`` times, as :func:`select_alpha_beta` does.
     """
     values = list(grid)
+    if len(set(values)) == 1 and labels.numel() == 0:  # a fixed weight, nothing to score it on
+        return WeightChoice(weight=float(values[0]), val_acc=float("nan"))
+    require_validation(labels, "the ensemble-weight search", "fix the weight (alpha of the method)")
     best = (-1.0, 0.0)
 
     def scan(candidates: list[float]) -> None:

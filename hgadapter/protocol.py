@@ -13,9 +13,24 @@ from typing import Any, Callable
 
 import torch
 
+from hgadapter.errors import UserError
 from hgadapter.data.cache import CacheError, ClassTextShapes, FeatureCache, FewShotSet
 
 __all__ = ["SelectionData", "FitContext", "Fitted", "selection_data", "score_on_test", "score_on_target", "accuracy"]
+
+
+class NoValidationError(UserError):
+    """A hyper-parameter search (or a best-validation checkpoint) on a cache without validation images."""
+
+
+def require_validation(labels: torch.Tensor, what: str, fix: str) -> None:
+    """Refuse ``what`` (a search on validation) when there are no validation images; ``fix`` says
+    how to do without one (fixed values), e.g. ``"fix eval.alpha and eval.beta"``."""
+    if labels.numel() == 0:
+        raise NoValidationError(
+            f"{what} needs validation images, and this cache's validation split is empty; {fix}, "
+            "or extract the cache with validation images (--val-shots > 0)"
+        )
 
 
 def accuracy(logits: torch.Tensor, labels: torch.Tensor) -> float:

@@ -94,8 +94,8 @@ def load_record(run_dir: str | Path) -> dict[str, Any]:
         raise RecordError(f"{path}: missing keys {missing}; a run record needs {list(REQUIRED_KEYS)}")
     for key in ("val_acc", "test_acc"):
         value = record[key]
-        if not is_number(value):
-            raise RecordError(f"{path}: {key} must be a finite number (percent), got {value!r}")
+        if value is not None and not is_number(value):  # null: that split was empty (see the record's notes)
+            raise RecordError(f"{path}: {key} must be a finite number (percent) or null, got {value!r}")
     return record
 
 

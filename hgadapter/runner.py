@@ -15,6 +15,7 @@ domain-generalisation target's test split is read once too, by the same fitted m
 from __future__ import annotations
 
 import importlib.metadata
+import math
 import platform
 import subprocess
 import time
@@ -52,6 +53,11 @@ def environment_info() -> dict[str, Any]:
         except importlib.metadata.PackageNotFoundError:
             versions[pkg] = None
     return {"python": platform.python_version(), "packages": versions, "git_commit": _git_commit()}
+
+
+def _percent(value: float) -> float | None:
+    value = float(value)
+    return round(value, 4) if math.isfinite(value) else None
 
 
 def run_experiment(
@@ -108,10 +114,20 @@ def run_method(
         log_lines.append(f"{time.strftime('%H:%M:%S')} {message}")
 
     log(f"{method.name} shots {shots} seed {seed}")
+    if out_dir is not None:
+        # A directory with a metrics.json looks finished: a rerun into it removes the old one
+        # before anything else is rewritten, so a rerun killed half-way never looks finished
+        # with the previous result beside the new config.
+        (Path(out_dir) / METRICS_FILE).unlink(missing_ok=True)
     data = selection_data(cache, shots=shots, seed=seed)
     fitted = method.fit(data, seed=seed, device=device, progress=progress, log=log)
     used = fitted.device
     test_acc = score_on_test(fitted, cache, device=used)
+    # accuracy() is NaN only on an empty split; the test split is not read again to find out
+    empty = {"validation": len(data.val_labels) == 0, "test": not math.isfinite(test_acc)}
+    notes = [f"the {split} split is empty: no {split} accuracy" for split, is_empty in empty.items() if is_empty]
+    for note in notes:
+        log(note)
     log(f"val_acc {fitted.val_acc:.2f} test_acc {test_acc:.2f}")
     target_acc = {}
     for name, target in (targets or {}).items():
@@ -121,9 +137,11 @@ def run_method(
     record.update(
         shots=shots,
         seed=seed,
-        val_acc=round(float(fitted.val_acc), 4),
-        test_acc=round(float(test_acc), 4),
+        val_acc=_percent(fitted.val_acc),  # None (null) for an empty split, with a note
+        test_acc=_percent(test_acc),
     )
+    if notes:
+        record["notes"] = notes
     if targets:
         record["targets"] = target_acc
     if fitted.trainable_params is not None:  # methods trained by gradient descent report it

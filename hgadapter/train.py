@@ -22,7 +22,7 @@ import torch.nn.functional as F
 from torch import nn
 from tqdm.auto import tqdm
 
-from hgadapter.protocol import FitContext, SelectionData, accuracy
+from hgadapter.protocol import FitContext, SelectionData, accuracy, require_validation
 
 __all__ = [
     "CHECKPOINTS",
@@ -161,6 +161,8 @@ def train_loop(
         def loss_fn(query: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
             return F.cross_entropy(logits_fn(query), target)
 
+    if checkpoint == "best_val":
+        require_validation(data.val_labels, "checkpoint best_val (the epoch with the best validation accuracy)", "keep the last epoch (checkpoint: last; train.checkpoint=last for HeGraphAdapter)")
     device = ctx.device
     generator = torch.Generator().manual_seed(ctx.seed)
     views = F.normalize(data.train_set.features.float(), dim=-1).to(device)  # (N, V, d)

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import math
+import warnings
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from numbers import Real
@@ -20,6 +21,9 @@ import safetensors.torch
 import torch
 
 from hgadapter.data.cache import FILE_KINDS, FORMAT_VERSION, SIDECAR_NAME, TEST_FILE, TEXT_FILE, VAL_FILE, CacheError
+
+# logits s * cos are float32: a scale past this overflows them (CLIP learns s <= 100)
+MAX_LOGIT_SCALE = 1e6
 
 _SIDECAR_KEYS = (
     "format_version", "classnames", "dim", "logit_scale", "files", "train_sets", "meta"
@@ -201,8 +205,13 @@ def check_head(raw: Any, where: str) -> None:
     if not is_int(raw["dim"]) or raw["dim"] < 1:
         raise CacheError(f"{where}: dim must be a positive integer, got {raw['dim']!r}")
     scale = raw["logit_scale"]
-    if not is_number(scale) or not math.isfinite(scale) or scale <= 0:
-        raise CacheError(f"{where}: logit_scale must be a positive finite number, got {scale!r}")
+    if not is_number(scale) or not math.isfinite(scale) or scale <= 0 or scale > MAX_LOGIT_SCALE:
+        raise CacheError(
+            f"{where}: logit_scale must be a positive number of at most {MAX_LOGIT_SCALE:g} (CLIP's is 100; "
+            f"logits are float32), got {str(scale)[:40]}"
+        )
+    if not 1.0 <= scale <= 1000.0:
+        warnings.warn(f"{where}: logit_scale {scale:g} is far from CLIP's 100; check the encoder", stacklevel=2)
     if not isinstance(raw["meta"], dict):
         raise CacheError(f"{where}: meta must be a JSON object, got {_json_type(raw['meta'])}")
 

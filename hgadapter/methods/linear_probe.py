@@ -30,7 +30,7 @@ import torch
 import torch.nn.functional as F
 
 from hgadapter.methods._registry import Method, hparam, register_method
-from hgadapter.protocol import FitContext, Fitted, SelectionData, accuracy
+from hgadapter.protocol import FitContext, Fitted, SelectionData, accuracy, require_validation
 
 __all__ = ["LinearProbeConfig", "LinearProbe"]
 
@@ -66,6 +66,8 @@ class LinearProbe(Method):
             x = views.reshape(-1, views.shape[-1])  # (N * V, d)
             y = labels.repeat_interleave(views.shape[1])  # (N * V,)
         x_np, y_np = x.double().numpy(), y.numpy()
+        if len(set(cfg.c_grid)) > 1 or cfg.search_steps > 0:
+            require_validation(data.val_labels, "the linear probe's C search", "fix C (c_grid: [C], search_steps: 0)")
         val_x = data.val_features.double().numpy()
         val_y = data.val_labels.numpy()
 
@@ -78,7 +80,7 @@ class LinearProbe(Method):
                     # The extreme ends of the sweep (C = 1e6) stop at max_iter, as in CoOp; that is expected.
                     warnings.simplefilter("ignore")
                     clf.fit(x_np, y_np)
-                tried[c] = (100.0 * float(np.mean(clf.predict(val_x) == val_y)), clf)
+                tried[c] = (100.0 * float(np.mean(clf.predict(val_x) == val_y)) if len(val_y) else float("nan"), clf)
             return tried[c][0]
 
         start = time.perf_counter()  # the sweep fits one model per C: all of it is selection
