@@ -15,6 +15,14 @@ __all__ = ["run_command_line", "USER_ERRORS_ATTR"]
 USER_ERRORS_ATTR = "extra_user_errors"
 
 
+def output_path(text: str) -> str:
+    """argparse type of an output folder: a non-empty path (``--out ""`` would write into the
+    current directory)."""
+    if not text.strip():
+        raise argparse.ArgumentTypeError("expected a folder path, got an empty string")
+    return text
+
+
 def run_command_line(
     parser: argparse.ArgumentParser,
     argv: Sequence[str] | None,

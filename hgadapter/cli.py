@@ -15,7 +15,7 @@ import sys
 from pathlib import Path
 from typing import Sequence
 
-from hgadapter._cli import USER_ERRORS_ATTR, run_command_line
+from hgadapter._cli import USER_ERRORS_ATTR, output_path, run_command_line
 from hgadapter.config import ConfigError, echo, list_variants, load_config, load_variant, parse_override
 from hgadapter.data.cache import CacheError
 from hgadapter.errors import UserError
@@ -31,7 +31,7 @@ USER_ERRORS: tuple[type[BaseException], ...] = (UserError, OSError)
 
 def _add_synth(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("synth", help="write the synthetic CLIP-like task as a feature cache")
-    p.add_argument("--out", required=True, help="cache directory to write (with --preset all: one sub-folder per task)")
+    p.add_argument("--out", type=output_path, required=True, help="cache directory to write (with --preset all: one sub-folder per task)")
     p.add_argument("--preset", default=None, metavar="NAME",
                    help="a development-suite task of experiments/suite/tasks.yaml, or 'all' for every one; "
                         "the other options override its fields")
@@ -101,7 +101,7 @@ def _add_run(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--device", default=None, help="auto | cpu | cuda | cuda:N")
     p.add_argument("--config", default=None, help="experiment YAML (train/eval/engine/... sections)")
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE", help="override a config key, e.g. train.lr=0.01 (repeatable)")
-    p.add_argument("--out", required=True, help="run directory to write")
+    p.add_argument("--out", type=output_path, required=True, help="run directory to write")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.set_defaults(func=_cmd_run)
 

@@ -28,6 +28,7 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
+from hgadapter._cli import output_path
 from hgadapter._io import atomic_write_text
 from hgadapter.config import ConfigError
 from hgadapter.data.cache import FeatureCache, dataset_name
@@ -227,7 +228,7 @@ def add_compare_arguments(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument("--shots", type=int, nargs="+", default=None, help="K values (default: every K the cache holds for the seeds)")
     parser.add_argument("--seeds", type=int, nargs="+", default=[1, 2, 3], help="few-shot sampling seeds (default: 1 2 3)")
-    parser.add_argument("--out", required=True, help="output directory (one run directory per method, shots and seed; results.md, results.png/.pdf)")
+    parser.add_argument("--out", type=output_path, required=True, help="output directory (one run directory per method, shots and seed; results.md, results.png/.pdf)")
     parser.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N")
     parser.add_argument(
         "--config", dest="method_configs", action="append", default=[], metavar="METHOD=YAML",

@@ -761,6 +761,15 @@ def _grid_value(parser: ConfigParser, value: Any, path: tuple[str, ...]) -> Any:
     return value
 
 
+def _sweep_name(parser: "ConfigParser", value: Any, path: tuple[str, ...]) -> str:
+    """A sweep's name is a relative folder under ``--out``: no absolute path, no ``..``."""
+    name = parser.string(value, path)
+    parts = Path(name).parts
+    if not name.strip() or Path(name).is_absolute() or ".." in parts:
+        raise parser.fail(path, f"must be a relative folder name under --out (e.g. fewshot/dtd), got {echo(name)}")
+    return name
+
+
 def _parse_sweep(parser: ConfigParser, raw: Any, path: Path) -> SweepConfig:
     names = tuple(f.name for f in dataclasses.fields(SweepConfig))
     at = (SWEEP_KEY,)
@@ -771,7 +780,7 @@ def _parse_sweep(parser: ConfigParser, raw: Any, path: Path) -> SweepConfig:
         if key not in raw:
             raise parser.fail((*at, key), "missing; every sweep names its dataset and its feature cache folder")
     kwargs: dict[str, Any] = {
-        "name": parser.string(raw.get("name", f"{path.parent.name}/{path.stem}"), (*at, "name")),
+        "name": _sweep_name(parser, raw.get("name", f"{path.parent.name}/{path.stem}"), (*at, "name")),
         "dataset": parser.string(raw["dataset"], (*at, "dataset")),
         "features": parser.string(raw["features"], (*at, "features")),
     }

@@ -15,6 +15,7 @@ import argparse
 import time
 from pathlib import Path
 
+from hgadapter._cli import output_path
 from hgadapter.data.cache import CacheError
 
 __all__ = ["DEMO_VARIANTS", "DEMO_SEEDS", "DEMO_SHOTS", "demo_methods", "run_demo", "add_demo_arguments", "run_demo_command"]
@@ -84,7 +85,7 @@ def run_demo(out_dir: str | Path, *, engine: str | None = None, progress: bool =
 
 def add_demo_arguments(parser: argparse.ArgumentParser) -> None:
     """Add ``hgadapter demo``'s arguments to ``parser``."""
-    parser.add_argument("--out", default="runs/demo", help="output directory (default: runs/demo)")
+    parser.add_argument("--out", type=output_path, default="runs/demo", help="output directory (default: runs/demo)")
     parser.add_argument("--engine", choices=["auto", "dgl", "torch"], default=None, help="message-passing engine")
     parser.add_argument("--quiet", action="store_true", help="no progress bars")
     parser.add_argument("--no-baselines", action="store_true", help="skip the baseline comparison")

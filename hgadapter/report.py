@@ -43,6 +43,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+from hgadapter._cli import output_path
 from hgadapter._io import atomic_write_json, atomic_write_text
 from hgadapter.paper_results import AVERAGE, LEARN_KEY, TABLE_NAMES, PaperResults, ReportError, load_paper_results, paper_results_path
 from hgadapter.records import is_number, load_records, mean_std, seed_values
@@ -751,7 +752,7 @@ def write_report(runs_dir: str | Path, out_dir: str | Path | None = None, *, pap
 def add_report_arguments(parser: argparse.ArgumentParser) -> None:
     """Add ``hgadapter report``'s arguments to ``parser``."""
     parser.add_argument("runs_dir", metavar="RUNS_DIR", help="folder of finished runs (searched recursively for metrics.json)")
-    parser.add_argument("--out", default=None, help="output directory (default: RUNS_DIR/report)")
+    parser.add_argument("--out", type=output_path, default=None, help="output directory (default: RUNS_DIR/report)")
     parser.add_argument("--paper", default=None, metavar="PATH", help="paper results YAML (default: experiments/paper_results.yaml)")
     parser.add_argument("--no-paper", action="store_true", help="leave the paper's values out")
 

@@ -35,6 +35,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from hgadapter._cli import output_path
 from hgadapter._io import json_digest
 from hgadapter.config import ConfigError, ExperimentConfig, backbone_slug, load_experiment
 from hgadapter.records import METRICS_FILE, backbone_of_encoder
@@ -576,7 +577,7 @@ def _run_ray(pending: list[RunSpec], finish: Callable, *, jobs: int, address: st
 
 def add_sweep_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("files", nargs="+", metavar="FILE", help="experiment YAML files (experiments/fewshot/imagenet.yaml, ...)")
-    parser.add_argument("--out", default="runs", help="folder the run directories go under (default: runs)")
+    parser.add_argument("--out", type=output_path, default="runs", help="folder the run directories go under (default: runs)")
     parser.add_argument("--features-root", default=None, help=f"where the experiments' feature cache folders are (default: ${FEATURES_ENV} or ./features)")
     parser.add_argument("--jobs", type=int, default=1, help="runs at once (default 1: in this process)")
     parser.add_argument("--backend", choices=BACKENDS, default="local", help="local processes or a Ray cluster (default: local)")

@@ -188,3 +188,15 @@ def test_synth_set_errors_are_one_line(tmp_path, capsys, sets, message):
     assert main(argv) == 2
     err = capsys.readouterr().err.strip()
     assert len(err.splitlines()) == 1 and err.startswith("hgadapter synth: error:") and message in err, err
+
+
+@pytest.mark.parametrize("command", [
+    ["run", "--features", "x", "--shots", "1", "--seed", "1", "--out", ""],
+    ["synth", "--out", " "],
+    ["compare", "--features", "x", "--out", ""],
+    ["sweep", "exp.yaml", "--out", ""],
+])
+def test_an_empty_output_folder_is_refused(command, capsys):
+    with pytest.raises(SystemExit) as info:
+        main(command)
+    assert info.value.code == 2 and "expected a folder path, got an empty string" in capsys.readouterr().err

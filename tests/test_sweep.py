@@ -126,6 +126,8 @@ def test_bad_base_files(tmp_path, files, message):
         ("{dataset: d, features: x, methods: [tip_adapter], grid: {train.lr: [0.1]}}", r"grid \{.train.lr.: 0.1\}: method .tip_adapter.: .*train.*grid keys apply to every method"),
         ("{dataset: d, features: x, grid: {train.lrr: [0.1]}}", r"train\.lrr: unknown key"),
         ("{dataset: d, features: '{datset}'}", r"unknown placeholder \{datset\}"),
+        ("{dataset: d, features: x, name: ../../x}", r"sweep\.name: must be a relative folder name under --out"),
+        ("{dataset: d, features: x, name: /tmp/x}", r"sweep\.name: must be a relative folder name under --out"),
     ],
 )
 def test_bad_sweep_sections(tmp_path, sweep, message):
