@@ -57,6 +57,7 @@ __all__ = [
     "seed_values",
     "is_number",
     "backbone_of_encoder",
+    "encoder_id",
 ]
 
 # The files of a run directory (hgadapter.runner writes them; metrics.json last).
@@ -95,8 +96,32 @@ def load_record(run_dir: str | Path) -> dict[str, Any]:
     for key in ("val_acc", "test_acc"):
         value = record[key]
         if value is not None and not is_number(value):  # null: that split was empty (see the record's notes)
-            raise RecordError(f"{path}: {key} must be a finite number (percent) or null, got {value!r}")
+            raise RecordError(f"{path}: {key} must be a finite number (percent) or null, got {_short(value)}")
+    # the fields the report groups by: the wrong type is a one-line error here, not a traceback there
+    for key, kinds, what in _TYPED_FIELDS:
+        if key in record and record[key] is not None and not isinstance(record[key], kinds):
+            raise RecordError(f"{path}: {key} must be {what}, got {type(record[key]).__name__} {_short(record[key])}")
+    if isinstance(record["shots"], bool) or not isinstance(record["shots"], int) or record["shots"] < 1:
+        raise RecordError(f"{path}: shots must be a positive integer, got {_short(record['shots'])}")
+    if isinstance(record.get("targets"), dict) and not all(v is None or is_number(v) for v in record["targets"].values()):
+        raise RecordError(f"{path}: targets must map each target dataset to a number (percent)")
     return record
+
+
+_TYPED_FIELDS: tuple[tuple[str, type | tuple[type, ...], str], ...] = (
+    ("method", str, "a method name (string)"),
+    ("dataset", str, "a dataset name (string)"),
+    ("backbone", str, "a backbone name (string)"),
+    ("experiment", str, "an experiment name (string)"),
+    ("params", dict, "a mapping of grid keys to values"),
+    ("targets", dict, "a mapping of target datasets to test accuracies"),
+    ("hparams", dict, "a mapping"),
+)
+
+
+def _short(value: Any) -> str:
+    text = repr(value)
+    return text if len(text) <= 60 else text[:57] + "..."
 
 
 def load_records(runs_dir: str | Path) -> list[dict[str, Any]]:
@@ -174,6 +199,15 @@ def seed_values(
 
 
 _VIT_WIDTHS = {"base": "B", "large": "L", "huge": "H"}
+
+
+def encoder_id(meta: Any) -> str | None:
+    """The encoder id a cache's free-form ``meta`` records: ``meta["encoder"]["id"]`` (what
+    extraction writes), or ``meta["encoder"]`` itself when it is a string; ``None`` otherwise."""
+    encoder = meta.get("encoder") if isinstance(meta, Mapping) else None
+    if isinstance(encoder, Mapping):
+        encoder = encoder.get("id")
+    return encoder if isinstance(encoder, str) else None
 
 
 def backbone_of_encoder(encoder_id: str | None) -> str | None:

@@ -29,7 +29,7 @@ from hgadapter._io import atomic_save_tensors, atomic_write_json, atomic_write_t
 from hgadapter.data.cache import FeatureCache, dataset_name
 from hgadapter.methods import Method, method_from_config
 from hgadapter.protocol import Fitted, score_on_target, score_on_test, selection_data
-from hgadapter.records import CLASSES_FILE, CONFIG_FILE, HISTORY_FILE, LOG_FILE, METRICS_FILE, backbone_of_encoder
+from hgadapter.records import CLASSES_FILE, CONFIG_FILE, HISTORY_FILE, LOG_FILE, METRICS_FILE, backbone_of_encoder, encoder_id
 
 __all__ = ["run_experiment", "run_method", "environment_info"]
 
@@ -154,7 +154,7 @@ def run_method(
         threads=fitted.threads,
         epochs=int(fitted.epochs),
         dataset=dataset_name(cache.meta),
-        backbone=backbone_of_encoder((cache.meta.get("encoder") or {}).get("id")),
+        backbone=backbone_of_encoder(encoder_id(cache.meta)),
         synthetic=bool(cache.meta.get("synthetic", False)),
         device=str(used),
     )

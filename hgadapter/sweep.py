@@ -38,7 +38,7 @@ from typing import Any
 from hgadapter._cli import output_path
 from hgadapter._io import json_digest
 from hgadapter.config import ConfigError, ExperimentConfig, backbone_slug, load_experiment
-from hgadapter.records import METRICS_FILE, backbone_of_encoder
+from hgadapter.records import METRICS_FILE, backbone_of_encoder, encoder_id
 
 __all__ = [
     "RunSpec",
@@ -244,10 +244,10 @@ def _cache_fingerprint(path: str, train_key: tuple[int, int] | None, sidecars: d
             raise CacheError(f"{exc} (write it with `hgadapter extract --out {path} ...` or point --features-root at the caches)") from None
     sidecar = sidecars[path]
     if backbone is not None:
-        encoder_id = (sidecar.get("meta", {}).get("encoder") or {}).get("id")
-        extracted = backbone_of_encoder(encoder_id)
+        encoder = encoder_id(sidecar.get("meta"))
+        extracted = backbone_of_encoder(encoder)
         if extracted is not None and extracted != backbone:
-            raise CacheError(f"{path}: features were extracted with {encoder_id} ({extracted}), but the experiment says backbone {backbone}; fix sweep.backbone or the cache folder")
+            raise CacheError(f"{path}: features were extracted with {encoder} ({extracted}), but the experiment says backbone {backbone}; fix sweep.backbone or the cache folder")
     shared = {k: v for k, v in sidecar.items() if k not in ("train_sets", "files")}
     files = {name: v for name, v in sidecar.get("files", {}).items() if not str(name).startswith("train_")}
     own = None

@@ -102,3 +102,12 @@ def test_a_logit_scale_far_from_clips_warns(cache, tmp_path):
     sidecar.write_text(json.dumps(raw))
     with pytest.warns(UserWarning, match="logit_scale 5000 is far from CLIP's 100"):
         assert load_cache(tmp_path / "c").logit_scale == 5000.0
+
+
+@pytest.mark.parametrize("encoder, backbone", [("openai/clip-vit-base-patch16", "ViT-B/16"), (["x"], None), ("local-folder", None)])
+def test_a_free_form_meta_encoder_never_breaks_a_finished_run(cache, tmp_path, encoder, backbone):
+    import dataclasses
+
+    odd = dataclasses.replace(cache, meta={**cache.meta, "encoder": encoder})
+    record = run_method(create_method("zero_shot"), odd, shots=2, seed=1, out_dir=tmp_path, progress=False)
+    assert record["backbone"] == backbone and (tmp_path / "metrics.json").is_file()

@@ -527,3 +527,26 @@ def test_seed_values_one_number_per_seed_then_mean_std():
     assert mean_std([70.0]) == (70.0, 0.0, 1)
     with pytest.raises(ValueError, match="mean_std of no values"):
         mean_std([])
+
+
+@pytest.mark.parametrize("field, value, message", [
+    ("method", 3, r"method must be a method name \(string\), got int 3"),
+    ("params", [1, 2], r"params must be a mapping of grid keys to values, got list"),
+    ("dataset", {"a": 1}, r"dataset must be a dataset name \(string\), got dict"),
+    ("targets", "imagenetv2", r"targets must be a mapping of target datasets"),
+    ("targets", {"imagenetv2": "high"}, r"targets must map each target dataset to a number"),
+    ("shots", "16", r"shots must be a positive integer, got '16'"),
+])
+def test_a_mistyped_record_is_a_one_line_error(tmp_path, field, value, message):
+    write_run(tmp_path, "r", **{"method": "zero_shot", "shots": 16, "seed": 1, "test_acc": 50.0, field: value})
+    with pytest.raises(RecordError, match=message) as info:
+        load_records(tmp_path)
+    assert "\n" not in str(info.value)
+
+
+def test_a_meta_encoder_of_any_shape_names_no_backbone_or_the_right_one():
+    from hgadapter.records import encoder_id
+
+    assert encoder_id({"encoder": {"id": "openai/clip-vit-base-patch16"}}) == "openai/clip-vit-base-patch16"
+    assert encoder_id({"encoder": "openai/clip-vit-base-patch16"}) == "openai/clip-vit-base-patch16"
+    assert encoder_id({"encoder": ["x"]}) is None and encoder_id({"encoder": None}) is None and encoder_id("meta") is None
