@@ -106,6 +106,20 @@ def json_safe(value: Any) -> Any:
     return value
 
 
+class NotJSONError(ValueError):
+    """Text that Python's json module would accept but JSON does not: NaN, Infinity, -Infinity."""
+
+
+def _reject_constant(name: str) -> Any:
+    raise NotJSONError(f"{name} is not a JSON value (write null, or a finite number)")
+
+
+def strict_json_loads(text: str) -> Any:
+    """:func:`json.loads` that refuses ``NaN`` / ``Infinity`` (:class:`NotJSONError`), which Python
+    writes and reads but no other JSON reader accepts."""
+    return json.loads(text, parse_constant=_reject_constant)
+
+
 def json_digest(data: Any) -> str:
     """A short, stable fingerprint of JSON-able ``data`` (key order does not matter)."""
     text = json.dumps(data, sort_keys=True, default=str)

@@ -38,6 +38,7 @@ from collections.abc import Callable, Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
+from hgadapter._io import NotJSONError, strict_json_loads
 from hgadapter.errors import UserError
 
 __all__ = [
@@ -77,11 +78,13 @@ class RecordError(UserError):
 
 def _read_json(path: Path) -> Any:
     try:
-        return json.loads(path.read_text(encoding="utf-8"))
+        return strict_json_loads(path.read_text(encoding="utf-8"))
     except OSError as exc:
         raise RecordError(f"{path}: cannot read: {exc.strerror or exc}") from None
     except json.JSONDecodeError as exc:
         raise RecordError(f"{path}: not valid JSON (line {exc.lineno}); re-run that run or delete its directory") from None
+    except NotJSONError as exc:
+        raise RecordError(f"{path}: not valid JSON ({exc}); re-run that run or delete its directory") from None
 
 
 def load_record(run_dir: str | Path) -> dict[str, Any]:

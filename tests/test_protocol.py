@@ -111,3 +111,19 @@ def test_a_free_form_meta_encoder_never_breaks_a_finished_run(cache, tmp_path, e
     odd = dataclasses.replace(cache, meta={**cache.meta, "encoder": encoder})
     record = run_method(create_method("zero_shot"), odd, shots=2, seed=1, out_dir=tmp_path, progress=False)
     assert record["backbone"] == backbone and (tmp_path / "metrics.json").is_file()
+
+
+def test_nan_in_a_sidecar_or_a_record_is_not_json(cache, tmp_path):
+    from hgadapter.data.cache import CacheError
+    from hgadapter.records import RecordError
+
+    save_cache(tmp_path / "c", cache)
+    sidecar = tmp_path / "c" / "cache.json"
+    sidecar.write_text(sidecar.read_text().replace('"meta": {', '"meta": {"bad": NaN, ', 1))
+    with pytest.raises(CacheError, match=r"cache\.json: not valid JSON \(NaN is not a JSON value"):
+        load_cache(tmp_path / "c")
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / "metrics.json").write_text('{"method": "zero_shot", "shots": 1, "seed": 1, "val_acc": Infinity, "test_acc": 1.0}')
+    with pytest.raises(RecordError, match=r"not valid JSON \(Infinity is not a JSON value"):
+        load_record(run)

@@ -20,6 +20,7 @@ import safetensors
 import safetensors.torch
 import torch
 
+from hgadapter._io import NotJSONError, strict_json_loads
 from hgadapter.data.cache import FILE_KINDS, FORMAT_VERSION, SIDECAR_NAME, TEST_FILE, TEXT_FILE, VAL_FILE, CacheError
 
 # logits s * cos are float32: a scale past this overflows them (CLIP learns s <= 100)
@@ -340,11 +341,13 @@ def read_sidecar(directory: Path) -> dict[str, Any]:
     except (OSError, UnicodeDecodeError) as e:
         raise CacheError(f"{sidecar_path}: cannot be read ({one_line(e)})") from None
     try:
-        raw = json.loads(text)
+        raw = strict_json_loads(text)
     except json.JSONDecodeError as e:
         raise CacheError(
             f"{sidecar_path}: not valid JSON ({e.msg} at line {e.lineno}, column {e.colno})"
         ) from None
+    except NotJSONError as e:
+        raise CacheError(f"{sidecar_path}: not valid JSON ({e})") from None
     return _parse_sidecar(raw, str(sidecar_path))
 
 
