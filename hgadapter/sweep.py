@@ -30,6 +30,7 @@ import multiprocessing
 import os
 import string
 import sys
+import time
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -381,6 +382,36 @@ def execute_run(spec: RunSpec, *, cache: Any = None, device: str | None = None, 
     return run_method(method, cache, shots=spec.shots, seed=spec.seed, out_dir=spec.out_dir, targets=targets, extra=extra, device=device, progress=progress)
 
 
+def _die_with_parent(parent: int) -> None:
+    """Worker initializer: end this worker when the sweep that started it dies (SIGKILL and SIGTERM
+    included, which skip the pool's own shutdown), so no orphan goes on writing runs.
+
+    On Linux the kernel delivers SIGKILL on the parent's death (``PR_SET_PDEATHSIG``); elsewhere,
+    and as a backstop, a daemon thread checks once a second whether the worker was re-parented.
+    """
+    import signal
+    import threading
+
+    if sys.platform.startswith("linux"):
+        try:
+            import ctypes
+
+            libc = ctypes.CDLL(None, use_errno=True)
+            libc.prctl(1, signal.SIGKILL, 0, 0, 0)  # PR_SET_PDEATHSIG = 1
+        except (OSError, AttributeError):
+            pass
+    if os.getppid() != parent:  # the parent died before the signal was armed
+        os._exit(1)
+
+    def watch() -> None:
+        while True:
+            time.sleep(1.0)
+            if os.getppid() != parent:
+                os._exit(1)
+
+    threading.Thread(target=watch, name="die-with-parent", daemon=True).start()
+
+
 def _worker_init(threads: int) -> None:
     import torch
 
@@ -517,7 +548,9 @@ def _run_local_pool(pending: list[RunSpec], finish: Callable, *, jobs: int, devi
     threads = max(1, (os.cpu_count() or 1) // jobs)
     gpus = torch.cuda.device_count() if torch.cuda.is_available() else 0
     context = multiprocessing.get_context("spawn")  # no fork after torch has started threads
-    with concurrent.futures.ProcessPoolExecutor(max_workers=jobs, mp_context=context) as pool:
+    with concurrent.futures.ProcessPoolExecutor(
+        max_workers=jobs, mp_context=context, initializer=_die_with_parent, initargs=(os.getpid(),)
+    ) as pool:
         futures = {
             pool.submit(_execute_payload, _payload(s, device=spread_device(device, i, gpus), threads=threads)): s
             for i, s in enumerate(pending)

@@ -4,6 +4,7 @@ re-run exactly what changed; local processes and Ray give the same records as on
 from __future__ import annotations
 
 import json
+import sys
 from pathlib import Path
 
 import pytest
@@ -388,3 +389,63 @@ def test_a_grid_sweeps_any_methods_own_config_keys(tmp_path):
     specs = expand_experiment(path, out_root=tmp_path / "runs", features_root=tmp_path)
     assert sorted(s.params["alpha"] for s in specs) == [0.25, 0.5]
     assert all(s.config_file is None for s in specs)  # a baseline reads its own shipped config, not the experiment file
+
+
+def _children(pid: int) -> set[int]:
+    """Live processes whose parent is ``pid`` (Linux /proc)."""
+    out = set()
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        if int(fields[1]) == pid and fields[0] != "Z":
+            out.add(int(stat.parent.name))
+    return out
+
+
+@pytest.mark.skipif(not Path("/proc/self/stat").exists(), reason="needs Linux /proc")
+@pytest.mark.parametrize("sig", ["SIGKILL", "SIGTERM"])
+def test_sweep_workers_die_with_their_parent(tmp_path, sig):
+    """Killing `sweep --jobs 2` (SIGKILL or SIGTERM) leaves no worker writing runs (issue 14 item 11)."""
+    import os
+    import signal
+    import subprocess
+    import time
+
+    from hgadapter.data.io import save_cache
+    from hgadapter.data.synthetic import build_synthetic_task
+
+    save_cache(tmp_path / "features" / "toy", build_synthetic_task(num_classes=12, num_families=3, dim=32, shots=(2,), seeds=(1, 2, 3, 4)))
+    (tmp_path / "exp.yaml").write_text(
+        "train: {epochs: 3000}\nsweep: {name: kill, dataset: toy, features: toy, methods: [hegraphadapter:t], shots: [2], seeds: [1, 2, 3, 4]}\n"
+    )
+    parent = subprocess.Popen(
+        [sys.executable, "-m", "hgadapter", "sweep", str(tmp_path / "exp.yaml"), "--features-root", str(tmp_path / "features"),
+         "--out", str(tmp_path / "runs"), "--jobs", "2", "--quiet"],
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+    )
+    try:
+        deadline = time.time() + 60
+        workers: set[int] = set()
+        while time.time() < deadline and len(workers) < 2:  # the pool's workers (plus its resource tracker)
+            workers = _children(parent.pid)
+            time.sleep(0.2)
+        assert workers, "the sweep started no worker"
+        time.sleep(1.0)  # the workers are importing / training now
+        parent.send_signal(getattr(signal, sig))
+        parent.wait(timeout=30)
+        deadline = time.time() + 15
+        alive = set(workers)
+        while alive and time.time() < deadline:
+            alive = {p for p in alive if Path(f"/proc/{p}").exists() and "Z" not in Path(f"/proc/{p}/stat").read_text().rsplit(")", 1)[1].split()[0]}
+            time.sleep(0.2)
+        assert not alive, f"workers {sorted(alive)} outlived their parent"
+    finally:
+        if parent.poll() is None:
+            parent.kill()
+        for pid in _children(parent.pid) | locals().get("workers", set()):  # never leave an orphan behind a failure
+            try:
+                os.kill(pid, signal.SIGKILL)
+            except OSError:
+                pass
