@@ -34,6 +34,25 @@ def _current_umask() -> int:
 _UMASK = _current_umask()
 
 
+TEMP_GLOB = ".*.tmp"  # the temp files atomic_write leaves when killed between create and rename
+
+
+def remove_stale_temp_files(directory: str | Path) -> list[Path]:
+    """Delete the temp files a killed :func:`atomic_write` left in ``directory`` (not below it).
+
+    Only for a folder that one process writes at a time (a run directory, an extraction's output):
+    a live writer's temp file would be removed too. Returns what was removed.
+    """
+    removed = []
+    folder = Path(directory)
+    if folder.is_dir():
+        for tmp in folder.glob(TEMP_GLOB):
+            if tmp.is_file():
+                tmp.unlink(missing_ok=True)
+                removed.append(tmp)
+    return removed
+
+
 def atomic_write(path: str | Path, write: Callable[[str], None], *, sync_dir: bool = True) -> Path:
     """Call ``write(tmp_path)`` on a temp file beside ``path``, then rename it into place.
 

@@ -418,8 +418,10 @@ class ConfigTree:
             if isinstance(value, dict) and isinstance(base.get(key), dict):
                 self._merge(base[key], value, source, key_path)
             else:
+                old = base.get(key)
                 base[key] = copy.deepcopy(value)
-                self._forget(key_path)
+                if isinstance(old, (dict, list)):  # only a container has key paths below it to forget
+                    self._forget(key_path)
                 self._source[key_path] = source
 
     def _forget(self, prefix: tuple[str, ...]) -> None:
@@ -441,12 +443,14 @@ class ConfigTree:
         last = parts[-1]
         if isinstance(node, list):
             index = self._index(node, last, parts, source)
-            node[index] = value
+            old, node[index] = node[index], value
         elif isinstance(node, dict):
+            old = node.get(last)
             node[last] = value
         else:
             raise ConfigError(f"{source}: {_key_path(parts)}: {_key_path(parts[:-1])} is not a mapping or list")
-        self._forget(tuple(parts))
+        if isinstance(old, (dict, list)):  # only a container has key paths below it to forget
+            self._forget(tuple(parts))
         self._source[tuple(parts)] = source
 
     def _child(self, node: Any, part: str, parts: list[str], source: str) -> Any:

@@ -25,7 +25,7 @@ from typing import Any
 
 import yaml
 
-from hgadapter._io import atomic_save_tensors, atomic_write_json, atomic_write_text, json_safe
+from hgadapter._io import atomic_save_tensors, atomic_write_json, atomic_write_text, json_safe, remove_stale_temp_files
 from hgadapter.data.cache import FeatureCache, dataset_name
 from hgadapter.methods import Method, method_from_config
 from hgadapter.protocol import Fitted, score_on_target, score_on_test, selection_data
@@ -119,6 +119,7 @@ def run_method(
         # before anything else is rewritten, so a rerun killed half-way never looks finished
         # with the previous result beside the new config.
         (Path(out_dir) / METRICS_FILE).unlink(missing_ok=True)
+        remove_stale_temp_files(out_dir)  # left by a run killed while writing
     data = selection_data(cache, shots=shots, seed=seed)
     fitted = method.fit(data, seed=seed, device=device, progress=progress, log=log)
     used = fitted.device

@@ -24,7 +24,8 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
-from hgadapter.data.cache import CacheError, FeatureCache
+from hgadapter._io import remove_stale_temp_files
+from hgadapter.data.cache import SIDECAR_NAME, TEST_FILE, TEXT_FILE, VAL_FILE, CacheError, FeatureCache
 from hgadapter.data.io import list_train_sets, load_cache, load_sidecar, save_cache
 from hgadapter.extract.datasets import DataError, DatasetSplits, build_dataset
 from hgadapter.extract.encode import bad_images_error, encode_eval_split, encode_samples, encode_train_set, val_indices
@@ -93,14 +94,23 @@ def extract(opts: ExtractOptions) -> FeatureCache | None:
     return load_cache(opts.out, train_keys=[k for k in sorted(done) if k[0] in opts.shots and k[1] in opts.seeds])
 
 
+def _extractor_file(name: str) -> bool:
+    """Whether ``name`` is a file extraction writes into a cache folder (a split or a training set)."""
+    return name in (TEXT_FILE, VAL_FILE, TEST_FILE) or (name.startswith("train_k") and name.endswith(".safetensors"))
+
+
 def _read_existing(out: Path, identity: dict[str, Any]) -> tuple[FeatureCache, list[tuple[int, int]]] | None:
     """The shared part of the cache at ``out`` and its training-set keys; None when absent.
 
     Raises:
         ExtractError: ``out`` holds something else, or a cache built from other inputs.
     """
+    if out.is_dir():
+        remove_stale_temp_files(out)  # left by an extraction killed while writing
     if not out.exists() or (out.is_dir() and not any(out.iterdir())):
         return None
+    if out.is_dir() and not (out / SIDECAR_NAME).exists() and all(_extractor_file(p.name) for p in out.iterdir()):
+        return None  # killed before cache.json, which is written last: the files are written again
     try:
         sidecar = load_sidecar(out)
     except CacheError as err:

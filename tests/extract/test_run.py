@@ -166,3 +166,34 @@ def test_shards_then_merge_equal_one_process(first_cache, model_dir, folder, tmp
     torch.testing.assert_close(merged.val_features, single.val_features, atol=1e-5, rtol=0)
     torch.testing.assert_close(merged.train_set(2, 1).features, single.train_set(2, 1).features, atol=1e-5, rtol=0)
     assert merged.meta["identity"] == single.meta["identity"]
+
+
+def test_a_run_killed_before_cache_json_resumes_and_leaves_no_temp_file(model_dir, folder, tmp_path):
+    """Killed while writing text/val/test (cache.json is written last): the rerun needs no
+    --overwrite, removes the temp files the kill left, and gives the same cache (issue 14 item 12)."""
+    out = tmp_path / "killed"
+    base = ["--shots", "1", "--seeds", "1", "--views", "1", "--augment", "none"]
+    assert ex.main(_args(model_dir, folder, out, *base)) == 0
+    reference = load_cache(out)
+    (out / "cache.json").unlink()  # the state a kill before the sidecar leaves ...
+    (out / "test.safetensors").unlink()
+    (out / ".test.safetensors.abc123.tmp").write_bytes(b"half a file")  # ... with atomic_write's temp file
+    assert ex.main(_args(model_dir, folder, out, *base)) == 0
+    again = load_cache(out)
+    torch.testing.assert_close(again.test_features, reference.test_features)
+    assert not list(out.glob(".*.tmp"))
+    (out / "notes.txt").write_text("mine")  # a folder with someone else's file is still refused
+    (out / "cache.json").unlink()
+    with pytest.raises(ExtractError, match="exists but is not a readable feature cache"):
+        ex.main(_args(model_dir, folder, out, *base))
+
+
+def test_a_run_directory_loses_the_temp_files_of_a_killed_run(tmp_path):
+    from hgadapter.data.synthetic import build_synthetic_task
+    from hgadapter.methods import create_method
+    from hgadapter.runner import run_method
+
+    (tmp_path / ".metrics.json.x1.tmp").write_text("{")
+    cache = build_synthetic_task(num_classes=6, num_families=2, dim=16, shots=(1,), seeds=(1,), test_per_class=3)
+    run_method(create_method("zero_shot"), cache, shots=1, seed=1, out_dir=tmp_path, progress=False)
+    assert not list(tmp_path.glob(".*.tmp")) and (tmp_path / "metrics.json").is_file()
