@@ -23,12 +23,14 @@ from hgadapter.data.cache import (
 )
 from hgadapter.data.merge import merge_into_existing
 from hgadapter.data.validate import (
+    CHECKSUMS_KEY,
     Context,
     Files,
     check_head,
     check_layout,
     check_table,
     check_values,
+    file_checksum,
     format_keys,
     is_integer,
     is_number,
@@ -97,6 +99,9 @@ def save_cache(path: str | Path, cache: FeatureCache, *, overwrite: bool = False
     # Each rename is made durable once, below, rather than after every file.
     for file, (_, tensors) in files.items():
         atomic_write(directory / file, lambda tmp, t=tensors: safetensors.torch.save_file(t, tmp), sync_dir=False)
+    # A content hash per file, so that load_cache notices a damaged or altered tensor file (files
+    # left untouched by a merge are hashed again: their bytes are what the sidecar vouches for).
+    sidecar = {**sidecar, CHECKSUMS_KEY: {file: file_checksum(directory / file) for file in sorted(sidecar["files"])}}
     text = _dump_json(sidecar) + "\n"
     atomic_write(sidecar_path, lambda tmp: Path(tmp).write_text(text, encoding="utf-8"), sync_dir=False)
     for file in sorted(stale - set(sidecar["files"])):

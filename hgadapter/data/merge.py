@@ -13,7 +13,7 @@ from typing import Any
 import torch
 
 from hgadapter.data.cache import TEST_FILE, TEXT_FILE, VAL_FILE, CacheError
-from hgadapter.data.validate import Context, Files, format_keys, load_file, read_sidecar, to_memory, train_context
+from hgadapter.data.validate import CHECKSUMS_KEY, Context, Files, format_keys, load_file, read_sidecar, to_memory, train_context
 
 # Re-extracting the same split on a GPU is not bit-exact (cuDNN kernel choice) and float16 storage
 # rounds to ~5e-4, so a resumed extraction is compared with the cache on disk to this tolerance.
@@ -83,7 +83,7 @@ def _shared_part(sidecar: dict[str, Any]) -> dict[str, Any]:
     back by :func:`load_cache` comes as float32, so extending it must still work. The tensors
     themselves are compared separately.
     """
-    shared = {k: v for k, v in sidecar.items() if k != "train_sets"}
+    shared = {k: v for k, v in sidecar.items() if k not in ("train_sets", CHECKSUMS_KEY)}  # checksums are rewritten
     shared["files"] = {f: _shapes(sidecar["files"][f]) for f in (TEXT_FILE, VAL_FILE, TEST_FILE)}
     return shared
 

@@ -7,6 +7,7 @@ readers here (:func:`read_sidecar`, :func:`load_file`) return only what passed t
 
 from __future__ import annotations
 
+import hashlib
 import json
 import math
 import warnings
@@ -25,6 +26,8 @@ from hgadapter.data.cache import FILE_KINDS, FORMAT_VERSION, SIDECAR_NAME, TEST_
 
 # logits s * cos are float32: a scale past this overflows them (CLIP learns s <= 100)
 MAX_LOGIT_SCALE = 1e6
+
+CHECKSUMS_KEY = "checksums"  # optional: file name -> "sha256:<hex>" of the file's bytes
 
 _SIDECAR_KEYS = (
     "format_version", "classnames", "dim", "logit_scale", "files", "train_sets", "meta"
@@ -185,7 +188,7 @@ def check_head(raw: Any, where: str) -> None:
             f"of hgadapter reads format_version {FORMAT_VERSION}"
         )
     _require_exactly(
-        raw,
+        [k for k in raw if k != CHECKSUMS_KEY],  # optional: caches written before it load as before
         _SIDECAR_KEYS,
         missing=lambda names: f"{where}: missing key(s) {names}",
         unknown=lambda names: f"{where}: unknown key(s) {names}; the sidecar has exactly "
@@ -253,10 +256,18 @@ def check_head(raw: Any, where: str) -> None:
 
 
 def check_table(raw: dict[str, Any], where: str) -> None:
-    """The sidecar's file table: one entry per file, each tensor's dtype and shape."""
+    """The sidecar's file table: one entry per file, each tensor's dtype and shape; and the
+    optional checksums, one ``sha256:<hex>`` per listed file."""
     table = raw["files"]
     if not isinstance(table, dict):
         raise CacheError(f"{where}: files must be a JSON object, got {_json_type(table)}")
+    sums = raw.get(CHECKSUMS_KEY)
+    if sums is not None and (
+        not isinstance(sums, dict)
+        or set(sums) != set(table)
+        or not all(isinstance(h, str) and h.startswith("sha256:") and len(h) == 71 for h in sums.values())
+    ):
+        raise CacheError(f"{where}: {CHECKSUMS_KEY} must map every file of 'files' to \"sha256:<64 hex digits>\"")
     kinds = {TEXT_FILE: "text", VAL_FILE: "split", TEST_FILE: "split"}
     kinds.update({e["file"]: "train" for e in raw["train_sets"]})
     _require_exactly(
@@ -359,6 +370,12 @@ def load_file(
     where = str(path)
     if not path.is_file():
         raise CacheError(f"{where}: missing (listed in {SIDECAR_NAME})")
+    expected = (sidecar.get(CHECKSUMS_KEY) or {}).get(file)
+    if expected is not None and file_checksum(path) != expected:
+        raise CacheError(
+            f"{where}: its bytes do not match the checksum {SIDECAR_NAME} records (the file is damaged "
+            "or was changed after the cache was written); restore it or extract the cache again"
+        )
     try:
         raw = safetensors.torch.load_file(path)
     except (safetensors.SafetensorError, OSError, ValueError) as e:
@@ -386,6 +403,15 @@ def load_file(
     tensors = to_memory(raw, kind)
     check_values(kind, tensors, ctx, where, subject)
     return tensors
+
+
+def file_checksum(path: Path) -> str:
+    """``sha256:<hex>`` of a file's bytes, read in 4 MiB blocks."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for block in iter(lambda: handle.read(1 << 22), b""):
+            digest.update(block)
+    return f"sha256:{digest.hexdigest()}"
 
 
 def to_memory(tensors: dict[str, torch.Tensor], kind: str) -> dict[str, torch.Tensor]:

@@ -12,10 +12,12 @@ from pathlib import Path
 
 import pytest
 import safetensors.torch
+
 import torch
 
 from hgadapter.data.cache import FORMAT_VERSION, CacheError, FeatureCache, FewShotSet
 from hgadapter.data.io import list_train_sets, load_cache, load_sidecar, save_cache
+from hgadapter.data.validate import file_checksum
 
 C, D = 4, 8
 CLASSNAMES = ["ant", "bee", "cat", "dog"]
@@ -61,7 +63,12 @@ def saved(tmp_path: Path) -> Path:
 
 
 def _rewrite(path: Path, **tensors: torch.Tensor | None) -> None:
-    """Replace (or with None drop) tensors of a cache file behind the sidecar's back."""
+    """Replace (or with None drop) tensors of a cache file behind the sidecar's back.
+
+    The sidecar's checksum of the file is updated to the new bytes, so what is tested is the
+    structural check behind it (a file altered without that is caught by the checksum first:
+    ``test_a_damaged_file_fails_its_checksum``).
+    """
     content = safetensors.torch.load_file(path)
     for key, value in tensors.items():
         if value is None:
@@ -69,6 +76,7 @@ def _rewrite(path: Path, **tensors: torch.Tensor | None) -> None:
         else:
             content[key] = value
     safetensors.torch.save_file(content, path)
+    _edit_sidecar(path.parent, lambda s: s.get("checksums", {}).update({path.name: file_checksum(path)}) if "checksums" in s else None)
 
 
 def _edit_sidecar(directory: Path, edit) -> None:
@@ -496,6 +504,7 @@ def test_missing_tensor_in_a_file(saved: Path) -> None:
 
 
 def test_unreadable_safetensors_file(saved: Path) -> None:
+    _edit_sidecar(saved, lambda s: s.pop("checksums"))  # else the checksum names the damage first
     (saved / "test.safetensors").write_bytes(b"\x00" * 5)
     with pytest.raises(CacheError, match="test.safetensors: not a readable safetensors file"):
         load_cache(saved)
@@ -507,3 +516,26 @@ def test_errors_are_one_line(saved: Path) -> None:
         load_cache(saved)
     assert "\n" not in str(info.value)
 
+
+
+
+def test_every_file_gets_a_checksum_and_a_damaged_file_names_itself(saved: Path) -> None:
+    sidecar = json.loads((saved / "cache.json").read_text())
+    assert set(sidecar["checksums"]) == set(sidecar["files"])
+    assert all(v == file_checksum(saved / f) for f, v in sidecar["checksums"].items())
+    # one flipped bit inside the tensor data: same shapes and dtypes, still a valid safetensors file
+    path = saved / "test.safetensors"
+    data = bytearray(path.read_bytes())
+    data[-5] ^= 0x01
+    path.write_bytes(bytes(data))
+    with pytest.raises(CacheError, match=r"test\.safetensors: its bytes do not match the checksum cache\.json records"):
+        load_cache(saved)
+
+
+def test_a_cache_without_checksums_still_loads(saved: Path) -> None:
+    """Caches written before checksums were recorded load as before (nothing to verify)."""
+    _edit_sidecar(saved, lambda s: s.pop("checksums"))
+    assert load_cache(saved).num_classes == len(CLASSNAMES)
+    _edit_sidecar(saved, lambda s: s.update(checksums={"text.safetensors": "md5:x"}))
+    with pytest.raises(CacheError, match=r"checksums must map every file of 'files' to"):
+        load_cache(saved)
