@@ -135,8 +135,12 @@ def _reject_constant(name: str) -> Any:
 
 def strict_json_loads(text: str) -> Any:
     """:func:`json.loads` that refuses ``NaN`` / ``Infinity`` (:class:`NotJSONError`), which Python
-    writes and reads but no other JSON reader accepts."""
-    return json.loads(text, parse_constant=_reject_constant)
+    writes and reads but no other JSON reader accepts, and nesting too deep to parse (the decoder
+    recurses: a RecursionError would be a traceback, not a message)."""
+    try:
+        return json.loads(text, parse_constant=_reject_constant)
+    except RecursionError:
+        raise NotJSONError("nested too deeply to read (thousands of levels)") from None
 
 
 def json_digest(data: Any) -> str:

@@ -127,3 +127,13 @@ def test_nan_in_a_sidecar_or_a_record_is_not_json(cache, tmp_path):
     (run / "metrics.json").write_text('{"method": "zero_shot", "shots": 1, "seed": 1, "val_acc": Infinity, "test_acc": 1.0}')
     with pytest.raises(RecordError, match=r"not valid JSON \(Infinity is not a JSON value"):
         load_record(run)
+
+
+def test_a_cache_json_nested_too_deep_is_one_line(cache, tmp_path):
+    from hgadapter.data.cache import CacheError
+
+    save_cache(tmp_path / "c", cache)
+    sidecar = tmp_path / "c" / "cache.json"
+    sidecar.write_text(sidecar.read_text().replace('"meta": {', '"meta": {"deep": ' + "[" * 100000 + "]" * 100000 + ", ", 1))
+    with pytest.raises(CacheError, match=r"cache\.json: not valid JSON \(nested too deeply to read"):
+        load_cache(tmp_path / "c")
