@@ -117,9 +117,17 @@ def build_edge_weights(
     (``one_minus_cos``) or ``-cos`` (``neg_cos``), other edges ``cos``. On p2p/v2v the diagonal
     is removed unless ``self_loops``; entries that are not edges are returned as NaN.
     """
+    return _weights_from_cosine(
+        _cosine(feat_dict, etype), etype, kind=kind, contrast=contrast, self_loops=self_loops, clamp_negative=clamp_negative
+    )
+
+
+def _weights_from_cosine(
+    cos: torch.Tensor, etype: str, *, kind: str | None, contrast: str, self_loops: bool, clamp_negative: bool
+) -> torch.Tensor:
+    """:func:`build_edge_weights` from the relation's cosine matrix ``(n_dst, n_src)``."""
     src_t, _, dst_t = CANONICAL_ETYPES[etype]
     kind = kind or DEFAULT_WEIGHT_KIND[etype]
-    cos = _cosine(feat_dict, etype)  # (n_dst, n_src)
     weights = cos.clone()
     n = min(weights.shape)
     diag = torch.arange(n, device=weights.device)
@@ -162,18 +170,14 @@ def build_relation_graph(
     with torch.no_grad():
         for etype in relations:
             kind = weights.get(etype) or DEFAULT_WEIGHT_KIND[etype]
-            w = build_edge_weights(
-                feat_dict,
-                etype,
-                kind=kind,
-                contrast=contrast,
-                self_loops=self_loops,
-                clamp_negative=clamp_negative,
+            cos = _cosine(feat_dict, etype)  # (n_dst, n_src): chooses the neighbours and gives the weights
+            w = _weights_from_cosine(
+                cos, etype, kind=kind, contrast=contrast, self_loops=self_loops, clamp_negative=clamp_negative
             )  # (n_dst, n_src), NaN where no edge may exist
             valid = ~torch.isnan(w)
             k = topk_by_relation.get(etype, topk)
             if k is not None and k < w.shape[1]:
-                scores = _cosine(feat_dict, etype).masked_fill(~valid, float("-inf"))  # (n_dst, n_src)
+                scores = cos.masked_fill(~valid, float("-inf"))  # (n_dst, n_src)
                 src_t, _, dst_t = CANONICAL_ETYPES[etype]
                 if kind == "contrast" and src_t != dst_t:
                     diag = torch.arange(min(scores.shape), device=scores.device)
