@@ -68,9 +68,10 @@ def _cmd_synth(args: argparse.Namespace) -> int:
         if name not in fields:
             raise ConfigError(f"--set {echo(text, bare=True)}: expected FIELD=VALUE with FIELD one of {sorted(fields)}")
         overrides[name] = tuple(value) if isinstance(value, list) else value
-    if args.preset is not None and args.preset != "all" and args.preset not in list_presets():
-        raise ConfigError(f"--preset {args.preset!r}: unknown task; available: {list_presets() + ['all']}")
-    names = [None] if args.preset is None else list_presets() if args.preset == "all" else [args.preset]
+    presets = [] if args.preset is None else list_presets()  # the suite's task list, read once
+    if args.preset not in (None, "all", *presets):
+        raise ConfigError(f"--preset {args.preset!r}: unknown task; available: {presets + ['all']}")
+    names = [None] if args.preset is None else presets if args.preset == "all" else [args.preset]
     jobs = []
     for name in names:
         try:

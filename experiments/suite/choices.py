@@ -18,22 +18,19 @@ import json
 import time
 from pathlib import Path
 
-import yaml
-
 from hgadapter.methods import create_method
 from hgadapter.runner import run_method
-from hgadapter.data.synthetic import SyntheticTaskConfig, build_synthetic_task
+from hgadapter.data.synthetic import SyntheticTaskConfig, build_synthetic_task, list_presets, preset_config
 
-TASKS = Path(__file__).with_name("tasks.yaml")
 
 
 def suite_configs(names: list[str] | None = None) -> dict[str, SyntheticTaskConfig]:
-    spec = yaml.safe_load(TASKS.read_text())
-    tasks = spec["tasks"]
+    """The suite's task configs (``hgadapter synth --preset``'s), in file order; ``names`` picks some."""
+    tasks = list_presets()
     unknown = sorted(set(names or ()) - set(tasks))
     if unknown:
-        raise SystemExit(f"unknown task(s) {unknown}; available: {sorted(tasks)}")
-    return {n: SyntheticTaskConfig(**{**spec["_defaults"], **f}) for n, f in tasks.items() if not names or n in names}
+        raise SystemExit(f"unknown task(s) {unknown}; available: {tasks}")
+    return {n: preset_config(n) for n in tasks if not names or n in names}
 
 
 def summarize(paths: list[str], *, method: str) -> str:
