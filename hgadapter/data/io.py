@@ -97,11 +97,17 @@ def save_cache(path: str | Path, cache: FeatureCache, *, overwrite: bool = False
         sidecar_path.unlink()
 
     # Each rename is made durable once, below, rather than after every file.
+    # A content hash per file, so that load_cache notices a damaged or altered tensor file. Files
+    # a merge leaves untouched keep theirs (the merge verified them when it read them); a cache
+    # written before checksums gets them for its old files here.
+    checksums = dict(sidecar.get(CHECKSUMS_KEY) or {})
     for file, (_, tensors) in files.items():
         atomic_write(directory / file, lambda tmp, t=tensors: safetensors.torch.save_file(t, tmp), sync_dir=False)
-    # A content hash per file, so that load_cache notices a damaged or altered tensor file (files
-    # left untouched by a merge are hashed again: their bytes are what the sidecar vouches for).
-    sidecar = {**sidecar, CHECKSUMS_KEY: {file: file_checksum(directory / file) for file in sorted(sidecar["files"])}}
+        checksums.pop(file, None)  # rewritten: hashed below, from the file as written
+    sidecar = {
+        **sidecar,
+        CHECKSUMS_KEY: {f: checksums.get(f) or file_checksum(directory / f) for f in sorted(sidecar["files"])},
+    }
     text = _dump_json(sidecar) + "\n"
     atomic_write(sidecar_path, lambda tmp: Path(tmp).write_text(text, encoding="utf-8"), sync_dir=False)
     for file in sorted(stale - set(sidecar["files"])):

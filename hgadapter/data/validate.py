@@ -371,13 +371,20 @@ def load_file(
     if not path.is_file():
         raise CacheError(f"{where}: missing (listed in {SIDECAR_NAME})")
     expected = (sidecar.get(CHECKSUMS_KEY) or {}).get(file)
-    if expected is not None and file_checksum(path) != expected:
-        raise CacheError(
-            f"{where}: its bytes do not match the checksum {SIDECAR_NAME} records (the file is damaged "
-            "or was changed after the cache was written); restore it or extract the cache again"
-        )
+    data = None  # with a checksum the bytes are read once, for the check and the tensors alike
+    if expected is not None:
+        try:
+            data = path.read_bytes()
+        except OSError as e:
+            raise CacheError(f"{where}: not a readable safetensors file ({one_line(e)})") from None
+        if bytes_checksum(data) != expected:
+            raise CacheError(
+                f"{where}: its bytes do not match the checksum {SIDECAR_NAME} records (the file is damaged "
+                "or was changed after the cache was written); restore it or extract the cache again"
+            )
     try:
-        raw = safetensors.torch.load_file(path)
+        # a cache written before checksums has nothing to verify: read it mapped
+        raw = safetensors.torch.load_file(path) if data is None else safetensors.torch.load(data)
     except (safetensors.SafetensorError, OSError, ValueError) as e:
         raise CacheError(f"{where}: not a readable safetensors file ({one_line(e)})") from None
 
@@ -405,8 +412,13 @@ def load_file(
     return tensors
 
 
+def bytes_checksum(data: bytes) -> str:
+    """``sha256:<hex>`` of a tensor file's bytes, as ``cache.json`` records it."""
+    return f"sha256:{hashlib.sha256(data).hexdigest()}"
+
+
 def file_checksum(path: Path) -> str:
-    """``sha256:<hex>`` of a file's bytes, read in 4 MiB blocks."""
+    """:func:`bytes_checksum` of the file at ``path``, read in 4 MiB blocks."""
     digest = hashlib.sha256()
     with open(path, "rb") as handle:
         for block in iter(lambda: handle.read(1 << 22), b""):

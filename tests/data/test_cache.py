@@ -539,3 +539,15 @@ def test_a_cache_without_checksums_still_loads(saved: Path) -> None:
     _edit_sidecar(saved, lambda s: s.update(checksums={"text.safetensors": "md5:x"}))
     with pytest.raises(CacheError, match=r"checksums must map every file of 'files' to"):
         load_cache(saved)
+
+
+def test_adding_a_training_set_keeps_every_checksum_true(tmp_path: Path) -> None:
+    """A merge writes only the new set; every file's recorded checksum still matches its bytes."""
+    save_cache(tmp_path, _cache(train=((1, 1),)))
+    before = json.loads((tmp_path / "cache.json").read_text())["checksums"]
+    save_cache(tmp_path, _cache(train=((2, 1),)))
+    after = json.loads((tmp_path / "cache.json").read_text())["checksums"]
+    assert set(after) == set(before) | {"train_k2_s1.safetensors"}
+    assert all(after[f] == before[f] for f in before)  # untouched files: untouched checksums
+    assert all(v == file_checksum(tmp_path / f) for f, v in after.items())
+    assert sorted(load_cache(tmp_path).train_sets) == [(1, 1), (2, 1)]
