@@ -248,7 +248,7 @@ def _average_cell(cells: Mapping[str, Cell], expected: Sequence[str], lookup, us
 def _method_rows(methods: Iterable[str], paper: PaperResults) -> list[Row]:
     """One row per method in the paper's order; a val-selected row right after its method's."""
     methods = set(methods)
-    base = {m for m in methods if not m.endswith(VAL_SELECTED)} | {m.removesuffix(VAL_SELECTED) for m in methods if m.endswith(VAL_SELECTED)}
+    base = {m.removesuffix(VAL_SELECTED) for m in methods}
     rows = []
     for m in _ordered(base, paper.order("methods")):
         if m in methods:

@@ -177,7 +177,7 @@ def _write_run(out: Path, method: Method, record: dict, fitted: Fitted, cache: F
     }
     atomic_write_text(out / CONFIG_FILE, yaml.safe_dump(resolved, sort_keys=False))
     atomic_write_json(out / CLASSES_FILE, list(cache.classnames))
-    atomic_write_json(out / HISTORY_FILE, json_safe(fitted.history))
+    atomic_write_json(out / HISTORY_FILE, fitted.history)  # atomic_write_json makes it JSON-safe
     for stem, tensors in fitted.tensors.items():
         atomic_save_tensors(out / f"{stem}.safetensors", tensors)
     atomic_write_text(out / LOG_FILE, "\n".join(log_lines) + "\n")
