@@ -21,6 +21,7 @@ from hgadapter.adapter import text_logits as zero_shot_logits  # CLIP's classifi
 from hgadapter.evaluate import cache_keys
 from hgadapter.graph import class_means, prompt_ensemble
 from hgadapter.methods._registry import Method
+from hgadapter.data.cache import FewShotSet
 from hgadapter.protocol import FitContext, Fitted, SelectionData
 from hgadapter.train import CHECKPOINTS, Schedule, TrainResult, dassl_schedule, train_loop
 
@@ -29,12 +30,30 @@ __all__ = [
     "prompt_ensemble",
     "class_means",
     "cache_model",
+    "VIEWS",
+    "view_samples",
     "zero_shot_logits",
     "text_predictor",
     "TrainedMethod",
 ]
 
 Predictor = Callable[[torch.Tensor], torch.Tensor]
+
+
+VIEWS: tuple[str, ...] = ("mean", "all")  # how a closed-form method turns an image's V views into samples
+
+
+def view_samples(train_set: FewShotSet, views: str) -> tuple[torch.Tensor, torch.Tensor]:
+    """Training samples of a closed-form method: each image's renormalised view mean (``mean``,
+    the closest thing to CLIP's centre crop) or every normalised view as a sample (``all``).
+
+    Returns:
+        features ``(N, d)`` or ``(N V, d)`` and their labels.
+    """
+    x = F.normalize(train_set.features.float(), dim=-1)  # (N, V, d)
+    if views == "mean":
+        return F.normalize(x.mean(dim=1), dim=-1), train_set.labels  # (N, d), (N,)
+    return x.reshape(-1, x.shape[-1]), train_set.labels.repeat_interleave(x.shape[1])  # (N V, d), (N V,)
 
 
 def cache_model(data: SelectionData, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:

@@ -24,7 +24,7 @@ import torch.nn.functional as F
 
 from hgadapter.config import hparam
 from hgadapter.evaluate import select_weight
-from hgadapter.methods._common import prompt_ensemble, zero_shot_logits
+from hgadapter.methods._common import VIEWS, prompt_ensemble, view_samples, zero_shot_logits
 from hgadapter.methods._registry import Method, register_method
 from hgadapter.protocol import FitContext, Fitted, SelectionData
 
@@ -40,7 +40,7 @@ class GDAConfig:
     )
     extend_rounds: int = hparam(4, low=0)  # times the grid is extended outward when the optimum lies on its edge
     alpha: float | None = hparam(None, low=0.0)  # fix the ensemble weight instead of searching
-    views: str = hparam("all", choices=("all", "mean"))  # every augmented view is a sample, or each image's view mean
+    views: str = hparam("all", choices=VIEWS)  # every augmented view is a sample, or each image's view mean
 
 
 def gda_classifier(features: torch.Tensor, labels: torch.Tensor, num_classes: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -71,12 +71,7 @@ class GDA(Method):
     def _fit(self, data: SelectionData, ctx: FitContext) -> Fitted:
         cfg: GDAConfig = self.config
         dev = ctx.device
-        views = F.normalize(data.train_set.features.float(), dim=-1)  # (N, V, d)
-        if cfg.views == "all":
-            features = views.reshape(-1, views.shape[-1])  # (N V, d)
-            labels = data.train_set.labels.repeat_interleave(views.shape[1])  # (N V,)
-        else:
-            features, labels = F.normalize(views.mean(dim=1), dim=-1), data.train_set.labels  # (N, d), (N,)
+        features, labels = view_samples(data.train_set, cfg.views)  # (N V, d) or (N, d)
         weight, bias = (t.to(dev) for t in gda_classifier(features.to(dev), labels.to(dev), data.num_classes))
         text = prompt_ensemble(data.pos_text).to(dev)  # (C, d)
         scale = data.logit_scale

@@ -27,8 +27,8 @@ from dataclasses import dataclass
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 
+from hgadapter.methods._common import VIEWS, view_samples
 from hgadapter.methods._registry import Method, hparam, register_method
 from hgadapter.protocol import FitContext, Fitted, SelectionData, accuracy, require_validation
 
@@ -43,7 +43,7 @@ class LinearProbeConfig:
     search_steps: int = hparam(8, low=0)  # bisection steps in log10(C) around the best coarse C
     max_iter: int = hparam(1000, low=1)  # L-BFGS iterations per fit
     tol: float = hparam(1e-4, positive=True)  # L-BFGS stopping tolerance (scikit-learn's default)
-    views: str = hparam("mean", choices=("mean", "all"))  # training features: each image's mean view | every view
+    views: str = hparam("mean", choices=VIEWS)  # training features: each image's mean view | every view
 
 
 @register_method("linear_probe")
@@ -57,14 +57,7 @@ class LinearProbe(Method):
         from threadpoolctl import threadpool_limits
 
         cfg: LinearProbeConfig = self.config
-        views = F.normalize(data.train_set.features.float(), dim=-1)  # (N, V, d)
-        labels = data.train_set.labels
-        if cfg.views == "mean":
-            x = F.normalize(views.mean(dim=1), dim=-1)  # (N, d)
-            y = labels
-        else:
-            x = views.reshape(-1, views.shape[-1])  # (N * V, d)
-            y = labels.repeat_interleave(views.shape[1])  # (N * V,)
+        x, y = view_samples(data.train_set, cfg.views)  # (N, d) or (N V, d)
         x_np, y_np = x.double().numpy(), y.numpy()
         if len(set(cfg.c_grid)) > 1 or cfg.search_steps > 0:
             require_validation(data.val_labels, "the linear probe's C search", "fix C (c_grid: [C], search_steps: 0)")
