@@ -33,11 +33,12 @@ def suite_configs(names: list[str] | None = None) -> dict[str, SyntheticTaskConf
     return {n: preset_config(n) for n in tasks if not names or n in names}
 
 
-def summarize(paths: list[str], *, method: str) -> str:
+def summarize(paths: list[str], *, method: str, tasks: list[str] | None = None) -> str:
     """Markdown: one row per choice (label) of ``method``: val / test per task (mean over the
-    shots run), the suite mean per shots and overall. The rows are in first-seen order."""
+    shots run), the suite mean per shots and overall, over ``tasks`` (all when ``None``). The rows
+    are in first-seen order."""
     rows = [json.loads(line) for path in paths for line in Path(path).read_text().splitlines() if line.strip()]
-    rows = [r for r in rows if r["method"] == method]
+    rows = [r for r in rows if r["method"] == method and (tasks is None or r["task"] in tasks)]
     labels = list(dict.fromkeys(r["label"] for r in rows))
     tasks = list(dict.fromkeys(r["task"] for r in rows))
     shots = sorted({r["shots"] for r in rows})
@@ -69,7 +70,7 @@ def main() -> None:
     p.add_argument("--out", default=None, help="append one JSON line per run here")
     args = p.parse_args()
     if args.summarize:
-        print(summarize(args.summarize, method=args.methods[0]))
+        print(summarize(args.summarize, method=args.methods[0], tasks=args.tasks))
         return
     rows = []
     for task, cfg in suite_configs(args.tasks).items():
