@@ -136,6 +136,8 @@ def train_loop(
     epochs: int,
     batch_size: int,
     checkpoint: str = "last",
+    keep_initial: bool = False,
+    drop_last: bool = False,
     desc: str = "train",
 ) -> TrainResult:
     """Minimise ``loss_fn`` on ``data``'s few-shot set, one random view per image per epoch.
@@ -143,7 +145,8 @@ def train_loop(
     With ``checkpoint="best_val"`` the weights of the epoch with the best validation accuracy
     (the earliest on ties) are restored at the end; otherwise the last epoch's stay. The view and
     batch draws come from a generator seeded with ``ctx.seed``, two draws per epoch (the image
-    order, then each image's view), so a seed fixes the whole sequence of batches.
+    order, then each image's view), so a seed fixes the whole sequence of batches; ``drop_last``
+    changes which images are used, never the draws.
 
     Args:
         module: holds every trainable parameter (its ``state_dict`` is the checkpoint).
@@ -154,6 +157,12 @@ def train_loop(
         logits_fn: image features ``(B, d)`` -> logits ``(B, C)``; validated after every epoch.
         loss_fn: ``(views (B, d), labels (B,)) -> loss``; default: cross-entropy of ``logits_fn``.
         epochs / batch_size: how long, and how many images per step.
+        keep_initial: with ``best_val``, the initial weights (epoch 0) are a candidate too, scored
+            before the first step; fine-tuning that never helps on validation then returns the
+            module it started from.
+        drop_last: skip each epoch's last batch when it is partial (Dassl's training loader
+            does, ``drop_last=True``, when there are at least ``batch_size`` images); the
+            default uses every image every epoch.
         desc: the progress bar's label.
     """
     if loss_fn is None:
@@ -169,7 +178,10 @@ def train_loop(
     labels = data.train_set.labels.to(device)  # (N,)
     val_x, val_y = data.val_features.float().to(device), data.val_labels.to(device)
     num_images, num_views = views.shape[0], views.shape[1]
-    steps_per_epoch = math.ceil(num_images / batch_size)
+    # Dassl drops the partial batch only when a full one exists (its loader keeps a lone short batch)
+    dropping = drop_last and num_images > batch_size and num_images % batch_size != 0
+    steps_per_epoch = num_images // batch_size if dropping else math.ceil(num_images / batch_size)
+    images_per_epoch = steps_per_epoch * batch_size if dropping else num_images
 
     def val_accuracy() -> float:
         module.eval()
@@ -183,6 +195,8 @@ def train_loop(
         result.seconds = time.perf_counter() - start
         return result
     best_state, best_acc = None, -1.0
+    if checkpoint == "best_val" and keep_initial:
+        best_acc, best_state = val_accuracy(), copy.deepcopy(module.state_dict())  # result.epoch stays 0
     step = 0
     bar = tqdm(range(epochs), desc=desc, unit="epoch", disable=None if ctx.progress else True, leave=False)  # None: no bar off a terminal
     for epoch in bar:
@@ -190,7 +204,7 @@ def train_loop(
         order = torch.randperm(num_images, generator=generator).to(device)
         view_idx = torch.randint(num_views, (num_images,), generator=generator).to(device)
         total = 0.0
-        for begin in range(0, num_images, batch_size):
+        for begin in range(0, images_per_epoch, batch_size):
             lr = schedule(step, steps_per_epoch)
             for group in optimizer.param_groups:
                 group["lr"] = lr
@@ -203,7 +217,7 @@ def train_loop(
             total += loss.item() * idx.numel()
             step += 1
         val_acc = val_accuracy()
-        record = {"epoch": epoch + 1, "loss": total / num_images, "lr": lr, "val_acc": val_acc}
+        record = {"epoch": epoch + 1, "loss": total / images_per_epoch, "lr": lr, "val_acc": val_acc}
         result.history.append(record)
         bar.set_postfix(loss=f"{record['loss']:.3f}", val=f"{val_acc:.1f}")
         ctx.note(f"epoch {epoch + 1}/{epochs} loss {record['loss']:.4f} lr {lr:.2e} val_acc {val_acc:.2f}")

@@ -79,7 +79,8 @@ def text_predictor(text: torch.Tensor, logit_scale: float, device: torch.device)
 class TrainedMethod(Method):
     """A baseline whose module is trained by :func:`hgadapter.train.train_loop` on cross-entropy.
 
-    The config has ``epochs``, ``batch_size``, ``checkpoint`` and whatever :meth:`optimizer` and
+    The config has ``epochs``, ``batch_size``, ``checkpoint``, ``drop_last`` (optionally
+    ``keep_initial``; :func:`~hgadapter.train.train_loop` explains both) and whatever :meth:`optimizer` and
     :meth:`schedule` read (Dassl's ``lr``, ``warmup_epochs``, ``warmup_lr`` by default).
     Subclasses implement :meth:`build` and :meth:`optimizer`; :meth:`schedule` and
     :meth:`select` have defaults.
@@ -98,10 +99,14 @@ class TrainedMethod(Method):
         """The optimiser over ``module``'s parameters (the schedule sets its learning rate)."""
         raise NotImplementedError
 
-    def schedule(self) -> Schedule:
-        """Dassl's cosine schedule after a constant warmup, from the config."""
+    def train_epochs(self, data: SelectionData) -> int:
+        """Epochs to train on ``data``: the config's ``epochs`` (a source that trains longer at more shots overrides this)."""
+        return self.config.epochs
+
+    def schedule(self, epochs: int) -> Schedule:
+        """Dassl's cosine schedule over ``epochs`` after a constant warmup, from the config."""
         cfg = self.config
-        return dassl_schedule(epochs=cfg.epochs, lr=cfg.lr, warmup_epochs=cfg.warmup_epochs, warmup_lr=cfg.warmup_lr)
+        return dassl_schedule(epochs=epochs, lr=cfg.lr, warmup_epochs=cfg.warmup_epochs, warmup_lr=cfg.warmup_lr)
 
     def select(
         self, module: nn.Module, logits_fn: Predictor, result: TrainResult, data: SelectionData, *, device: torch.device
@@ -120,9 +125,11 @@ class TrainedMethod(Method):
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(ctx.seed)
             module, logits_fn = self.build(data, text, ctx.device)
+        epochs = self.train_epochs(data)
         result = train_loop(
-            module, self.optimizer(module), self.schedule(), data, ctx,
-            logits_fn=logits_fn, epochs=cfg.epochs, batch_size=cfg.batch_size, checkpoint=cfg.checkpoint, desc=self.name,
+            module, self.optimizer(module), self.schedule(epochs), data, ctx,
+            logits_fn=logits_fn, epochs=epochs, batch_size=cfg.batch_size, checkpoint=cfg.checkpoint,
+            keep_initial=getattr(cfg, "keep_initial", False), drop_last=cfg.drop_last, desc=self.name,
         )
         start = time.perf_counter()
         predict, val_acc, hparams = self.select(module, logits_fn, result, data, device=ctx.device)
@@ -130,7 +137,7 @@ class TrainedMethod(Method):
             predict=predict,
             val_acc=val_acc,
             hparams={**hparams, "checkpoint_epoch": result.epoch},
-            epochs=cfg.epochs,
+            epochs=epochs,
             history=result.history,
             train_seconds=result.seconds,
             select_seconds=time.perf_counter() - start,

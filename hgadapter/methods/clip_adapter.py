@@ -42,6 +42,7 @@ class ClipAdapterConfig:
     warmup_epochs: int = hparam(1, low=0)  # constant-warmup epochs
     warmup_lr: float = hparam(1e-5, positive=True)  # learning rate during warmup
     checkpoint: str = hparam("last", choices=CHECKPOINTS)  # which epoch's adapter to keep
+    drop_last: bool = hparam(True)  # skip each epoch's partial last batch, as Dassl's training loader does
 
     def check(self) -> tuple[str, str] | None:
         if self.ratio > 1.0:

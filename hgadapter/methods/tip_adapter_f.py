@@ -40,7 +40,10 @@ class TipAdapterFConfig:
     batch_size: int = hparam(256, low=1)  # training images per step
     init_alpha: float = hparam(1.17, low=0.0)  # residual ratio used while training
     init_beta: float = hparam(1.0, low=0.0)  # sharpness used while training
+    init_search: bool = hparam(False)  # train at Tip-Adapter's alpha/beta searched on validation instead of init_alpha/init_beta
     checkpoint: str = hparam("best_val", choices=CHECKPOINTS)  # which epoch's keys to keep
+    keep_initial: bool = hparam(False)  # with best_val, the untrained keys (Tip-Adapter) are a candidate too
+    drop_last: bool = hparam(False)  # skip each epoch's partial last batch (the official loader keeps it)
     search_scale: tuple[float, ...] = hparam((7.0, 3.0), positive=True, length=2)  # upper ends of the beta and alpha grids
     search_step: tuple[int, ...] = hparam((200, 20), low=1, length=2)  # number of beta and alpha values tried
     extend_rounds: int = hparam(4, low=0)  # times a grid is extended outward when the optimum lies on its edge (0: the source's fixed grid)
@@ -51,10 +54,11 @@ class TipAdapterFConfig:
 class _Keys(nn.Module):
     """The trainable cache keys, beside the frozen text classifier and cache values they are used with."""
 
-    def __init__(self, keys: torch.Tensor, *, text: torch.Tensor, values: torch.Tensor) -> None:
+    def __init__(self, keys: torch.Tensor, *, text: torch.Tensor, values: torch.Tensor, alpha: float, beta: float) -> None:
         super().__init__()
         self.weight = nn.Parameter(keys.clone())  # (N, d)
         self.text, self.values = text, values  # (C, d), (N, C): plain attributes, not in the state dict
+        self.alpha, self.beta = alpha, beta  # the residual ratio and sharpness trained at
 
 
 @register_method("tip_adapter_f")
@@ -66,11 +70,15 @@ class TipAdapterF(TrainedMethod):
     def build(self, data: SelectionData, text: torch.Tensor, device: torch.device):
         cfg: TipAdapterFConfig = self.config
         init_keys, values = cache_model(data, device)  # (N, d), (N, C)
-        keys = _Keys(init_keys, text=text, values=values).to(device)
+        alpha, beta = cfg.init_alpha, cfg.init_beta
+        if cfg.init_search:  # Tip-Adapter's own choice on validation, before any key moves
+            _, _, chosen = select_cache_predictor(data, text, init_keys, values, cfg, device)
+            alpha, beta = chosen["alpha"], chosen["beta"]
+        keys = _Keys(init_keys, text=text, values=values, alpha=alpha, beta=beta).to(device)
 
         def logits_fn(x: torch.Tensor) -> torch.Tensor:
             x = x.float()
-            return tip_logits(zero_shot_logits(x, text, data.logit_scale), x @ keys.weight.T, values, alpha=cfg.init_alpha, beta=cfg.init_beta)
+            return tip_logits(zero_shot_logits(x, text, data.logit_scale), x @ keys.weight.T, values, alpha=keys.alpha, beta=keys.beta)
 
         return keys, logits_fn
 
@@ -78,8 +86,9 @@ class TipAdapterF(TrainedMethod):
         cfg: TipAdapterFConfig = self.config
         return torch.optim.AdamW(module.parameters(), lr=cfg.lr, eps=cfg.eps, weight_decay=cfg.weight_decay)
 
-    def schedule(self) -> Schedule:
-        return step_cosine(epochs=self.config.epochs, lr=self.config.lr)
+    def schedule(self, epochs: int) -> Schedule:
+        return step_cosine(epochs=epochs, lr=self.config.lr)
 
     def select(self, module, logits_fn, result, data, *, device):
-        return select_cache_predictor(data, module.text, module.weight.detach(), module.values, self.config, device)
+        predict, val_acc, hparams = select_cache_predictor(data, module.text, module.weight.detach(), module.values, self.config, device)
+        return predict, val_acc, {**hparams, "train_alpha": float(module.alpha), "train_beta": float(module.beta)}
