@@ -14,6 +14,7 @@ from torch import nn
 
 from hgadapter.config import StageConfig, VariantConfig
 from hgadapter.engines import Propagator
+from hgadapter.heads import cache_logits, text_logits  # the classifier formulas (Eq. 7, 8), defined with the heads
 from hgadapter.metapaths import CANONICAL_ETYPES
 
 __all__ = [
@@ -169,11 +170,6 @@ class HeteroGraphAdapter(nn.Module):
             self._memo[key] = (graph, used, tuple(u._version for u in used), y)
         return y
 
-def text_logits(features: torch.Tensor, text: torch.Tensor, logit_scale: float) -> torch.Tensor:
-    """Eq. 7: ``s * cos(f, t_c)``. Shapes: ``(B, d)``, ``(C, d)`` -> ``(B, C)``."""
-    return logit_scale * F.normalize(features, dim=-1) @ F.normalize(text, dim=-1).T
-
-
 def shift_features(keys: torch.Tensor, labels: torch.Tensor, vis_bias: torch.Tensor | None) -> torch.Tensor:
     """Cache keys shifted by their class's visual bias and renormalised: ``(N, d)``."""
     if vis_bias is None:
@@ -227,20 +223,3 @@ def _equal_blocks(labels: torch.Tensor, num_classes: int) -> int | None:
     shots = n // num_classes
     expected = torch.arange(num_classes, device=labels.device).repeat_interleave(shots)
     return shots if torch.equal(labels, expected) else None
-
-
-def cache_logits(affinity: torch.Tensor, values: torch.Tensor, beta: float, *, num_classes: int | None = None) -> torch.Tensor:
-    """Eq. 8 (Tip-Adapter): ``exp(-beta (1 - A)) L``.
-
-    ``values`` is either the one-hot value matrix L ``(N, C)`` or, faster, the key labels
-    ``(N,)`` (int64) with ``num_classes``: multiplying by a one-hot matrix is a per-class sum, so
-    it is done as a scatter-add in O(B N) instead of a B x N x C GEMM.
-
-    Shapes: ``(B, N)`` and ``(N, C)`` or ``(N,)`` -> ``(B, C)``.
-    """
-    weights = torch.exp(-beta * (1.0 - affinity))  # (B, N)
-    if values.dtype.is_floating_point:
-        return weights @ values
-    if num_classes is None:
-        raise ValueError("cache_logits with integer labels needs num_classes")
-    return weights.new_zeros(weights.shape[0], num_classes).index_add(1, values, weights)  # (B, C)

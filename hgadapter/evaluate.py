@@ -12,7 +12,6 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Callable
 
 import torch
 import torch.nn.functional as F
@@ -20,6 +19,7 @@ import torch.nn.functional as F
 from hgadapter.adapter import cache_affinity, cache_logits, shift_features, text_logits
 from hgadapter.config import EvalConfig
 from hgadapter.data.cache import FewShotSet
+from hgadapter.heads import CacheHead, Head, TextHead
 from hgadapter.protocol import SelectionData, accuracy, require_validation
 
 __all__ = ["GridChoice", "Selection", "WeightChoice", "cache_keys", "outward_values", "select_alpha_beta", "select_predictor", "select_weight"]
@@ -48,13 +48,13 @@ class Selection:
     """A predictor with its hyper-parameters chosen on validation.
 
     Attributes:
-        predict: image features ``(N, d)`` -> logits ``(N, C)``.
+        head: the frozen predictor, image features ``(N, d)`` -> logits ``(N, C)``.
         val_acc: validation accuracy in percent.
         alpha / beta: the chosen cache weight and sharpness (``None`` without a cache).
         extended: grid values added past an edge of the search (:class:`GridChoice`).
     """
 
-    predict: Callable[[torch.Tensor], torch.Tensor]
+    head: Head
     val_acc: float
     alpha: float | None
     beta: float | None
@@ -204,7 +204,7 @@ def select_predictor(
     val_x, val_y = data.val_features.float().to(device), data.val_labels.to(device)
     val_text = text_logits(val_x, text, scale)
     if not with_cache:
-        return Selection(predict=lambda x: text_logits(x, text, scale), val_acc=accuracy(val_text, val_y), alpha=None, beta=None)
+        return Selection(head=TextHead(text=text, logit_scale=scale), val_acc=accuracy(val_text, val_y), alpha=None, beta=None)
 
     labels = data.train_set.labels.to(device)
     keys = cache_keys(data.train_set, device=device, vis_bias=vis_bias)  # (N, d)
@@ -220,9 +220,5 @@ def select_predictor(
         num_classes=data.num_classes,
         extend_rounds=eval_cfg.extend_rounds,
     )
-    alpha, beta = choice.alpha, choice.beta
-
-    def predict(x: torch.Tensor) -> torch.Tensor:
-        return text_logits(x, text, scale) + alpha * cache_logits(cache_affinity(x, keys), labels, beta, num_classes=data.num_classes)
-
-    return Selection(predict=predict, val_acc=choice.val_acc, alpha=alpha, beta=beta, extended=choice.extended)
+    head = CacheHead(text=text, keys=keys, values=labels, alpha=choice.alpha, beta=choice.beta, logit_scale=scale, normalize=True)
+    return Selection(head=head, val_acc=choice.val_acc, alpha=choice.alpha, beta=choice.beta, extended=choice.extended)

@@ -15,6 +15,7 @@ import torch
 
 from hgadapter.errors import UserError
 from hgadapter.data.cache import CacheError, ClassTextShapes, FeatureCache, FewShotSet
+from hgadapter.heads import Head
 
 __all__ = ["SelectionData", "FitContext", "Fitted", "selection_data", "score_on_test", "score_on_target", "accuracy"]
 
@@ -105,7 +106,8 @@ class Fitted:
     holds into the run directory without asking which method made it.
 
     Attributes:
-        predict: maps image features ``(N, d)`` to logits ``(N, C)``.
+        head: the frozen predictor, image features ``(N, d)`` -> logits ``(N, C)``; a
+            :class:`~hgadapter.heads.Head`, so it saves and loads (``hgadapter export``).
         val_acc: validation accuracy (percent) at the chosen hyper-parameters.
         hparams: the chosen hyper-parameters (JSON-serialisable).
         epochs: epochs trained (0 for training-free methods).
@@ -123,7 +125,7 @@ class Fitted:
             (saved as ``<stem>.safetensors``).
     """
 
-    predict: Callable[[torch.Tensor], torch.Tensor]
+    head: Head
     val_acc: float
     hparams: dict[str, Any] = field(default_factory=dict)
     epochs: int = 0
@@ -141,7 +143,7 @@ class Fitted:
 @torch.no_grad()
 def score_on_test(fitted: Fitted, cache: FeatureCache, *, device: torch.device | str = "cpu") -> float:
     """Test accuracy (percent) of a fitted method: the only place the test split is read."""
-    logits = fitted.predict(cache.test_features.float().to(device))
+    logits = fitted.head(cache.test_features.float().to(device))
     return accuracy(logits, cache.test_labels.to(device))
 
 
@@ -162,7 +164,7 @@ def score_on_target(fitted: Fitted, source_classnames: list[str], target: Featur
             f"target cache's {target.num_classes} class names differ from the training cache's {len(source_classnames)}; "
             "a domain-generalisation target must use the source's class list in the same order"
         )
-    logits = fitted.predict(target.test_features.float().to(device))  # (N, C)
+    logits = fitted.head(target.test_features.float().to(device))  # (N, C)
     labels = target.test_labels.to(device)
     subset = target.meta.get("class_subset")
     if subset is None:

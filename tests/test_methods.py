@@ -63,7 +63,7 @@ def test_every_method_fits_and_predicts_sanely(name, data):
     fitted = method.fit(data, seed=1, device="cpu", progress=False)
     assert isinstance(fitted, Fitted)
     test = small_task()
-    logits = fitted.predict(test.test_features)
+    logits = fitted.head(test.test_features)
     assert logits.shape == (test.test_features.shape[0], NUM_CLASSES)
     assert torch.isfinite(logits).all()
     test_acc = 100.0 * float((logits.argmax(dim=1) == test.test_labels).float().mean())
@@ -91,29 +91,29 @@ def test_every_method_runs_on_its_thread_policy(name, data):
 @pytest.mark.parametrize("name", ["tip_adapter_f", "taskres", "clip_adapter", "graphadapter", "linear_probe"])
 def test_same_seed_same_predictions(name, data):
     x = small_task().test_features
-    a = create_method(name, overrides=quick(name)).fit(data, seed=3, device="cpu").predict(x)
-    b = create_method(name, overrides=quick(name)).fit(data, seed=3, device="cpu").predict(x)
+    a = create_method(name, overrides=quick(name)).fit(data, seed=3, device="cpu").head(x)
+    b = create_method(name, overrides=quick(name)).fit(data, seed=3, device="cpu").head(x)
     assert torch.equal(a, b)
 
 
 def zero_shot_logits(data: SelectionData) -> torch.Tensor:
-    return create_method("zero_shot").fit(data, seed=1, device="cpu").predict(small_task().test_features)
+    return create_method("zero_shot").fit(data, seed=1, device="cpu").head(small_task().test_features)
 
 
 def test_tip_adapter_with_alpha_zero_is_zero_shot_exactly(data):
     fitted = create_method("tip_adapter", overrides=["alpha=0"]).fit(data, seed=1, device="cpu")
     assert fitted.hparams["alpha"] == 0.0
-    assert torch.equal(fitted.predict(small_task().test_features), zero_shot_logits(data))
+    assert torch.equal(fitted.head(small_task().test_features), zero_shot_logits(data))
 
 
 @pytest.mark.parametrize("overrides", [["epochs=0"], ["alpha=0", "epochs=3"]], ids=["no-training", "alpha-0"])
 def test_taskres_with_a_zero_residual_is_zero_shot_exactly(overrides, data):
     fitted = create_method("taskres", overrides=overrides).fit(data, seed=1, device="cpu")
-    assert torch.equal(fitted.predict(small_task().test_features), zero_shot_logits(data))
+    assert torch.equal(fitted.head(small_task().test_features), zero_shot_logits(data))
 
 
 def test_hegraphadapter_base_variant_is_zero_shot(data):
-    base = create_method("hegraphadapter:base").fit(data, seed=1, device="cpu").predict(small_task().test_features)
+    base = create_method("hegraphadapter:base").fit(data, seed=1, device="cpu").head(small_task().test_features)
     zero = zero_shot_logits(data)
     torch.testing.assert_close(base, zero, atol=1e-4, rtol=0)
     assert torch.equal(base.argmax(dim=1), zero.argmax(dim=1))
@@ -179,7 +179,7 @@ def test_graphadapter_closed_form_equals_building_each_query_graph(num_classes, 
 def test_graphadapter_runs_without_512_dims_or_a_multiple_of_4_classes():
     task = build_synthetic_task(num_classes=7, dim=24, num_families=3, semantic_rank=8, family_rank=4, shots=(2,), seeds=(1,), test_per_class=2)
     fitted = create_method("graphadapter", overrides=["epochs=2"]).fit(selection_data(task, shots=2, seed=1), seed=1, device="cpu")
-    assert fitted.predict(task.test_features).shape == (14, 7)
+    assert fitted.head(task.test_features).shape == (14, 7)
 
 
 # --------------------------------------------------------------------------------------------

@@ -9,6 +9,7 @@ import torch
 import torch.nn.functional as F
 from safetensors.torch import load_file
 
+from hgadapter.heads import LinearHead
 from hgadapter.config import ConfigError, load_config
 from hgadapter.methods import Method, create_method, list_methods, method_from_config
 from hgadapter.protocol import FitContext, Fitted, accuracy, selection_data
@@ -177,11 +178,7 @@ class _Constant(Method):
     def _fit(self, data, ctx):
         ctx.note("constant fit")
         weight = torch.zeros(data.num_classes, data.dim)
-
-        def predict(x):
-            return x.to(ctx.device) @ weight.T
-
-        return Fitted(predict=predict, val_acc=1.0, record={"flavour": "plain"}, tensors={"weights": {"w": weight}})
+        return Fitted(head=LinearHead(weight=weight).to(ctx.device), val_acc=1.0, record={"flavour": "plain"}, tensors={"weights": {"w": weight}})
 
 
 def test_the_runner_writes_what_fitted_carries(random_cache, tmp_path):

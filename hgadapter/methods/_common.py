@@ -20,6 +20,7 @@ from torch import nn
 from hgadapter.adapter import text_logits as zero_shot_logits  # CLIP's classifier s * cos(f, t_c)
 from hgadapter.evaluate import cache_keys
 from hgadapter.graph import class_means, prompt_ensemble
+from hgadapter.heads import Head, TextHead
 from hgadapter.methods._registry import Method
 from hgadapter.data.cache import FewShotSet
 from hgadapter.protocol import FitContext, Fitted, SelectionData
@@ -67,13 +68,9 @@ def cache_model(data: SelectionData, device: torch.device) -> tuple[torch.Tensor
     return keys, values
 
 
-def text_predictor(text: torch.Tensor, logit_scale: float, device: torch.device) -> Predictor:
+def text_predictor(text: torch.Tensor, logit_scale: float, device: torch.device) -> TextHead:
     """The frozen classifier ``s * cos(f, t_c)`` of a text classifier ``(C, d)``, on ``device``."""
-
-    def predict(x: torch.Tensor) -> torch.Tensor:
-        return zero_shot_logits(x.to(device), text, logit_scale)
-
-    return predict
+    return TextHead(text=text, logit_scale=logit_scale).to(device)
 
 
 class TrainedMethod(Method):
@@ -110,14 +107,9 @@ class TrainedMethod(Method):
 
     def select(
         self, module: nn.Module, logits_fn: Predictor, result: TrainResult, data: SelectionData, *, device: torch.device
-    ) -> tuple[Predictor, float, dict[str, Any]]:
-        """After training: ``(predict, val_acc, hparams)``; by default the trained logits, frozen."""
-
-        @torch.no_grad()
-        def predict(x: torch.Tensor) -> torch.Tensor:
-            return logits_fn(x.to(device))
-
-        return predict, result.val_acc, {}
+    ) -> tuple[Head, float, dict[str, Any]]:
+        """After training: ``(head, val_acc, hparams)``, the trained model frozen as a :class:`~hgadapter.heads.Head`."""
+        raise NotImplementedError
 
     def _fit(self, data: SelectionData, ctx: FitContext) -> Fitted:
         cfg = self.config
@@ -132,9 +124,9 @@ class TrainedMethod(Method):
             keep_initial=getattr(cfg, "keep_initial", False), drop_last=cfg.drop_last, desc=self.name,
         )
         start = time.perf_counter()
-        predict, val_acc, hparams = self.select(module, logits_fn, result, data, device=ctx.device)
+        head, val_acc, hparams = self.select(module, logits_fn, result, data, device=ctx.device)
         return Fitted(
-            predict=predict,
+            head=head,
             val_acc=val_acc,
             hparams={**hparams, "checkpoint_epoch": result.epoch},
             epochs=epochs,

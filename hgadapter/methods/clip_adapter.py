@@ -21,7 +21,8 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from hgadapter.methods._common import CHECKPOINTS, TrainedMethod, zero_shot_logits
+from hgadapter.heads import FeatureMLPHead
+from hgadapter.methods._common import CHECKPOINTS, TrainedMethod, prompt_ensemble, zero_shot_logits
 from hgadapter.methods._registry import hparam, register_method
 from hgadapter.protocol import SelectionData
 
@@ -85,3 +86,9 @@ class ClipAdapter(TrainedMethod):
     def optimizer(self, module: nn.Module) -> torch.optim.Optimizer:
         cfg: ClipAdapterConfig = self.config
         return torch.optim.SGD(module.parameters(), lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay)
+
+    def select(self, module, logits_fn, result, data, *, device):
+        first, second = module.fc[0].weight.detach(), module.fc[2].weight.detach()  # (h, d), (d, h)
+        text = prompt_ensemble(data.pos_text).to(device)  # (C, d)
+        head = FeatureMLPHead(w1=first, w2=second, ratio=module.ratio, text=text, logit_scale=data.logit_scale)
+        return head, result.val_acc, {}

@@ -24,7 +24,8 @@ import torch.nn.functional as F
 
 from hgadapter.config import hparam
 from hgadapter.evaluate import select_weight
-from hgadapter.methods._common import VIEWS, prompt_ensemble, view_samples, zero_shot_logits
+from hgadapter.heads import LinearHead, SumHead, TextHead
+from hgadapter.methods._common import VIEWS, prompt_ensemble, view_samples
 from hgadapter.methods._registry import Method, register_method
 from hgadapter.protocol import FitContext, Fitted, SelectionData
 
@@ -76,22 +77,16 @@ class GDA(Method):
         text = prompt_ensemble(data.pos_text).to(dev)  # (C, d)
         scale = data.logit_scale
 
-        def parts(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-            x = F.normalize(x.float().to(dev), dim=-1)
-            return zero_shot_logits(x, text, scale), x @ weight.T + bias  # (B, C) each
+        zs_head = TextHead(text=text, logit_scale=scale)
+        gda_head = LinearHead(weight=weight, bias=bias, normalize=True)
 
         start = time.perf_counter()  # the closed form is no training loop: fit_seconds covers it
         with torch.no_grad():
-            zs, gda = parts(data.val_features)
+            zs, gda = zs_head(data.val_features), gda_head(data.val_features)  # (B, C) each
             grid = (cfg.alpha,) if cfg.alpha is not None else cfg.alpha_grid
             choice = select_weight(zs, gda, data.val_labels.to(dev), grid=grid, extend_rounds=cfg.extend_rounds)
         alpha = choice.weight
         ctx.note(f"alpha {alpha:g} val_acc {choice.val_acc:.2f}" + (f"; grid extended by {choice.extended}" if choice.extended else ""))
 
-        @torch.no_grad()
-        def predict(x: torch.Tensor) -> torch.Tensor:
-            zs, gda = parts(x)
-            return zs + alpha * gda
-
         hparams = {"alpha": alpha, **({"grid_extended": {"alpha": choice.extended}} if choice.extended else {})}
-        return Fitted(predict=predict, val_acc=choice.val_acc, hparams=hparams, select_seconds=time.perf_counter() - start)
+        return Fitted(head=SumHead(parts=[zs_head, gda_head], weights=[1.0, alpha]), val_acc=choice.val_acc, hparams=hparams, select_seconds=time.perf_counter() - start)

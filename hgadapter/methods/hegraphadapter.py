@@ -123,11 +123,8 @@ class HeGraphAdapter(Method):
                 nodes["vis_bias"] = out.vis_bias
             tensors["adapter"] = adapter.state_dict()
 
-        def predict(x: torch.Tensor) -> torch.Tensor:
-            return selection.predict(x.to(device))
-
         return Fitted(
-            predict=predict,
+            head=selection.head,
             val_acc=selection.val_acc,
             hparams={"alpha": selection.alpha, "beta": selection.beta, **({"grid_extended": selection.extended} if selection.extended else {})},
             epochs=cfg.train.epochs if adapter is not None else 0,

@@ -28,6 +28,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
+from hgadapter.heads import LinearHead
 from hgadapter.methods._common import VIEWS, view_samples
 from hgadapter.methods._registry import Method, hparam, register_method
 from hgadapter.protocol import FitContext, Fitted, SelectionData, accuracy, require_validation
@@ -94,13 +95,11 @@ class LinearProbe(Method):
         weight = torch.as_tensor(clf.coef_, dtype=torch.float32, device=device)  # (C, d)
         bias = torch.as_tensor(clf.intercept_, dtype=torch.float32, device=device)  # (C,)
 
-        def predict(features: torch.Tensor) -> torch.Tensor:
-            return features.float().to(device) @ weight.T + bias
-
+        head = LinearHead(weight=weight, bias=bias)
         # Report the validation accuracy of the predictor actually returned (float32 logits).
-        val_acc = accuracy(predict(data.val_features), data.val_labels.to(device))
+        val_acc = accuracy(head(data.val_features), data.val_labels.to(device))
         return Fitted(
-            predict=predict,
+            head=head,
             val_acc=val_acc,
             hparams={"C": float(best_c), "fits": len(tried)},
             select_seconds=select_seconds,

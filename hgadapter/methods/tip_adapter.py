@@ -20,13 +20,13 @@ CLIP).
 from __future__ import annotations
 
 import time
-from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
 import torch
 
 from hgadapter.evaluate import select_alpha_beta
+from hgadapter.heads import CacheHead
 from hgadapter.methods._common import cache_model, prompt_ensemble, zero_shot_logits
 from hgadapter.methods._registry import Method, hparam, register_method
 from hgadapter.protocol import FitContext, Fitted, SelectionData
@@ -69,11 +69,11 @@ def search_grids(cfg: Any) -> tuple[tuple[float, ...], tuple[float, ...]]:
 
 def select_cache_predictor(
     data: SelectionData, text: torch.Tensor, keys: torch.Tensor, values: torch.Tensor, cfg: Any, dev: torch.device
-) -> tuple[Callable[[torch.Tensor], torch.Tensor], float, dict[str, Any]]:
+) -> tuple[CacheHead, float, dict[str, Any]]:
     """Grid-search alpha/beta (:func:`search_grids` of ``cfg``) on validation for fixed keys.
 
     Returns:
-        ``(predict, val_acc, {"alpha": ..., "beta": ...})``.
+        ``(head, val_acc, {"alpha": ..., "beta": ...})``.
     """
     alphas, betas = search_grids(cfg)
     scale = data.logit_scale
@@ -84,16 +84,11 @@ def select_cache_predictor(
             extend_rounds=cfg.extend_rounds,
         )
     alpha, beta = choice.alpha, choice.beta
-
-    @torch.no_grad()
-    def predict(x: torch.Tensor) -> torch.Tensor:
-        x = x.float().to(dev)
-        return tip_logits(zero_shot_logits(x, text, scale), x @ keys.T, values, alpha=alpha, beta=beta)
-
+    head = CacheHead(text=text, keys=keys, values=values, alpha=alpha, beta=beta, logit_scale=scale)
     hparams: dict[str, Any] = {"alpha": float(alpha), "beta": float(beta)}
     if choice.extended:  # the optimum lay on the grid's edge (recorded in metrics.json)
         hparams["grid_extended"] = choice.extended
-    return predict, choice.val_acc, hparams
+    return head, choice.val_acc, hparams
 
 
 @register_method("tip_adapter")
@@ -106,5 +101,5 @@ class TipAdapter(Method):
         text = prompt_ensemble(data.pos_text).to(ctx.device)  # (C, d)
         keys, values = cache_model(data, ctx.device)  # (N, d), (N, C)
         start = time.perf_counter()
-        predict, val_acc, hparams = select_cache_predictor(data, text, keys, values, self.config, ctx.device)
-        return Fitted(predict=predict, val_acc=val_acc, hparams=hparams, select_seconds=time.perf_counter() - start)
+        head, val_acc, hparams = select_cache_predictor(data, text, keys, values, self.config, ctx.device)
+        return Fitted(head=head, val_acc=val_acc, hparams=hparams, select_seconds=time.perf_counter() - start)

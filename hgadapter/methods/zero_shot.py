@@ -28,5 +28,5 @@ class ZeroShot(Method):
     config_cls = ZeroShotConfig
 
     def _fit(self, data: SelectionData, ctx: FitContext) -> Fitted:
-        predict = text_predictor(prompt_ensemble(data.pos_text).to(ctx.device), data.logit_scale, ctx.device)  # (C, d) classifier
-        return Fitted(predict=predict, val_acc=accuracy(predict(data.val_features), data.val_labels.to(ctx.device)))
+        head = text_predictor(prompt_ensemble(data.pos_text).to(ctx.device), data.logit_scale, ctx.device)  # (C, d) classifier
+        return Fitted(head=head, val_acc=accuracy(head(data.val_features), data.val_labels.to(ctx.device)))
