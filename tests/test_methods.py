@@ -29,6 +29,8 @@ QUICK: dict[str, list[str]] = {
     "taskres": ["epochs=5"],
     "clip_adapter": ["epochs=5"],
     "graphadapter": ["epochs=5"],
+    "lp_plus_plus": ["epochs=20"],
+    "clap": ["epochs=5"],
 }
 
 
@@ -283,3 +285,127 @@ def test_gda_beats_zero_shot_when_the_text_is_poor():
     assert gda.val_acc > zs.val_acc + 5 and gda.hparams["alpha"] > 0
     fixed = create_method("gda", overrides=["alpha=0"]).fit(data, seed=1, device="cpu")
     assert fixed.val_acc == pytest.approx(zs.val_acc)  # alpha 0 is zero-shot CLIP
+
+
+def test_tip_adapter_f_keeps_the_untrained_keys_when_fine_tuning_only_hurts(data):
+    """init_search trains at Tip-Adapter's own alpha/beta; with keep_initial a run whose every epoch
+    is worse on validation (a learning rate far too large) returns Tip-Adapter exactly."""
+    tip = create_method("tip_adapter", overrides=quick("tip_adapter")).fit(data, seed=1, device="cpu")
+    overrides = [*quick("tip_adapter_f"), "init_search=true", "keep_initial=true", "lr=50"]
+    tip_f = create_method("tip_adapter_f", overrides=overrides).fit(data, seed=1, device="cpu")
+    assert (tip_f.hparams["train_alpha"], tip_f.hparams["train_beta"]) == (tip.hparams["alpha"], tip.hparams["beta"])
+    assert all(h["val_acc"] < tip.val_acc for h in tip_f.history)  # the keys were ruined ...
+    assert tip_f.hparams["checkpoint_epoch"] == 0 and tip_f.val_acc == tip.val_acc  # ... and not kept
+    x = small_task().test_features
+    assert torch.allclose(tip_f.head(x), tip.head(x), atol=1e-5)
+
+
+@pytest.mark.parametrize("max_shots, epochs", [(4, 2), (2, 3)])
+def test_taskres_short_epochs_up_to_short_max_shots(data, max_shots, epochs):
+    fitted = create_method("taskres", overrides=["epochs=3", "short_epochs=2", f"short_max_shots={max_shots}"]).fit(data, seed=1, device="cpu")
+    assert fitted.epochs == epochs == len(fitted.history)  # data has 4 shots
+
+
+def test_clap_multipliers_are_the_zero_shot_class_performance():
+    logits = torch.tensor([[2.0, 0.0], [0.0, 0.0], [1.0, 3.0]])
+    labels = torch.tensor([0, 0, 1])
+    from hgadapter.methods.clap import zero_shot_multipliers
+
+    p = torch.softmax(logits, dim=-1)
+    expected = torch.tensor([(p[0, 0] + p[1, 0]) / 2, p[2, 1]])
+    torch.testing.assert_close(zero_shot_multipliers(logits, labels, 2), expected)
+    assert zero_shot_multipliers(logits, labels, 3)[2] == 0  # a class without samples
+
+
+def test_clap_constraint_holds_the_prototypes_near_the_text(data):
+    """The penalty pulls each w_c back to t_c: the constrained prototypes end closer to zero-shot
+    than the unconstrained probe's (ZS-LP), and 0 epochs is zero-shot CLIP exactly."""
+    from hgadapter.graph import prompt_ensemble
+
+    text = prompt_ensemble(data.pos_text)
+    moved = {}
+    for constraint in ("l2", "none"):
+        head = create_method("clap", overrides=["epochs=20", "lr=1.0", f"constraint={constraint}"]).fit(data, seed=1, device="cpu").head
+        moved[constraint] = (head.text - text).norm(dim=-1).mean()
+    assert 0 < moved["l2"] < 0.9 * moved["none"]
+    zero = create_method("clap", overrides=["epochs=0"]).fit(data, seed=1, device="cpu")
+    assert torch.equal(zero.head(small_task().test_features), zero_shot_logits(data))
+
+
+def test_lp_plus_plus_step_sizes_by_hand():
+    from hgadapter.methods.lp_plus_plus import lp_plus_plus_steps
+
+    x = F.normalize(torch.tensor([[1.0, 0.0, 0.0], [0.8, 0.6, 0.0], [0.0, 1.0, 0.0], [0.0, 0.6, 0.8]]), dim=-1)
+    y = torch.tensor([0, 0, 1, 1])
+    t = F.normalize(torch.tensor([[1.0, 0.2, 0.0], [0.0, 1.0, 0.3]]), dim=-1)
+    lr_w, lr_alpha, alpha0 = lp_plus_plus_steps(x, y, t, alpha_init_scale=250.0)
+    top = torch.linalg.svdvals(x.double())[0] ** 2  # lambda_max(F^T F) = sigma_max(F)^2
+    cos = x.double() @ t.double().T
+    assert lr_w == pytest.approx(4 * 4 / top.item())
+    assert lr_alpha == pytest.approx(4 / (4 * max(cos[:, 0].pow(2).sum().item(), cos[:, 1].pow(2).sum().item())))
+    assert alpha0 == pytest.approx(250 * ((cos[0, 0] + cos[1, 0]) / 2 + (cos[2, 1] + cos[3, 1]) / 2).item() / 2)
+
+
+def test_lp_plus_plus_untrained_head_is_the_initialisation(data):
+    """0 epochs: W = class sums of the samples, alpha = alpha_0, b = nn.Linear's init from the seed."""
+    from hgadapter.graph import prompt_ensemble
+    from hgadapter.methods._common import view_samples
+    from hgadapter.methods.lp_plus_plus import lp_plus_plus_steps
+
+    fitted = create_method("lp_plus_plus", overrides=["epochs=0"]).fit(data, seed=5, device="cpu")
+    x, y = view_samples(data.train_set, "all")
+    text = F.normalize(prompt_ensemble(data.pos_text), dim=-1)
+    alpha0 = lp_plus_plus_steps(x, y, text)[2]
+    sums = torch.zeros(data.num_classes, x.shape[1]).index_add_(0, y, x)
+    bias = (torch.rand(data.num_classes, generator=torch.Generator().manual_seed(5)) * 2 - 1) / math.sqrt(x.shape[1])
+    f = F.normalize(small_task().test_features.float(), dim=-1)
+    expected = f @ sums.T + bias + alpha0 * (f @ text.T)
+    torch.testing.assert_close(fitted.head(small_task().test_features), expected, atol=1e-4, rtol=1e-4)
+
+
+def test_proker_closed_form_equals_a_direct_solve():
+    """f(x) = x T^T + k(x, S) (K/lambda + I)^-1 (Y - S T^T), solved densely by hand, times s."""
+    from hgadapter.evaluate import cache_keys
+    from hgadapter.graph import prompt_ensemble
+
+    cache = build_synthetic_task(num_classes=5, num_families=2, dim=12, semantic_rank=8, shots=(3,), seeds=(1,), test_per_class=4)
+    data = selection_data(cache, shots=3, seed=1)
+    beta, lmbda = 2.5, 0.3
+    fitted = create_method("proker", overrides=[f"beta={beta}", f"lmbda={lmbda}"]).fit(data, seed=1, device="cpu")
+    s = cache_keys(data.train_set, device="cpu").double()  # (15, 12)
+    t = F.normalize(prompt_ensemble(data.pos_text).double(), dim=-1)
+    y = F.one_hot(data.train_set.labels, 5).double()
+    k = torch.exp(-beta * (1 - s @ s.T))
+    coef = torch.linalg.inv(k / lmbda + torch.eye(15, dtype=torch.float64)) @ (y - s @ t.T)
+    x = F.normalize(cache.test_features.double(), dim=-1)
+    expected = data.logit_scale * (x @ t.T + torch.exp(-beta * (1 - x @ s.T)) @ coef)
+    torch.testing.assert_close(fitted.head(cache.test_features).double(), expected, atol=1e-3, rtol=1e-4)
+
+
+def test_proker_search_equals_brute_force_and_lambda_zero_limit():
+    """The eigendecomposition shortcut scores every (beta, lambda) exactly as a direct solve would."""
+    from hgadapter.evaluate import cache_keys
+    from hgadapter.graph import prompt_ensemble
+    from hgadapter.methods.proker import linspace_grid, proker_coefficients, proker_kernel
+    from hgadapter.protocol import accuracy
+
+    cache = build_synthetic_task(num_classes=6, num_families=2, dim=16, semantic_rank=8, shots=(4,), seeds=(1,), test_per_class=4)
+    data = selection_data(cache, shots=4, seed=1)
+    fitted = create_method("proker", overrides=["beta_steps=4", "lmbda_steps=3", "extend_rounds=0"]).fit(data, seed=1, device="cpu")
+    s = cache_keys(data.train_set, device="cpu").double()
+    t = F.normalize(prompt_ensemble(data.pos_text).double(), dim=-1)
+    r = F.one_hot(data.train_set.labels, 6).double() - s @ t.T
+    v = F.normalize(data.val_features.double(), dim=-1)
+    best = (-1.0, None)
+    for beta in linspace_grid(0.1, 10.0, 4):
+        for lmbda in linspace_grid(0.01, 10.0, 3):
+            acc = accuracy(v @ t.T + proker_kernel(v, s, beta) @ proker_coefficients(proker_kernel(s, s, beta), r, lmbda), data.val_labels)
+            if acc > best[0]:
+                best = (acc, (beta, lmbda))
+    assert fitted.val_acc == best[0] and (fitted.hparams["beta"], fitted.hparams["lmbda"]) == pytest.approx(best[1])
+    tiny = create_method("proker", overrides=["beta=2.0", "lmbda=1e-9"]).fit(data, seed=1, device="cpu")
+    assert torch.allclose(tiny.head(cache.test_features), zero_shot_logits_of(data, cache), atol=1e-4)  # lambda -> 0: zero-shot
+
+
+def zero_shot_logits_of(data: SelectionData, cache) -> torch.Tensor:
+    return create_method("zero_shot").fit(data, seed=1, device="cpu").head(cache.test_features)

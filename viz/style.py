@@ -122,6 +122,9 @@ _METHOD_STYLES: dict[str, tuple[str, str, str]] = {
     "taskres": (OKABE_ITO["sky_blue"], "D", "-."),
     "linear_probe": (OKABE_ITO["sky_blue"], "o", ":"),
     "gda": (OKABE_ITO["yellow"], "h", "-"),
+    "lp_plus_plus": (OKABE_ITO["sky_blue"], "h", "--"),
+    "clap": (OKABE_ITO["yellow"], "p", "--"),
+    "proker": (OKABE_ITO["yellow"], "d", ":"),
 }
 _METHOD_LABELS: dict[str, str] = {
     "hegraphadapter": "HeGraphAdapter",
@@ -137,6 +140,9 @@ _METHOD_LABELS: dict[str, str] = {
     "taskres": "TaskRes",
     "linear_probe": "Linear probe",
     "gda": "GDA",
+    "lp_plus_plus": "LP++",
+    "clap": "CLAP",
+    "proker": "ProKeR",
 }
 
 

@@ -92,6 +92,10 @@ class TrainedMethod(Method):
         """
         raise NotImplementedError
 
+    def loss(self, module: nn.Module, logits_fn: Predictor) -> Callable[[torch.Tensor, torch.Tensor], torch.Tensor] | None:
+        """The training loss ``(views (B, d), labels (B,)) -> loss``; ``None``: cross-entropy of ``logits_fn``."""
+        return None
+
     def optimizer(self, module: nn.Module) -> torch.optim.Optimizer:
         """The optimiser over ``module``'s parameters (the schedule sets its learning rate)."""
         raise NotImplementedError
@@ -120,7 +124,7 @@ class TrainedMethod(Method):
         epochs = self.train_epochs(data)
         result = train_loop(
             module, self.optimizer(module), self.schedule(epochs), data, ctx,
-            logits_fn=logits_fn, epochs=epochs, batch_size=cfg.batch_size, checkpoint=cfg.checkpoint,
+            logits_fn=logits_fn, loss_fn=self.loss(module, logits_fn), epochs=epochs, batch_size=cfg.batch_size, checkpoint=cfg.checkpoint,
             keep_initial=getattr(cfg, "keep_initial", False), drop_last=cfg.drop_last, desc=self.name,
         )
         start = time.perf_counter()

@@ -90,5 +90,5 @@ class TipAdapterF(TrainedMethod):
         return step_cosine(epochs=epochs, lr=self.config.lr)
 
     def select(self, module, logits_fn, result, data, *, device):
-        predict, val_acc, hparams = select_cache_predictor(data, module.text, module.weight.detach(), module.values, self.config, device)
-        return predict, val_acc, {**hparams, "train_alpha": float(module.alpha), "train_beta": float(module.beta)}
+        head, val_acc, hparams = select_cache_predictor(data, module.text, module.weight.detach(), module.values, self.config, device)
+        return head, val_acc, {**hparams, "train_alpha": float(module.alpha), "train_beta": float(module.beta)}
