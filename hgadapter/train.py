@@ -136,7 +136,6 @@ def train_loop(
     epochs: int,
     batch_size: int,
     checkpoint: str = "last",
-    keep_initial: bool = False,
     drop_last: bool = False,
     desc: str = "train",
 ) -> TrainResult:
@@ -157,9 +156,6 @@ def train_loop(
         logits_fn: image features ``(B, d)`` -> logits ``(B, C)``; validated after every epoch.
         loss_fn: ``(views (B, d), labels (B,)) -> loss``; default: cross-entropy of ``logits_fn``.
         epochs / batch_size: how long, and how many images per step.
-        keep_initial: with ``best_val``, the initial weights (epoch 0) are a candidate too, scored
-            before the first step; fine-tuning that never helps on validation then returns the
-            module it started from.
         drop_last: skip each epoch's last batch when it is partial (Dassl's training loader
             does, ``drop_last=True``, when there are at least ``batch_size`` images); the
             default uses every image every epoch.
@@ -195,8 +191,6 @@ def train_loop(
         result.seconds = time.perf_counter() - start
         return result
     best_state, best_acc = None, -1.0
-    if checkpoint == "best_val" and keep_initial:
-        best_acc, best_state = val_accuracy(), copy.deepcopy(module.state_dict())  # result.epoch stays 0
     step = 0
     bar = tqdm(range(epochs), desc=desc, unit="epoch", disable=None if ctx.progress else True, leave=False)  # None: no bar off a terminal
     for epoch in bar:

@@ -76,8 +76,8 @@ def text_predictor(text: torch.Tensor, logit_scale: float, device: torch.device)
 class TrainedMethod(Method):
     """A baseline whose module is trained by :func:`hgadapter.train.train_loop` on cross-entropy.
 
-    The config has ``epochs``, ``batch_size``, ``checkpoint``, ``drop_last`` (optionally
-    ``keep_initial``; :func:`~hgadapter.train.train_loop` explains both) and whatever :meth:`optimizer` and
+    The config has ``epochs``, ``batch_size``, ``checkpoint``, ``drop_last``
+    (:func:`~hgadapter.train.train_loop` explains it) and whatever :meth:`optimizer` and
     :meth:`schedule` read (Dassl's ``lr``, ``warmup_epochs``, ``warmup_lr`` by default).
     Subclasses implement :meth:`build` and :meth:`optimizer`; :meth:`schedule` and
     :meth:`select` have defaults.
@@ -124,15 +124,15 @@ class TrainedMethod(Method):
         epochs = self.train_epochs(data)
         result = train_loop(
             module, self.optimizer(module), self.schedule(epochs), data, ctx,
-            logits_fn=logits_fn, loss_fn=self.loss(module, logits_fn), epochs=epochs, batch_size=cfg.batch_size, checkpoint=cfg.checkpoint,
-            keep_initial=getattr(cfg, "keep_initial", False), drop_last=cfg.drop_last, desc=self.name,
+            logits_fn=logits_fn, loss_fn=self.loss(module, logits_fn), epochs=epochs, batch_size=cfg.batch_size,
+            checkpoint=cfg.checkpoint, drop_last=cfg.drop_last, desc=self.name,
         )
         start = time.perf_counter()
         head, val_acc, hparams = self.select(module, logits_fn, result, data, device=ctx.device)
         return Fitted(
             head=head,
             val_acc=val_acc,
-            hparams={**hparams, "checkpoint_epoch": result.epoch},
+            hparams={"checkpoint_epoch": result.epoch, **hparams},  # a method's select may name another checkpoint
             epochs=epochs,
             history=result.history,
             train_seconds=result.seconds,
