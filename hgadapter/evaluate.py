@@ -10,7 +10,7 @@ frozen hyper-parameters.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
 import torch
@@ -22,7 +22,7 @@ from hgadapter.data.cache import FewShotSet
 from hgadapter.heads import CacheHead, Head, TextHead
 from hgadapter.protocol import SelectionData, accuracy, require_validation
 
-__all__ = ["GridChoice", "Selection", "WeightChoice", "cache_keys", "outward_values", "select_alpha_beta", "select_predictor", "select_weight"]
+__all__ = ["GridChoice", "Selection", "WeightChoice", "cache_keys", "extend_pair_search", "outward_values", "select_alpha_beta", "select_predictor", "select_weight"]
 
 
 def cache_keys(train_set: FewShotSet, *, device: torch.device | str, vis_bias: torch.Tensor | None = None) -> torch.Tensor:
@@ -130,18 +130,42 @@ def select_alpha_beta(
                     best = (acc, alpha, beta)
 
     scan([(beta, alphas) for beta in betas])
+    extended = extend_pair_search(betas, alphas, scan, lambda: (best[2], best[1]), rounds=extend_rounds, names=("beta", "alpha"))
+    return GridChoice(alpha=best[1], beta=best[2], val_acc=best[0], extended=extended)
+
+
+def extend_pair_search(
+    outer: Sequence[float],
+    inner: Sequence[float],
+    scan: Callable[[list[tuple[float, list[float]]]], None],
+    best: Callable[[], tuple[float, float]],
+    *,
+    rounds: int,
+    names: tuple[str, str],
+) -> dict[str, list[float]]:
+    """Extend a two-dimensional grid search outward while its optimum lies on an edge.
+
+    ``scan(pairs)`` scores ``[(outer value, [inner values])]`` and keeps its best; ``best()``
+    returns the current optimum ``(outer, inner)``. Each round adds :func:`outward_values` to
+    either grid and scans only the new pairs (the new inner values with every outer value, then
+    every inner value with the new outer values), at most ``rounds`` times.
+
+    Returns:
+        the values added, by name (``names`` of outer and inner), inner first.
+    """
+    outer, inner = list(outer), list(inner)
     extended: dict[str, list[float]] = {}
-    for _ in range(extend_rounds):
-        new_alphas, new_betas = outward_values(alphas, best[1]), outward_values(betas, best[2])
-        if not new_alphas and not new_betas:
+    for _ in range(rounds):
+        best_outer, best_inner = best()
+        new_outer, new_inner = outward_values(outer, best_outer), outward_values(inner, best_inner)
+        if not new_outer and not new_inner:
             break
-        # new alphas with every beta so far, then every alpha (old and new) with the new betas
-        scan([(beta, new_alphas) for beta in betas] + [(beta, alphas + new_alphas) for beta in new_betas])
-        alphas, betas = alphas + new_alphas, betas + new_betas
-        for name, added in (("alpha", new_alphas), ("beta", new_betas)):
+        scan([(o, new_inner) for o in outer] + [(o, inner + new_inner) for o in new_outer])
+        outer, inner = outer + new_outer, inner + new_inner
+        for name, added in ((names[1], new_inner), (names[0], new_outer)):
             if added:
                 extended.setdefault(name, []).extend(added)
-    return GridChoice(alpha=best[1], beta=best[2], val_acc=best[0], extended=extended)
+    return extended
 
 
 @dataclass(frozen=True)

@@ -29,7 +29,7 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
-from hgadapter.evaluate import cache_keys, outward_values
+from hgadapter.evaluate import cache_keys, extend_pair_search
 from hgadapter.heads import CacheHead
 from hgadapter.methods._common import prompt_ensemble
 from hgadapter.methods._registry import Method, hparam, register_method
@@ -85,7 +85,7 @@ class ProKeR(Method):
         lmbdas = [cfg.lmbda] if cfg.lmbda is not None else list(linspace_grid(cfg.lmbda_range[0], cfg.lmbda_range[1], cfg.lmbda_steps))
 
         start = time.perf_counter()
-        extended: dict[str, list[float]] = {}
+        extended: dict[str, list[float]] = {}  # grid values added past an edge of the search
         if len(betas) == 1 and len(lmbdas) == 1:
             beta, lmbda, val_acc = betas[0], lmbdas[0], float("nan")
         else:
@@ -108,15 +108,7 @@ class ProKeR(Method):
                             best = (acc, beta, lmbda)
 
             scan([(b, lmbdas) for b in betas])
-            for _ in range(cfg.extend_rounds):  # the rule of evaluate.select_alpha_beta, on (beta, lambda)
-                new_betas, new_lmbdas = outward_values(betas, best[1]), outward_values(lmbdas, best[2])
-                if not new_betas and not new_lmbdas:
-                    break
-                scan([(b, new_lmbdas) for b in betas] + [(b, lmbdas + new_lmbdas) for b in new_betas])
-                betas, lmbdas = betas + new_betas, lmbdas + new_lmbdas
-                for name, added in (("beta", new_betas), ("lmbda", new_lmbdas)):
-                    if added:
-                        extended.setdefault(name, []).extend(added)
+            extended = extend_pair_search(betas, lmbdas, scan, lambda: (best[1], best[2]), rounds=cfg.extend_rounds, names=("beta", "lmbda"))
             val_acc, beta, lmbda = best
         coef = proker_coefficients(proker_kernel(s, s, beta), residual, lmbda)  # (N, C)
         scale = data.logit_scale
