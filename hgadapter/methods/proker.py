@@ -93,15 +93,16 @@ class ProKeR(Method):
             val_x = F.normalize(data.val_features.double(), dim=-1).to(dev)  # (B, d)
             val_y, val_zs = data.val_labels.to(dev), val_x @ t.T  # (B,), (B, C)
             best = (-1.0, 0.0, 0.0)
-            spectra: dict[float, tuple[torch.Tensor, torch.Tensor, torch.Tensor]] = {}
+            spectrum: dict[float, tuple[torch.Tensor, torch.Tensor, torch.Tensor]] = {}  # the last beta's only: B x N floats each
 
             def scan(pairs: list[tuple[float, list[float]]]) -> None:
                 nonlocal best
                 for beta, beta_lmbdas in pairs:
-                    if beta not in spectra:  # K = U E U^T once per beta; every lambda reuses it
+                    if beta not in spectrum:  # K = U E U^T once per beta; each of its lambdas reuses it
                         evals, evecs = torch.linalg.eigh(proker_kernel(s, s, beta))
-                        spectra[beta] = (evals.clamp_min(0.0), proker_kernel(val_x, s, beta) @ evecs, evecs.T @ residual)
-                    evals, val_u, u_res = spectra[beta]  # (N,), (B, N), (N, C)
+                        spectrum.clear()
+                        spectrum[beta] = (evals.clamp_min(0.0), proker_kernel(val_x, s, beta) @ evecs, evecs.T @ residual)
+                    evals, val_u, u_res = spectrum[beta]  # (N,), (B, N), (N, C)
                     for lmbda in beta_lmbdas:
                         acc = accuracy(val_zs + val_u @ (u_res / (evals / lmbda + 1.0)[:, None]), val_y)
                         if acc > best[0]:
