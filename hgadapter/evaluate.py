@@ -102,6 +102,7 @@ def select_alpha_beta(
     beta_grid: Sequence[float],
     num_classes: int | None = None,
     extend_rounds: int = 0,
+    smooth: int = 0,
 ) -> GridChoice:
     """Grid search of ``text + alpha * cache_logits(affinity, beta)`` on validation.
 
@@ -111,6 +112,11 @@ def select_alpha_beta(
     whose answer is its own boundary has not found the optimum (Tip-Adapter's ImageNet grid caps
     alpha on most other tasks). Validation only, like the rest of the search.
 
+    ``smooth`` > 0 scores each pair by the mean validation accuracy of the pairs within
+    ``smooth`` grid steps of it in both alpha and beta (ties: the higher accuracy of the pair
+    itself), so that on a small validation set a lone spike of the accuracy surface does not
+    win over a plateau; 0 is the plain argmax.
+
     Shapes: text ``(N, C)``, affinity ``(N, M)``, values ``(M, C)`` one-hot or ``(M,)`` labels
     with ``num_classes`` (see :func:`~hgadapter.adapter.cache_logits`).
     """
@@ -118,21 +124,32 @@ def select_alpha_beta(
     if len(set(alphas)) == 1 and len(set(betas)) == 1 and labels.numel() == 0:  # fixed values, nothing to score them on
         return GridChoice(alpha=float(alphas[0]), beta=float(betas[0]), val_acc=float("nan"))
     require_validation(labels, "the alpha/beta search", "fix alpha and beta (eval.alpha / eval.beta, or alpha / beta of the method)")
-    best = (-1.0, 0.0, 0.0)
+    table: dict[tuple[float, float], float] = {}  # (beta, alpha) -> val accuracy, in scan order
 
     def scan(pairs: list[tuple[float, list[float]]]) -> None:
-        nonlocal best
         for beta, beta_alphas in pairs:
             cache = cache_logits(affinity, values, beta, num_classes=num_classes)
             for alpha in beta_alphas:
-                acc = accuracy(text + alpha * cache, labels)
-                if acc > best[0]:
-                    best = (acc, alpha, beta)
+                table.setdefault((beta, alpha), accuracy(text + alpha * cache, labels))
+
+    def best() -> tuple[float, float]:
+        if smooth <= 0:
+            return max(table, key=table.__getitem__)  # max() keeps the first of equal accuracies
+        index = {name: {v: i for i, v in enumerate(sorted({k[axis] for k in table}))} for axis, name in ((0, "beta"), (1, "alpha"))}
+        cells = {(index["beta"][b], index["alpha"][a]): acc for (b, a), acc in table.items()}
+
+        def score(key: tuple[float, float]) -> tuple[float, float]:
+            i, j = index["beta"][key[0]], index["alpha"][key[1]]
+            near = [cells[(i + di, j + dj)] for di in range(-smooth, smooth + 1) for dj in range(-smooth, smooth + 1) if (i + di, j + dj) in cells]
+            return sum(near) / len(near), table[key]
+
+        return max(table, key=score)
 
     scan([(beta, alphas) for beta in betas])
     extended: dict[str, list[float]] = {}
     for _ in range(extend_rounds):
-        new_alphas, new_betas = outward_values(alphas, best[1]), outward_values(betas, best[2])
+        beta_best, alpha_best = best()
+        new_alphas, new_betas = outward_values(alphas, alpha_best), outward_values(betas, beta_best)
         if not new_alphas and not new_betas:
             break
         # new alphas with every beta so far, then every alpha (old and new) with the new betas
@@ -141,7 +158,8 @@ def select_alpha_beta(
         for name, added in (("alpha", new_alphas), ("beta", new_betas)):
             if added:
                 extended.setdefault(name, []).extend(added)
-    return GridChoice(alpha=best[1], beta=best[2], val_acc=best[0], extended=extended)
+    beta, alpha = best()
+    return GridChoice(alpha=alpha, beta=beta, val_acc=table[(beta, alpha)], extended=extended)
 
 
 @dataclass(frozen=True)
@@ -219,6 +237,7 @@ def select_predictor(
         beta_grid=beta_grid,
         num_classes=data.num_classes,
         extend_rounds=eval_cfg.extend_rounds,
+        smooth=eval_cfg.smooth,
     )
     head = CacheHead(text=text, keys=keys, values=labels, alpha=choice.alpha, beta=choice.beta, logit_scale=scale, normalize=True)
     return Selection(head=head, val_acc=choice.val_acc, alpha=choice.alpha, beta=choice.beta, extended=choice.extended)
