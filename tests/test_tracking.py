@@ -3,6 +3,7 @@ tracking changing no result and no run hash."""
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import sys
 from pathlib import Path
@@ -95,6 +96,9 @@ def test_a_tracked_sweep_has_the_untracked_hashes_and_skips_their_runs(tmp_path,
 def test_unknown_or_missing_trackers_are_one_line_errors(tmp_path, monkeypatch, capsys):
     assert parse_track(" tensorboard, wandb,tensorboard ") == ("tensorboard", "wandb")
     assert parse_track(None) == () and not TrackingConfig().enabled
+    # As sweep workers get it: a plain dict whose backends may be a list (JSON, Ray).
+    config = TrackingConfig(backends=("tensorboard",), dir="d", project="p")
+    assert TrackingConfig(**{**dataclasses.asdict(config), "backends": ["tensorboard"]}) == config
     with pytest.raises(TrackingError, match=r"unknown tracker 'tensorbord'; available: \['tensorboard', 'wandb', 'mlflow'\]"):
         parse_track("tensorbord")
     monkeypatch.setitem(sys.modules, "wandb", None)  # as if not installed: importing it raises ImportError
