@@ -19,6 +19,7 @@ from hgadapter._cli import USER_ERRORS_ATTR, output_path, run_command_line
 from hgadapter.config import ConfigError, echo, list_variants, load_config, load_variant, parse_override
 from hgadapter.data.cache import CacheError
 from hgadapter.errors import UserError
+from hgadapter.tracking import add_tracking_arguments, tracking_from_args
 
 
 # What ends in a one-line message: every error type derived from UserError, and file-system
@@ -104,6 +105,7 @@ def _add_run(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE", help="override a config key, e.g. train.lr=0.01 (repeatable)")
     p.add_argument("--out", type=output_path, required=True, help="run directory to write")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
+    add_tracking_arguments(p)
     p.set_defaults(func=_cmd_run)
 
 
@@ -117,8 +119,9 @@ def _cmd_run(args: argparse.Namespace) -> int:
     if args.device is not None:
         overrides.append(f"device={args.device}")
     cfg = load_config(args.variant, config_file=args.config, overrides=overrides)
+    tracking = tracking_from_args(args, args.out)
     cache = load_cache(args.features, train_keys=[(args.shots, args.seed)])
-    metrics = run_experiment(cfg, cache, shots=args.shots, seed=args.seed, out_dir=args.out, progress=not args.quiet)
+    metrics = run_experiment(cfg, cache, shots=args.shots, seed=args.seed, out_dir=args.out, progress=not args.quiet, tracking=tracking)
     tag = " (synthetic task)" if metrics["synthetic"] else ""
     print(
         f"{metrics['variant']} shots={metrics['shots']} seed={metrics['seed']} engine={metrics['engine']}: "

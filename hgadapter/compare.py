@@ -35,6 +35,7 @@ from hgadapter.data.cache import FeatureCache, dataset_name
 from hgadapter.methods import Method, create_method, list_methods
 from hgadapter.records import load_record, load_records
 from hgadapter.sweep import RunSpec, execute_run, is_finished, memory_fingerprint, method_digest, run_hash, run_path
+from hgadapter.tracking import TrackingConfig, add_tracking_arguments, tracking_from_args
 
 __all__ = [
     "DEFAULT_METHODS",
@@ -119,6 +120,7 @@ def compare(
     config_files: Mapping[str, str | Path] | None = None,
     overrides: Mapping[str, Sequence[str]] | None = None,
     log: Any = print,
+    tracking: TrackingConfig | None = None,
 ) -> list[dict]:
     """Fit every method on every (shots, seed) training set of ``cache``, test once, write the outputs.
 
@@ -132,6 +134,7 @@ def compare(
         config_files: method name -> YAML overriding its shipped config.
         overrides: method name -> ``key=value`` strings.
         log: called with one line per run (``None`` for silence).
+        tracking: a :class:`hgadapter.tracking.TrackingConfig` that watches every run executed.
 
     Returns:
         The records of the requested (method, shots, seed) grid, in that order, as their
@@ -174,7 +177,7 @@ def compare(
                     log(f"  {method.name:22s} shots {k:2d} seed {s}: done before (test {record['test_acc']:.2f}), skipped")
                 else:
                     # the same fit -> select on validation -> test once path as `hgadapter run` and sweeps
-                    record = execute_run(run, cache=cache, device=device, progress=progress)
+                    record = execute_run(run, cache=cache, device=device, progress=progress, tracking=tracking)
                     log(f"  {method.name:22s} shots {k:2d} seed {s}: val {record['val_acc']:6.2f}  test {record['test_acc']:6.2f}  ({record['train_seconds']:.1f} s)")
                 grid.append(record)
     write_outputs(out)
@@ -239,6 +242,7 @@ def add_compare_arguments(parser: argparse.ArgumentParser) -> None:
         help="override one method's config key, e.g. taskres.epochs=100 or hegraphadapter:t.train.lr=0.01 (repeatable)",
     )
     parser.add_argument("--quiet", action="store_true", help="no progress bars")
+    add_tracking_arguments(parser)
 
 
 def _split_overrides(items: Sequence[str], methods: Sequence[str]) -> dict[str, list[str]]:
@@ -280,13 +284,14 @@ def run_compare(args: argparse.Namespace) -> int:
             raise CacheError(f"{args.features}: no K has training sets for every seed {seeds}; present: {present}")
     else:
         shots = list(dict.fromkeys(args.shots))
+    tracking = tracking_from_args(args, args.out)  # a missing tracker package stops here, before any run
     cache = load_cache(args.features, train_keys=[(k, s) for k in shots for s in seeds])
     tag = " (SYNTHETIC task: says nothing about real CLIP)" if cache.meta.get("synthetic") else ""
     print(f"compare {len(methods)} methods x shots {shots} x seeds {seeds} on {dataset_name(cache.meta)}{tag}")
     start = time.perf_counter()
     compare(
         cache, methods, shots, seeds, args.out,
-        progress=not args.quiet, device=args.device, config_files=configs, overrides=overrides,
+        progress=not args.quiet, device=args.device, config_files=configs, overrides=overrides, tracking=tracking,
     )
     out = Path(args.out)
     print()

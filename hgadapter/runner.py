@@ -9,7 +9,9 @@ selection data, then the test split; what only one method records travels in its
 (``record`` keys, ``tensors``), so nothing here asks which method it runs. Every file is written
 atomically and ``metrics.json`` last, so a run directory with a ``metrics.json`` is a finished
 run. The test split is read once, after training and selection (:mod:`hgadapter.protocol`); a
-domain-generalisation target's test split is read once too, by the same fitted model.
+domain-generalisation target's test split is read once too, by the same fitted model. Trackers
+(:mod:`hgadapter.tracking`, off by default) watch a run from here: its resolved config, each
+training epoch (through the method's ``FitContext``) and its record, without changing either.
 """
 
 from __future__ import annotations
@@ -30,6 +32,7 @@ from hgadapter.data.cache import FeatureCache, dataset_name
 from hgadapter.methods import Method, method_from_config
 from hgadapter.protocol import Fitted, score_on_target, score_on_test, selection_data
 from hgadapter.records import CLASSES_FILE, CONFIG_FILE, HISTORY_FILE, LOG_FILE, METRICS_FILE, backbone_of_encoder, encoder_id
+from hgadapter.tracking import RunTracker, TrackingConfig
 
 __all__ = ["run_experiment", "run_method", "environment_info"]
 
@@ -68,6 +71,7 @@ def run_experiment(
     seed: int,
     out_dir: str | Path | None = None,
     progress: bool = True,
+    tracking: TrackingConfig | None = None,
 ) -> dict[str, Any]:
     """:func:`run_method` for the registered method that the resolved config ``cfg`` configures.
 
@@ -75,7 +79,7 @@ def run_experiment(
     ``RunConfig``); see :func:`hgadapter.methods.method_from_config`. Returns the metrics record
     (also written to ``out_dir/metrics.json`` when given).
     """
-    return run_method(method_from_config(cfg), cache, shots=shots, seed=seed, out_dir=out_dir, progress=progress)
+    return run_method(method_from_config(cfg), cache, shots=shots, seed=seed, out_dir=out_dir, progress=progress, tracking=tracking)
 
 
 def run_method(
@@ -89,6 +93,8 @@ def run_method(
     extra: Mapping[str, Any] | None = None,
     device: str | None = None,
     progress: bool = True,
+    tracking: TrackingConfig | None = None,
+    track_name: str | None = None,
 ) -> dict[str, Any]:
     """Fit ``method`` on ``cache``'s (shots, seed) training set, select on validation, test once.
 
@@ -104,10 +110,39 @@ def run_method(
         device: ``auto``, ``cpu``, ``cuda[:N]``; ``None``: the method's default
             (:meth:`~hgadapter.methods.Method.default_device`).
         progress: show a progress bar while training.
+        tracking: trackers that watch the run (:mod:`hgadapter.tracking`): its resolved config,
+            every training epoch and the final record; ``None`` or no backends: off. It changes
+            nothing in the results or the record.
+        track_name: the run's name there; default ``out_dir``'s folder name, else
+            ``<method>/<shots>shot-seed<seed>``.
 
     Returns:
         The metrics record (see :mod:`hgadapter.records`).
     """
+    if tracking is None or not tracking.enabled:
+        return _run_method(method, cache, shots=shots, seed=seed, out_dir=out_dir, targets=targets, extra=extra, device=device, progress=progress, tracker=None)
+    if track_name is None:
+        track_name = Path(out_dir).name if out_dir is not None else f"{method.name}/{shots}shot-seed{seed}"
+    run_info = {"method": method.name, "shots": shots, "seed": seed, **dict(extra or {})}
+    with tracking.start(track_name, json_safe({**method.config_dict(), "run": run_info})) as tracker:
+        record = _run_method(method, cache, shots=shots, seed=seed, out_dir=out_dir, targets=targets, extra=extra, device=device, progress=progress, tracker=tracker)
+        tracker.log_final(record)
+    return record
+
+
+def _run_method(
+    method: Method,
+    cache: FeatureCache,
+    *,
+    shots: int,
+    seed: int,
+    out_dir: str | Path | None,
+    targets: Mapping[str, FeatureCache] | None,
+    extra: Mapping[str, Any] | None,
+    device: str | None,
+    progress: bool,
+    tracker: RunTracker | None,
+) -> dict[str, Any]:
     log_lines: list[str] = []
 
     def log(message: str) -> None:
@@ -121,7 +156,7 @@ def run_method(
         (Path(out_dir) / METRICS_FILE).unlink(missing_ok=True)
         remove_stale_temp_files(out_dir)  # left by a run killed while writing
     data = selection_data(cache, shots=shots, seed=seed)
-    fitted = method.fit(data, seed=seed, device=device, progress=progress, log=log)
+    fitted = method.fit(data, seed=seed, device=device, progress=progress, log=log, tracker=tracker)
     used = fitted.device
     test_acc = score_on_test(fitted, cache, device=used)
     # accuracy() is NaN only on an empty split; the test split is not read again to find out
