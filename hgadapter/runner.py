@@ -10,6 +10,10 @@ selection data, then the test split; what only one method records travels in its
 atomically and ``metrics.json`` last, so a run directory with a ``metrics.json`` is a finished
 run. The test split is read once, after training and selection (:mod:`hgadapter.protocol`); a
 domain-generalisation target's test split is read once too, by the same fitted model.
+
+The fitted head is saved too, ``head.safetensors`` (its tensors) and ``head.json`` (its spec and
+where the features it reads came from), so ``hgadapter export`` turns any finished run into a
+classifier without fitting again.
 """
 
 from __future__ import annotations
@@ -30,6 +34,7 @@ from hgadapter.data.cache import FeatureCache, dataset_name
 from hgadapter.methods import Method, method_from_config
 from hgadapter.protocol import Fitted, score_on_target, score_on_test, selection_data
 from hgadapter.records import CLASSES_FILE, CONFIG_FILE, HISTORY_FILE, LOG_FILE, METRICS_FILE, backbone_of_encoder, encoder_id
+from hgadapter.records import HEAD_FILE, HEAD_SPEC_FILE
 
 __all__ = ["run_experiment", "run_method", "environment_info"]
 
@@ -180,5 +185,26 @@ def _write_run(out: Path, method: Method, record: dict, fitted: Fitted, cache: F
     atomic_write_json(out / HISTORY_FILE, fitted.history)  # atomic_write_json makes it JSON-safe
     for stem, tensors in fitted.tensors.items():
         atomic_save_tensors(out / f"{stem}.safetensors", tensors)
+    atomic_save_tensors(out / HEAD_FILE, fitted.head.state_dict())
+    atomic_write_json(out / HEAD_SPEC_FILE, {"spec": fitted.head.spec(), "features": _feature_source(cache)})
     atomic_write_text(out / LOG_FILE, "\n".join(log_lines) + "\n")
     atomic_write_json(out / METRICS_FILE, record)  # last: its presence marks a finished run
+
+
+def _feature_source(cache: FeatureCache) -> dict[str, Any]:
+    """What produced the features the head reads, from the cache's sidecar: the encoder (id,
+    revision, preprocessing, precision), the prompts and the logit scale, so that an exported
+    classifier encodes new images as extraction encoded the test split."""
+    meta = cache.meta
+    synthetic = bool(meta.get("synthetic", False))
+    encoder = meta.get("encoder")
+    return {
+        "dim": int(cache.dim),
+        "logit_scale": float(cache.logit_scale),
+        "synthetic": synthetic,
+        # A synthetic cache's "encoder" only names the generator: there is no model to load.
+        "encoder": json_safe(encoder) if isinstance(encoder, Mapping) and not synthetic else None,
+        "prompts": json_safe(meta.get("prompts")),
+        "dataset": dataset_name(meta),
+        "identity_hash": meta.get("identity_hash"),
+    }
