@@ -263,7 +263,7 @@ class Classifier(
         recorded = recorded or {}
         model_id = model or recorded["id"]
         revision = recorded.get("revision") if model_id == recorded.get("id") else None
-        if recorded.get("backend") != "hf" or Path(model_id).expanduser().is_dir() or str(revision).startswith("sha256:"):
+        if recorded.get("backend", "hf") != "hf" or Path(model_id).expanduser().is_dir() or str(revision).startswith("sha256:"):
             revision = None  # only a hub id takes a revision (the snapshot's commit)
         encoder = create_encoder(model_id, revision=revision, device=device, precision=recorded.get("precision", "auto"))
         if encoder.dim != self.dim:
