@@ -372,7 +372,7 @@ class Classifier(
         map_location: str = "cpu",
         model: str | None = None,
         device: str | None = None,
-        **unused: Any,
+        **unused: Any,  # the mixin also passes config.json keys named like __init__'s (the head spec as `head`)
     ) -> "Classifier":
         from safetensors.torch import load_file
 
@@ -546,6 +546,9 @@ def export_run(run_dir: str | Path, out_dir: str | Path) -> Classifier:
     except (OSError, ValueError) as err:
         raise ClassifierError(f"{run_dir / HEAD_FILE}: cannot read the head's tensors: {err}") from None
     source = saved.get("features", {})
+    encoder = source.get("encoder")
+    if isinstance(encoder, str):  # a hand-written cache may name its encoder by id alone
+        encoder = {"id": encoder}
     config = {
         "format": FORMAT,
         "format_version": FORMAT_VERSION,
@@ -555,7 +558,7 @@ def export_run(run_dir: str | Path, out_dir: str | Path) -> Classifier:
         "head": saved["spec"],
         "logit_scale": source.get("logit_scale"),
         "synthetic": bool(source.get("synthetic", record.get("synthetic", False))),
-        "encoder": source.get("encoder"),
+        "encoder": encoder if isinstance(encoder, dict) and isinstance(encoder.get("id"), str) else None,
         "prompts": source.get("prompts"),
         "features": "L2-normalised CLIP image features of one centre crop per image (a feature cache's test features)",
         "hparams": record.get("hparams", {}),

@@ -197,13 +197,12 @@ def _feature_source(cache: FeatureCache) -> dict[str, Any]:
     classifier encodes new images as extraction encoded the test split."""
     meta = cache.meta
     synthetic = bool(meta.get("synthetic", False))
-    encoder = meta.get("encoder")
     return {
         "dim": int(cache.dim),
         "logit_scale": float(cache.logit_scale),
         "synthetic": synthetic,
         # A synthetic cache's "encoder" only names the generator: there is no model to load.
-        "encoder": json_safe(encoder) if isinstance(encoder, Mapping) and not synthetic else None,
+        "encoder": None if synthetic else json_safe(meta.get("encoder")),
         "prompts": json_safe(meta.get("prompts")),
         "dataset": dataset_name(meta),
         "identity_hash": meta.get("identity_hash"),
