@@ -10,10 +10,6 @@ selection data, then the test split; what only one method records travels in its
 atomically and ``metrics.json`` last, so a run directory with a ``metrics.json`` is a finished
 run. The test split is read once, after training and selection (:mod:`hgadapter.protocol`); a
 domain-generalisation target's test split is read once too, by the same fitted model.
-
-The fitted head is saved too, ``head.safetensors`` (its tensors) and ``head.json`` (its spec and
-where the features it reads came from), so ``hgadapter export`` turns any finished run into a
-classifier without fitting again.
 """
 
 from __future__ import annotations
@@ -33,8 +29,8 @@ from hgadapter._io import atomic_save_tensors, atomic_write_json, atomic_write_t
 from hgadapter.data.cache import FeatureCache, dataset_name
 from hgadapter.methods import Method, method_from_config
 from hgadapter.protocol import Fitted, score_on_target, score_on_test, selection_data
-from hgadapter.records import CLASSES_FILE, CONFIG_FILE, HISTORY_FILE, LOG_FILE, METRICS_FILE, backbone_of_encoder, encoder_id
 from hgadapter.records import HEAD_FILE, HEAD_SPEC_FILE
+from hgadapter.records import CLASSES_FILE, CONFIG_FILE, HISTORY_FILE, LOG_FILE, METRICS_FILE, backbone_of_encoder, encoder_id
 
 __all__ = ["run_experiment", "run_method", "environment_info"]
 
@@ -185,6 +181,8 @@ def _write_run(out: Path, method: Method, record: dict, fitted: Fitted, cache: F
     atomic_write_json(out / HISTORY_FILE, fitted.history)  # atomic_write_json makes it JSON-safe
     for stem, tensors in fitted.tensors.items():
         atomic_save_tensors(out / f"{stem}.safetensors", tensors)
+    # The fitted head (its tensors, its spec and where its features came from): `hgadapter
+    # export` turns any finished run into a classifier from these, without fitting again.
     atomic_save_tensors(out / HEAD_FILE, fitted.head.state_dict())
     atomic_write_json(out / HEAD_SPEC_FILE, {"spec": fitted.head.spec(), "features": _feature_source(cache)})
     atomic_write_text(out / LOG_FILE, "\n".join(log_lines) + "\n")
