@@ -49,6 +49,8 @@ __all__ = [
     "NODES_FILE",
     "ADAPTER_FILE",
     "LOG_FILE",
+    "HEAD_FILE",
+    "HEAD_SPEC_FILE",
     "REQUIRED_KEYS",
     "RecordError",
     "load_records",
@@ -69,6 +71,8 @@ CLASSES_FILE = "classes.json"  # the C class names
 NODES_FILE = "nodes.safetensors"  # HeGraphAdapter's initial and adapted node features
 ADAPTER_FILE = "adapter.safetensors"  # trained adapter weights
 LOG_FILE = "log.txt"  # the run's log lines
+HEAD_FILE = "head.safetensors"  # the fitted head's tensors (its state_dict; hgadapter.heads)
+HEAD_SPEC_FILE = "head.json"  # the head's spec and the features it expects (what `hgadapter export` reads)
 REQUIRED_KEYS: tuple[str, ...] = ("method", "shots", "seed", "val_acc", "test_acc")
 
 

@@ -31,6 +31,7 @@ from hgadapter._io import atomic_save_tensors, atomic_write_json, atomic_write_t
 from hgadapter.data.cache import FeatureCache, dataset_name
 from hgadapter.methods import Method, method_from_config
 from hgadapter.protocol import Fitted, score_on_target, score_on_test, selection_data
+from hgadapter.records import HEAD_FILE, HEAD_SPEC_FILE
 from hgadapter.records import CLASSES_FILE, CONFIG_FILE, HISTORY_FILE, LOG_FILE, METRICS_FILE, backbone_of_encoder, encoder_id
 from hgadapter.tracking import RunTracker, TrackingConfig
 
@@ -215,5 +216,27 @@ def _write_run(out: Path, method: Method, record: dict, fitted: Fitted, cache: F
     atomic_write_json(out / HISTORY_FILE, fitted.history)  # atomic_write_json makes it JSON-safe
     for stem, tensors in fitted.tensors.items():
         atomic_save_tensors(out / f"{stem}.safetensors", tensors)
+    # The fitted head (its tensors, its spec and where its features came from): `hgadapter
+    # export` turns any finished run into a classifier from these, without fitting again.
+    atomic_save_tensors(out / HEAD_FILE, fitted.head.state_dict())
+    atomic_write_json(out / HEAD_SPEC_FILE, {"spec": fitted.head.spec(), "features": _feature_source(cache)})
     atomic_write_text(out / LOG_FILE, "\n".join(log_lines) + "\n")
     atomic_write_json(out / METRICS_FILE, record)  # last: its presence marks a finished run
+
+
+def _feature_source(cache: FeatureCache) -> dict[str, Any]:
+    """What produced the features the head reads, from the cache's sidecar: the encoder (id,
+    revision, preprocessing, precision), the prompts and the logit scale, so that an exported
+    classifier encodes new images as extraction encoded the test split."""
+    meta = cache.meta
+    synthetic = bool(meta.get("synthetic", False))
+    return {
+        "dim": int(cache.dim),
+        "logit_scale": float(cache.logit_scale),
+        "synthetic": synthetic,
+        # A synthetic cache's "encoder" only names the generator: there is no model to load.
+        "encoder": None if synthetic else json_safe(meta.get("encoder")),
+        "prompts": json_safe(meta.get("prompts")),
+        "dataset": dataset_name(meta),
+        "identity_hash": meta.get("identity_hash"),
+    }
