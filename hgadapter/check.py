@@ -38,8 +38,8 @@ from pathlib import Path
 from typing import Any
 
 import torch
-import yaml
 
+from hgadapter._io import read_yaml
 from hgadapter._resources import resource_path
 from hgadapter.data.cache import CacheError, FeatureCache, val_source
 from hgadapter.data.io import load_cache, load_sidecar
@@ -155,12 +155,7 @@ def load_published(path: str | Path | None = None) -> dict[tuple[str, str, str],
         CheckError: the file is missing or malformed (names the entry and key).
     """
     path = Path(path) if path is not None else published_path()
-    try:
-        data = yaml.safe_load(path.read_text(encoding="utf-8"))
-    except OSError as exc:
-        raise CheckError(f"published zero-shot values {path}: cannot read: {exc.strerror or exc}") from None
-    except yaml.YAMLError as exc:
-        raise CheckError(f"published zero-shot values {path}: not valid YAML ({' '.join(str(exc).split())})") from None
+    data = read_yaml(path, CheckError, what="the published zero-shot values", hint="pass --published PATH")
     if not isinstance(data, dict) or not isinstance(data.get("sources"), dict) or not isinstance(data.get("entries"), list):
         raise CheckError(f"{path}: expected a mapping with 'sources' (name -> citation) and 'entries' (a list)")
     out: dict[tuple[str, str, str], tuple[float, str]] = {}
@@ -271,10 +266,9 @@ def _features(cache: FeatureCache) -> tuple[dict, list[Finding]]:
     if labels.numel():
         cos = images @ text.T  # (N, C)
         matched = cos.gather(1, labels[:, None]).squeeze(1)  # (N,)
-        mask = torch.ones_like(cos, dtype=torch.bool).scatter_(1, labels[:, None], False)
-        unmatched = cos[mask] if C > 1 else torch.zeros(0)
         out["matched_cosine"] = round(float(matched.mean()), 4)
-        out["unmatched_cosine"] = round(float(unmatched.mean()), 4) if unmatched.numel() else None
+        # the mean over the N (C - 1) other-class pairs, without an (N, C) mask
+        out["unmatched_cosine"] = round(float((cos.sum() - matched.sum()) / (cos.numel() - len(matched))), 4) if C > 1 else None
         out["modality_gap"] = round(float((images.mean(0) - text.mean(0)).norm()), 4)  # centroid distance
         if out["unmatched_cosine"] is not None and out["matched_cosine"] <= out["unmatched_cosine"]:
             findings.append(Finding("features", "warning",
