@@ -54,6 +54,7 @@ __all__ = [
     "Finding",
     "Need",
     "CheckReport",
+    "needs_of",
     "published_path",
     "load_published",
     "check_cache",

@@ -64,6 +64,9 @@ def test_synthetic_cache_passes_strict_and_says_synthetic(synthetic_dir, capsys)
     assert report.leaks["checked"] is False and "synthetic" in report.leaks["reason"]
     assert report.experiments[0]["missing_train_sets"] == []
     assert "SYNTHETIC" in format_check(report)
+    discovered = check_cache(synthetic_dir)  # the shipped synthetic experiment files
+    assert "experiments/synthetic/fewshot.yaml" in {Path(e["file"]).relative_to(REPO).as_posix() for e in discovered.experiments}
+    assert not [w for w in discovered.warnings if not w.startswith("experiments:")]  # dg.yaml's targets are not made here
     assert main(["check", str(synthetic_dir), "--strict", "--experiments", str(SYNTH_FEWSHOT)]) == 0
     assert "SYNTHETIC" in capsys.readouterr().out
 
