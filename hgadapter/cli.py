@@ -1,4 +1,4 @@
-"""Command line: ``hgadapter {synth,run,variants,demo,compare,sweep,report,figures,tsne,extract,export,predict}``.
+"""Command line: ``hgadapter {synth,run,variants,demo,compare,sweep,report,figures,tsne,extract,check,export,predict}``.
 
 User errors (a :class:`~hgadapter.errors.UserError`: bad config, bad cache, unknown names; or an
 ``OSError``: a missing or unwritable file) end with a one-line message and exit code 2; set
@@ -174,6 +174,7 @@ _DELEGATED: tuple[tuple[str, str, str, str, str, tuple[type[BaseException], ...]
     ("figures", "accuracy vs shots, sensitivity and training curves from finished runs (PNG + PDF)", "viz.curves", "add_figures_arguments", "run_figures_command", _VIZ_ERRORS),
     ("tsne", "t-SNE of a run's positive text nodes before and after adaptation (paper Fig. 3)", "viz.tsne", "add_tsne_arguments", "run_tsne_command", _VIZ_ERRORS),
     ("extract", "encode a dataset and its prompts with a frozen CLIP into a feature cache", "hgadapter.extract.run", "add_extract_arguments", "run_extract", ()),
+    ("check", "check a feature cache before a sweep: zero-shot vs published, feature statistics, leaks, missing sets", "hgadapter.check", "add_check_arguments", "run_check", ()),
     ("export", "write a finished run's classifier folder (config.json, model.safetensors, model card)", "hgadapter.predict", "add_export_arguments", "run_export", ()),
     ("predict", "classify images with an exported classifier (CSV or JSON: path, label, score)", "hgadapter.predict", "add_predict_arguments", "run_predict", ()),
 )

@@ -23,7 +23,8 @@ Keys a record may have: ``dataset`` (``imagenet``, ``caltech101``, ...; ``synthe
 gradient descent: the number of trained parameter values), and the same timings for every method:
 ``train_seconds`` (the training loop, per-epoch validation included), ``select_seconds``
 (choosing hyper-parameters after training), ``fit_seconds`` (the whole fit), ``threads`` and
-``device`` (where the fit ran).
+``device`` (where the fit ran), ``val_from_test`` (``true`` when the cache drew validation from
+the test images, ``--val-source test``; reports flag such runs).
 :func:`load_records` adds ``run_dir``, the directory the record came from.
 """
 

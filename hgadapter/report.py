@@ -591,6 +591,31 @@ def _selection_tables(groups: Sequence[_Group], paper: PaperResults) -> list[Tab
     return tables
 
 
+VAL_FROM_TEST_MARK = "†"
+
+
+def _flag_val_from_test(tables: Sequence[Table], records: Sequence[Mapping[str, Any]]) -> None:
+    """Mark every table holding runs whose cache drew validation from the test images
+    (``--val-source test``, CoOp's ImageNet protocol; the record's ``val_from_test``): a † on the
+    dataset's column where the columns are datasets, and a footnote in the table's note."""
+    flagged = {(r.get("dataset") or "unknown", r.get("backbone")) for r in records if r.get("val_from_test")}
+    for table in tables:
+        cols = {c for c, _ in table.columns}
+        setting = table.setting
+        hit = sorted({
+            d for d, b in flagged
+            if (setting.get("dataset") in (d, AVERAGE) or d in cols)
+            and ("backbone" not in setting or setting["backbone"] == b or b in cols)
+        })
+        if not hit:
+            continue
+        table.columns = [(c, f"{label} {VAL_FROM_TEST_MARK}" if c in hit else label) for c, label in table.columns]
+        table.paper_note += (
+            f" {VAL_FROM_TEST_MARK} Validation drawn from the test images (CoOp's ImageNet protocol, "
+            f"`--val-source test`) for: {', '.join(hit)}."
+        )
+
+
 def _long_rows(table: Table) -> list[dict[str, Any]]:
     out = []
     for row in table.rows:
@@ -658,6 +683,7 @@ def build_report(records: Sequence[Mapping[str, Any]], paper: Mapping[str, Any] 
         *_complexity_tables(groups, look, enabled),
         *(_selection_tables(groups, look) if selection else []),
     ]
+    _flag_val_from_test(tables, records)
     rows = [line for table in tables for line in _long_rows(table)]
     return Report(tables=tables, rows=rows, runs=len(records), warnings=warnings, paper_file=(paper or {}).get("_path"))
 

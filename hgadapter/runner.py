@@ -28,7 +28,7 @@ from typing import Any
 import yaml
 
 from hgadapter._io import atomic_save_tensors, atomic_write_json, atomic_write_text, json_safe, remove_stale_temp_files
-from hgadapter.data.cache import FeatureCache, dataset_name
+from hgadapter.data.cache import FeatureCache, dataset_name, val_source
 from hgadapter.methods import Method, method_from_config
 from hgadapter.protocol import Fitted, score_on_target, score_on_test, selection_data
 from hgadapter.records import HEAD_FILE, HEAD_SPEC_FILE
@@ -195,6 +195,8 @@ def _run_method(
         synthetic=bool(cache.meta.get("synthetic", False)),
         device=str(used),
     )
+    if val_source(cache.meta) == "test":  # CoOp's ImageNet protocol: reports flag these runs
+        record["val_from_test"] = True
     record.update(json_safe(dict(extra or {})))
     if out_dir is not None:
         _write_run(Path(out_dir), method, record, fitted, cache, log_lines)

@@ -493,6 +493,7 @@ def run_sweep(
     log(f"sweep: {len(specs)} runs, {len(done)} finished before, {len(pending)} to run ({backend}, jobs={jobs})")
     if not pending:
         return result
+    _log_cache_check(pending, log)
     from tqdm.auto import tqdm
 
     bar = tqdm(total=len(pending), desc="sweep", unit="run", disable=None if progress else True, dynamic_ncols=True)
@@ -536,6 +537,19 @@ def run_sweep(
     finally:
         bar.close()
     return result
+
+
+def _log_cache_check(pending: Sequence[RunSpec], log: Callable[[str], None]) -> None:
+    """``hgadapter check`` on the caches the pending runs read, as one block of warnings (docs/check.md)."""
+    from hgadapter.check import sweep_warnings
+
+    lines = sweep_warnings(pending)
+    if lines:
+        log(f"cache check: {len(lines)} warning(s) (details: hgadapter check CACHE):")
+        for line in lines[:20]:
+            log(f"  ! {line}")
+        if len(lines) > 20:
+            log(f"  ! ... and {len(lines) - 20} more")
 
 
 def _describe(exc: BaseException) -> str:
