@@ -22,7 +22,7 @@ from hgadapter.data.cache import FewShotSet
 from hgadapter.heads import CacheHead, Head, TextHead
 from hgadapter.protocol import SelectionData, accuracy, require_validation
 
-__all__ = ["GridChoice", "Selection", "WeightChoice", "cache_keys", "outward_values", "select_alpha_beta", "select_predictor", "select_weight"]
+__all__ = ["GridChoice", "Selection", "WeightChoice", "best_grid_pair", "cache_keys", "outward_values", "select_alpha_beta", "select_predictor", "select_weight"]
 
 
 def cache_keys(train_set: FewShotSet, *, device: torch.device | str, vis_bias: torch.Tensor | None = None) -> torch.Tensor:
@@ -92,6 +92,27 @@ def outward_values(grid: Sequence[float], best: float) -> list[float]:
     return []
 
 
+def best_grid_pair(table: dict[tuple[float, float], float], *, smooth: int = 0) -> tuple[float, float]:
+    """The ``(beta, alpha)`` key of ``table`` (key -> validation accuracy, in scan order) to choose.
+
+    ``smooth`` 0: the highest accuracy, the first of equals. ``smooth`` r > 0: the highest mean
+    accuracy over the pairs within r grid steps in both beta and alpha (the grid being the sorted
+    values present in ``table``), then the higher accuracy of the pair itself, then the first.
+    """
+    if smooth <= 0:
+        return max(table, key=table.__getitem__)  # max() keeps the first of equal accuracies
+    index = [{v: i for i, v in enumerate(sorted({key[axis] for key in table}))} for axis in (0, 1)]
+    cells = {(index[0][b], index[1][a]): acc for (b, a), acc in table.items()}
+
+    def score(key: tuple[float, float]) -> tuple[float, float]:
+        i, j = index[0][key[0]], index[1][key[1]]
+        steps = range(-smooth, smooth + 1)
+        near = [cells[(i + di, j + dj)] for di in steps for dj in steps if (i + di, j + dj) in cells]
+        return sum(near) / len(near), table[key]
+
+    return max(table, key=score)
+
+
 def select_alpha_beta(
     text: torch.Tensor,
     affinity: torch.Tensor,
@@ -133,17 +154,7 @@ def select_alpha_beta(
                 table.setdefault((beta, alpha), accuracy(text + alpha * cache, labels))
 
     def best() -> tuple[float, float]:
-        if smooth <= 0:
-            return max(table, key=table.__getitem__)  # max() keeps the first of equal accuracies
-        index = {name: {v: i for i, v in enumerate(sorted({k[axis] for k in table}))} for axis, name in ((0, "beta"), (1, "alpha"))}
-        cells = {(index["beta"][b], index["alpha"][a]): acc for (b, a), acc in table.items()}
-
-        def score(key: tuple[float, float]) -> tuple[float, float]:
-            i, j = index["beta"][key[0]], index["alpha"][key[1]]
-            near = [cells[(i + di, j + dj)] for di in range(-smooth, smooth + 1) for dj in range(-smooth, smooth + 1) if (i + di, j + dj) in cells]
-            return sum(near) / len(near), table[key]
-
-        return max(table, key=score)
+        return best_grid_pair(table, smooth=smooth)
 
     scan([(beta, alphas) for beta in betas])
     extended: dict[str, list[float]] = {}
