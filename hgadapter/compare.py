@@ -12,6 +12,7 @@ A comparison is a sweep over one cache held in memory (:mod:`hgadapter.sweep`): 
   comparison resumes where it stopped and a changed config re-runs only that method.
 - ``results.md``: :mod:`hgadapter.report`'s tables of every run in ``out_dir`` (mean ± sample
   standard deviation over seeds), with a table of validation accuracy and time per run.
+- ``results.tex``: the same tables in LaTeX (booktabs, :mod:`hgadapter.report_tex`).
 - ``results.png`` / ``results.pdf``: grouped bars of test accuracy with ± std error bars
   (:func:`viz.bars.plot_accuracy_bars`).
 
@@ -81,6 +82,7 @@ RECORD_KEYS: tuple[str, ...] = (
 )
 EXPERIMENT = "compare"  # the `experiment` key of a comparison's records
 RESULTS_MD = "results.md"
+RESULTS_TEX = "results.tex"
 CHART_STEM = "results"
 
 
@@ -203,7 +205,7 @@ def format_table(records: Sequence[dict], *, title: str | None = None, paper: Ma
 
 
 def write_outputs(out_dir: str | Path) -> list[Path]:
-    """Write ``results.md`` and the bar chart of every run below ``out_dir``; returns their paths."""
+    """Write ``results.md``, ``results.tex`` and the bar chart of every run below ``out_dir``; returns their paths."""
     from hgadapter.paper_results import ReportError, load_paper_results
     from viz.bars import plot_accuracy_bars
 
@@ -213,9 +215,20 @@ def write_outputs(out_dir: str | Path) -> list[Path]:
         paper = load_paper_results()
     except ReportError:  # the runs are done and stay valid; only the paper's values are missing
         paper = None
-    md = atomic_write_text(out / RESULTS_MD, format_table(records, title=f"Comparison: {out.name}", paper=paper))
+    title = f"Comparison: {out.name}"
+    if not records:
+        written = [atomic_write_text(out / RESULTS_MD, format_table(records, title=title, paper=paper))]
+    else:  # one report, two renderings: markdown and LaTeX (booktabs; docs/reports.md)
+        from hgadapter.report import build_report, format_markdown
+        from hgadapter.report_tex import format_latex
+
+        report = build_report(records, paper, selection=True)
+        written = [
+            atomic_write_text(out / RESULTS_MD, format_markdown(report, title=title)),
+            atomic_write_text(out / RESULTS_TEX, format_latex(report, title=title)),
+        ]
     plot_accuracy_bars(records, out / CHART_STEM, formats=("png", "pdf"))
-    return [md, out / f"{CHART_STEM}.png", out / f"{CHART_STEM}.pdf"]
+    return [*written, out / f"{CHART_STEM}.png", out / f"{CHART_STEM}.pdf"]
 
 
 # --------------------------------------------------------------------------------------------
