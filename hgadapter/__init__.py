@@ -7,3 +7,13 @@ classifiers. See docs/ and ../shared/design/METHOD.md for the equations as imple
 """
 
 __version__ = "0.1.0"
+
+
+def __getattr__(name: str):
+    # `from hgadapter import Classifier` without `import hgadapter` loading torch and the hub
+    # client: records, reports and plots import the package and stay light.
+    if name == "Classifier":
+        from hgadapter.classifier import Classifier
+
+        return Classifier
+    raise AttributeError(f"module 'hgadapter' has no attribute {name!r}")

@@ -1,4 +1,4 @@
-"""Command line: ``hgadapter {synth,run,variants,demo,compare,sweep,report,figures,tsne,extract}``.
+"""Command line: ``hgadapter {synth,run,variants,demo,compare,sweep,report,figures,tsne,extract,check,export,predict}``.
 
 User errors (a :class:`~hgadapter.errors.UserError`: bad config, bad cache, unknown names; or an
 ``OSError``: a missing or unwritable file) end with a one-line message and exit code 2; set
@@ -19,6 +19,7 @@ from hgadapter._cli import USER_ERRORS_ATTR, output_path, run_command_line
 from hgadapter.config import ConfigError, echo, list_variants, load_config, load_variant, parse_override
 from hgadapter.data.cache import CacheError
 from hgadapter.errors import UserError
+from hgadapter.tracking import add_tracking_arguments, tracking_from_args
 
 
 # What ends in a one-line message: every error type derived from UserError, and file-system
@@ -104,6 +105,7 @@ def _add_run(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE", help="override a config key, e.g. train.lr=0.01 (repeatable)")
     p.add_argument("--out", type=output_path, required=True, help="run directory to write")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
+    add_tracking_arguments(p)
     p.set_defaults(func=_cmd_run)
 
 
@@ -117,8 +119,9 @@ def _cmd_run(args: argparse.Namespace) -> int:
     if args.device is not None:
         overrides.append(f"device={args.device}")
     cfg = load_config(args.variant, config_file=args.config, overrides=overrides)
+    tracking = tracking_from_args(args, args.out)
     cache = load_cache(args.features, train_keys=[(args.shots, args.seed)])
-    metrics = run_experiment(cfg, cache, shots=args.shots, seed=args.seed, out_dir=args.out, progress=not args.quiet)
+    metrics = run_experiment(cfg, cache, shots=args.shots, seed=args.seed, out_dir=args.out, progress=not args.quiet, tracking=tracking)
     tag = " (synthetic task)" if metrics["synthetic"] else ""
     print(
         f"{metrics['variant']} shots={metrics['shots']} seed={metrics['seed']} engine={metrics['engine']}: "
@@ -171,6 +174,9 @@ _DELEGATED: tuple[tuple[str, str, str, str, str, tuple[type[BaseException], ...]
     ("figures", "accuracy vs shots, sensitivity and training curves from finished runs (PNG + PDF)", "viz.curves", "add_figures_arguments", "run_figures_command", _VIZ_ERRORS),
     ("tsne", "t-SNE of a run's positive text nodes before and after adaptation (paper Fig. 3)", "viz.tsne", "add_tsne_arguments", "run_tsne_command", _VIZ_ERRORS),
     ("extract", "encode a dataset and its prompts with a frozen CLIP into a feature cache", "hgadapter.extract.run", "add_extract_arguments", "run_extract", ()),
+    ("check", "check a feature cache before a sweep: zero-shot vs published, feature statistics, leaks, missing sets", "hgadapter.check", "add_check_arguments", "run_check", ()),
+    ("export", "write a finished run's classifier folder (config.json, model.safetensors, model card)", "hgadapter.predict", "add_export_arguments", "run_export", ()),
+    ("predict", "classify images with an exported classifier (CSV or JSON: path, label, score)", "hgadapter.predict", "add_predict_arguments", "run_predict", ()),
 )
 
 

@@ -12,6 +12,7 @@ A comparison is a sweep over one cache held in memory (:mod:`hgadapter.sweep`): 
   comparison resumes where it stopped and a changed config re-runs only that method.
 - ``results.md``: :mod:`hgadapter.report`'s tables of every run in ``out_dir`` (mean ± sample
   standard deviation over seeds), with a table of validation accuracy and time per run.
+- ``results.tex``: the same tables in LaTeX (booktabs, :mod:`hgadapter.report_tex`).
 - ``results.png`` / ``results.pdf``: grouped bars of test accuracy with ± std error bars
   (:func:`viz.bars.plot_accuracy_bars`).
 
@@ -35,6 +36,7 @@ from hgadapter.data.cache import FeatureCache, dataset_name
 from hgadapter.methods import Method, create_method, list_methods
 from hgadapter.records import load_record, load_records
 from hgadapter.sweep import RunSpec, execute_run, is_finished, memory_fingerprint, method_digest, run_hash, run_path
+from hgadapter.tracking import TrackingConfig, add_tracking_arguments, tracking_from_args
 
 __all__ = [
     "DEFAULT_METHODS",
@@ -83,6 +85,7 @@ RECORD_KEYS: tuple[str, ...] = (
 )
 EXPERIMENT = "compare"  # the `experiment` key of a comparison's records
 RESULTS_MD = "results.md"
+RESULTS_TEX = "results.tex"
 CHART_STEM = "results"
 
 
@@ -122,6 +125,7 @@ def compare(
     config_files: Mapping[str, str | Path] | None = None,
     overrides: Mapping[str, Sequence[str]] | None = None,
     log: Any = print,
+    tracking: TrackingConfig | None = None,
 ) -> list[dict]:
     """Fit every method on every (shots, seed) training set of ``cache``, test once, write the outputs.
 
@@ -135,6 +139,7 @@ def compare(
         config_files: method name -> YAML overriding its shipped config.
         overrides: method name -> ``key=value`` strings.
         log: called with one line per run (``None`` for silence).
+        tracking: a :class:`hgadapter.tracking.TrackingConfig` that watches every run executed.
 
     Returns:
         The records of the requested (method, shots, seed) grid, in that order, as their
@@ -177,7 +182,7 @@ def compare(
                     log(f"  {method.name:22s} shots {k:2d} seed {s}: done before (test {record['test_acc']:.2f}), skipped")
                 else:
                     # the same fit -> select on validation -> test once path as `hgadapter run` and sweeps
-                    record = execute_run(run, cache=cache, device=device, progress=progress)
+                    record = execute_run(run, cache=cache, device=device, progress=progress, tracking=tracking)
                     log(f"  {method.name:22s} shots {k:2d} seed {s}: val {record['val_acc']:6.2f}  test {record['test_acc']:6.2f}  ({record['train_seconds']:.1f} s)")
                 grid.append(record)
     write_outputs(out)
@@ -203,7 +208,7 @@ def format_table(records: Sequence[dict], *, title: str | None = None, paper: Ma
 
 
 def write_outputs(out_dir: str | Path) -> list[Path]:
-    """Write ``results.md`` and the bar chart of every run below ``out_dir``; returns their paths."""
+    """Write ``results.md``, ``results.tex`` and the bar chart of every run below ``out_dir``; returns their paths."""
     from hgadapter.paper_results import ReportError, load_paper_results
     from viz.bars import plot_accuracy_bars
 
@@ -213,9 +218,20 @@ def write_outputs(out_dir: str | Path) -> list[Path]:
         paper = load_paper_results()
     except ReportError:  # the runs are done and stay valid; only the paper's values are missing
         paper = None
-    md = atomic_write_text(out / RESULTS_MD, format_table(records, title=f"Comparison: {out.name}", paper=paper))
+    title = f"Comparison: {out.name}"
+    if not records:
+        written = [atomic_write_text(out / RESULTS_MD, format_table(records, title=title, paper=paper))]
+    else:  # one report, two renderings: markdown and LaTeX (booktabs; docs/reports.md)
+        from hgadapter.report import build_report, format_markdown
+        from hgadapter.report_tex import format_latex
+
+        report = build_report(records, paper, selection=True)
+        written = [
+            atomic_write_text(out / RESULTS_MD, format_markdown(report, title=title)),
+            atomic_write_text(out / RESULTS_TEX, format_latex(report, title=title)),
+        ]
     plot_accuracy_bars(records, out / CHART_STEM, formats=("png", "pdf"))
-    return [md, out / f"{CHART_STEM}.png", out / f"{CHART_STEM}.pdf"]
+    return [*written, out / f"{CHART_STEM}.png", out / f"{CHART_STEM}.pdf"]
 
 
 # --------------------------------------------------------------------------------------------
@@ -242,6 +258,7 @@ def add_compare_arguments(parser: argparse.ArgumentParser) -> None:
         help="override one method's config key, e.g. taskres.epochs=100 or hegraphadapter:t.train.lr=0.01 (repeatable)",
     )
     parser.add_argument("--quiet", action="store_true", help="no progress bars")
+    add_tracking_arguments(parser)
 
 
 def _split_overrides(items: Sequence[str], methods: Sequence[str]) -> dict[str, list[str]]:
@@ -283,13 +300,14 @@ def run_compare(args: argparse.Namespace) -> int:
             raise CacheError(f"{args.features}: no K has training sets for every seed {seeds}; present: {present}")
     else:
         shots = list(dict.fromkeys(args.shots))
+    tracking = tracking_from_args(args, args.out)  # a missing tracker package stops here, before any run
     cache = load_cache(args.features, train_keys=[(k, s) for k in shots for s in seeds])
     tag = " (SYNTHETIC task: says nothing about real CLIP)" if cache.meta.get("synthetic") else ""
     print(f"compare {len(methods)} methods x shots {shots} x seeds {seeds} on {dataset_name(cache.meta)}{tag}")
     start = time.perf_counter()
     compare(
         cache, methods, shots, seeds, args.out,
-        progress=not args.quiet, device=args.device, config_files=configs, overrides=overrides,
+        progress=not args.quiet, device=args.device, config_files=configs, overrides=overrides, tracking=tracking,
     )
     out = Path(args.out)
     print()

@@ -184,6 +184,7 @@ class EvalConfig:
     alpha: float | None = hparam(None, low=0.0)  # fix alpha instead of searching
     beta: float | None = hparam(None, low=0.0)  # fix beta instead of searching
     extend_rounds: int = hparam(4, low=0)  # times a grid is extended outward when the optimum lies on its edge (0: never)
+    smooth: int = hparam(0, low=0)  # score each (alpha, beta) by the mean val accuracy within this many grid steps (0: plain argmax)
 
 
 @dataclass(frozen=True)

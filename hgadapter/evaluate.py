@@ -22,7 +22,7 @@ from hgadapter.data.cache import FewShotSet
 from hgadapter.heads import CacheHead, Head, TextHead
 from hgadapter.protocol import SelectionData, accuracy, require_validation
 
-__all__ = ["GridChoice", "Selection", "WeightChoice", "cache_keys", "extend_pair_search", "outward_values", "select_alpha_beta", "select_predictor", "select_weight"]
+__all__ = ["GridChoice", "Selection", "WeightChoice", "best_grid_pair", "cache_keys", "extend_pair_search", "outward_values", "select_alpha_beta", "select_predictor", "select_weight"]
 
 
 def cache_keys(train_set: FewShotSet, *, device: torch.device | str, vis_bias: torch.Tensor | None = None) -> torch.Tensor:
@@ -92,6 +92,27 @@ def outward_values(grid: Sequence[float], best: float) -> list[float]:
     return []
 
 
+def best_grid_pair(table: dict[tuple[float, float], float], *, smooth: int = 0) -> tuple[float, float]:
+    """The ``(beta, alpha)`` key of ``table`` (key -> validation accuracy, in scan order) to choose.
+
+    ``smooth`` 0: the highest accuracy, the first of equals. ``smooth`` r > 0: the highest mean
+    accuracy over the pairs within r grid steps in both beta and alpha (the grid being the sorted
+    values present in ``table``), then the higher accuracy of the pair itself, then the first.
+    """
+    if smooth <= 0:
+        return max(table, key=table.__getitem__)  # max() keeps the first of equal accuracies
+    index = [{v: i for i, v in enumerate(sorted({key[axis] for key in table}))} for axis in (0, 1)]
+    cells = {(index[0][b], index[1][a]): acc for (b, a), acc in table.items()}
+
+    def score(key: tuple[float, float]) -> tuple[float, float]:
+        i, j = index[0][key[0]], index[1][key[1]]
+        steps = range(-smooth, smooth + 1)
+        near = [cells[(i + di, j + dj)] for di in steps for dj in steps if (i + di, j + dj) in cells]
+        return sum(near) / len(near), table[key]
+
+    return max(table, key=score)
+
+
 def select_alpha_beta(
     text: torch.Tensor,
     affinity: torch.Tensor,
@@ -102,6 +123,7 @@ def select_alpha_beta(
     beta_grid: Sequence[float],
     num_classes: int | None = None,
     extend_rounds: int = 0,
+    smooth: int = 0,
 ) -> GridChoice:
     """Grid search of ``text + alpha * cache_logits(affinity, beta)`` on validation.
 
@@ -111,6 +133,11 @@ def select_alpha_beta(
     whose answer is its own boundary has not found the optimum (Tip-Adapter's ImageNet grid caps
     alpha on most other tasks). Validation only, like the rest of the search.
 
+    ``smooth`` > 0 scores each pair by the mean validation accuracy of the pairs within
+    ``smooth`` grid steps of it in both alpha and beta (ties: the higher accuracy of the pair
+    itself), so that on a small validation set a lone spike of the accuracy surface does not
+    win over a plateau; 0 is the plain argmax.
+
     Shapes: text ``(N, C)``, affinity ``(N, M)``, values ``(M, C)`` one-hot or ``(M,)`` labels
     with ``num_classes`` (see :func:`~hgadapter.adapter.cache_logits`).
     """
@@ -118,20 +145,21 @@ def select_alpha_beta(
     if len(set(alphas)) == 1 and len(set(betas)) == 1 and labels.numel() == 0:  # fixed values, nothing to score them on
         return GridChoice(alpha=float(alphas[0]), beta=float(betas[0]), val_acc=float("nan"))
     require_validation(labels, "the alpha/beta search", "fix alpha and beta (eval.alpha / eval.beta, or alpha / beta of the method)")
-    best = (-1.0, 0.0, 0.0)
+    table: dict[tuple[float, float], float] = {}  # (beta, alpha) -> val accuracy, in scan order
 
     def scan(pairs: list[tuple[float, list[float]]]) -> None:
-        nonlocal best
         for beta, beta_alphas in pairs:
             cache = cache_logits(affinity, values, beta, num_classes=num_classes)
             for alpha in beta_alphas:
-                acc = accuracy(text + alpha * cache, labels)
-                if acc > best[0]:
-                    best = (acc, alpha, beta)
+                table.setdefault((beta, alpha), accuracy(text + alpha * cache, labels))
+
+    def best() -> tuple[float, float]:
+        return best_grid_pair(table, smooth=smooth)
 
     scan([(beta, alphas) for beta in betas])
-    extended = extend_pair_search(betas, alphas, scan, lambda: (best[2], best[1]), rounds=extend_rounds, names=("beta", "alpha"))
-    return GridChoice(alpha=best[1], beta=best[2], val_acc=best[0], extended=extended)
+    extended = extend_pair_search(betas, alphas, scan, best, rounds=extend_rounds, names=("beta", "alpha"))
+    beta, alpha = best()
+    return GridChoice(alpha=alpha, beta=beta, val_acc=table[(beta, alpha)], extended=extended)
 
 
 def extend_pair_search(
@@ -243,6 +271,7 @@ def select_predictor(
         beta_grid=beta_grid,
         num_classes=data.num_classes,
         extend_rounds=eval_cfg.extend_rounds,
+        smooth=eval_cfg.smooth,
     )
     head = CacheHead(text=text, keys=keys, values=labels, alpha=choice.alpha, beta=choice.beta, logit_scale=scale, normalize=True)
     return Selection(head=head, val_acc=choice.val_acc, alpha=choice.alpha, beta=choice.beta, extended=choice.extended)

@@ -8,14 +8,18 @@ whose hyper-parameters are frozen.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import Any, Callable
+from typing import TYPE_CHECKING, Any, Callable
 
 import torch
 
 from hgadapter.errors import UserError
 from hgadapter.data.cache import CacheError, ClassTextShapes, FeatureCache, FewShotSet
 from hgadapter.heads import Head
+
+if TYPE_CHECKING:
+    from hgadapter.tracking import RunTracker
 
 __all__ = ["SelectionData", "FitContext", "Fitted", "selection_data", "score_on_test", "score_on_target", "accuracy"]
 
@@ -85,17 +89,25 @@ class FitContext:
         device: the resolved device.
         progress: show a progress bar while training.
         log: receives progress lines for the run's ``log.txt`` (write them with :meth:`note`).
+        tracker: receives each training epoch's record, for TensorBoard and the like
+            (:mod:`hgadapter.tracking`; report with :meth:`track_epoch`); it only observes.
     """
 
     seed: int
     device: torch.device
     progress: bool = False
     log: Callable[[str], None] | None = None
+    tracker: "RunTracker | None" = None
 
     def note(self, message: str) -> None:
         """Send ``message`` to :attr:`log`, if there is one."""
         if self.log is not None:
             self.log(message)
+
+    def track_epoch(self, record: Mapping[str, Any]) -> None:
+        """Send one epoch's history record (``epoch``, ``loss``, ``lr``, ``val_acc``) to :attr:`tracker`, if there is one."""
+        if self.tracker is not None:
+            self.tracker.log_epoch(record)
 
 
 @dataclass

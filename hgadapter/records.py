@@ -23,7 +23,8 @@ Keys a record may have: ``dataset`` (``imagenet``, ``caltech101``, ...; ``synthe
 gradient descent: the number of trained parameter values), and the same timings for every method:
 ``train_seconds`` (the training loop, per-epoch validation included), ``select_seconds``
 (choosing hyper-parameters after training), ``fit_seconds`` (the whole fit), ``threads`` and
-``device`` (where the fit ran).
+``device`` (where the fit ran), ``val_from_test`` (``true`` when the cache drew validation from
+the test images, ``--val-source test``; reports flag such runs).
 :func:`load_records` adds ``run_dir``, the directory the record came from.
 """
 
@@ -49,6 +50,8 @@ __all__ = [
     "NODES_FILE",
     "ADAPTER_FILE",
     "LOG_FILE",
+    "HEAD_FILE",
+    "HEAD_SPEC_FILE",
     "REQUIRED_KEYS",
     "RecordError",
     "load_records",
@@ -69,6 +72,8 @@ CLASSES_FILE = "classes.json"  # the C class names
 NODES_FILE = "nodes.safetensors"  # HeGraphAdapter's initial and adapted node features
 ADAPTER_FILE = "adapter.safetensors"  # trained adapter weights
 LOG_FILE = "log.txt"  # the run's log lines
+HEAD_FILE = "head.safetensors"  # the fitted head's tensors (its state_dict; hgadapter.heads)
+HEAD_SPEC_FILE = "head.json"  # the head's spec and the features it expects (what `hgadapter export` reads)
 REQUIRED_KEYS: tuple[str, ...] = ("method", "shots", "seed", "val_acc", "test_acc")
 
 

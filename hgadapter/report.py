@@ -17,9 +17,9 @@ sample standard deviation) and lays the groups out as the tables of the paper's 
 - ``selection`` (only when asked, as ``hgadapter compare`` does): per (dataset, backbone, shots),
   validation and test accuracy and training seconds per method.
 
-``out_dir`` receives ``report.md`` (all tables), ``report.csv`` (one line per cell) and
-``report.json`` (the same lines plus each table's layout), written atomically. See
-docs/reports.md.
+``out_dir`` receives ``report.md`` (all tables), ``report.csv`` (one line per cell),
+``report.json`` (the same lines plus each table's layout) and ``report.tex`` (the same tables in
+LaTeX, :mod:`hgadapter.report_tex`), written atomically. See docs/reports.md.
 
 The paper's numbers come from :mod:`hgadapter.paper_results` (``experiments/paper_results.yaml``,
 ``$HGADAPTER_PAPER_RESULTS`` or an explicit path).
@@ -67,7 +67,7 @@ CSV_COLUMNS: tuple[str, ...] = (
 )
 SYNTHETIC_NOTE = "(synthetic task: says nothing about real CLIP)"
 FULL_SEEDS = 3  # fewer seeds than this and a cell shows its n
-REPORT_STEM = "report"  # write_report writes report.md, report.csv and report.json
+REPORT_STEM = "report"  # write_report writes report.md, report.csv, report.json and report.tex
 VAL_SELECTED = " (val-selected)"  # the row of a grid's point chosen per dataset and shots on validation
 _RECORD_METRICS = ("test_acc", "val_acc", "train_seconds")  # per-seed numbers a record holds itself
 
@@ -116,6 +116,7 @@ class Table:
         columns: ``(column id, display name)`` in order.
         rows: the rows in order.
         synthetic: whether the table reports a synthetic task.
+        seeds: the seeds of the runs the table holds, sorted (the LaTeX caption names them).
     """
 
     kind: str
@@ -125,6 +126,7 @@ class Table:
     columns: list[tuple[str, str]]
     rows: list[Row]
     synthetic: bool = False
+    seeds: list[Any] = field(default_factory=list)
 
 
 @dataclass
@@ -148,6 +150,11 @@ def _is_synthetic(record: Mapping[str, Any]) -> bool:
 
 def _freeze(params: Mapping[str, Any]) -> tuple[tuple[str, Any], ...]:
     return tuple(sorted((str(k), v if isinstance(v, (int, float, str, bool, type(None))) else repr(v)) for k, v in params.items()))
+
+
+def _seeds(groups: Iterable["_Group"]) -> list[Any]:
+    """The seeds of ``groups``' runs, numbers in order first."""
+    return sorted({seed for g in groups for seed in g.by_seed}, key=_sort_value)
 
 
 @dataclass
@@ -326,7 +333,7 @@ def _fewshot_tables(groups: Sequence[_Group], paper: PaperResults, enabled: bool
         columns = [(d, paper.display("datasets", d)) for d in datasets] + ([(AVERAGE, "Average")] if len(datasets) > 1 else [])
         title = f"Few-shot classification: {_backbone_label(backbone)}, {shots}-shot{_title_suffix(synthetic)}"
         note = _source_note(paper, used, rows, synthetic, enabled, backbone is None)
-        tables.append(Table("fewshot", title, note, {"backbone": backbone, "shots": shots}, columns, rows, synthetic))
+        tables.append(Table("fewshot", title, note, {"backbone": backbone, "shots": shots}, columns, rows, synthetic, _seeds(gs)))
     return tables
 
 
@@ -369,7 +376,7 @@ def _shots_tables(groups: Sequence[_Group], paper: PaperResults, enabled: bool) 
         what = paper.display("datasets", target) if target != AVERAGE else f"average over {len(datasets)} datasets"
         title = f"Accuracy vs shots (Fig. 2): {_backbone_label(backbone)}, {what}{_title_suffix(synthetic)}"
         note = _source_note(paper, used, rows, synthetic, enabled, backbone is None)
-        tables.append(Table("shots", title, note, {"backbone": backbone, "dataset": target}, columns, rows, synthetic))
+        tables.append(Table("shots", title, note, {"backbone": backbone, "dataset": target}, columns, rows, synthetic, _seeds(gs)))
     return tables
 
 
@@ -406,7 +413,7 @@ def _dg_tables(groups: Sequence[_Group], paper: PaperResults, enabled: bool) -> 
             f"{shots}-shot (Average: source and targets, as the paper){_title_suffix(synthetic)}"
         )
         note = _source_note(paper, used, rows, synthetic, enabled, backbone is None)
-        tables.append(Table("dg", title, note, {"backbone": backbone, "shots": shots, "dataset": dataset}, columns, rows, synthetic))
+        tables.append(Table("dg", title, note, {"backbone": backbone, "shots": shots, "dataset": dataset}, columns, rows, synthetic, _seeds(gs)))
     return tables
 
 
@@ -471,7 +478,7 @@ def _sensitivity_tables(groups: Sequence[_Group], paper: PaperResults, enabled: 
         note = _source_note(paper, used, rows, synthetic, enabled, backbone is None)
         setting = {"backbone": backbone, "shots": shots, "dataset": dataset, "key": key}
         setting["values"] = {col: (p[0] if len(p) == 1 else list(p)) for (col, _), p in zip(columns, points)}
-        tables.append(Table("sensitivity", title, note, setting, columns, rows, synthetic))
+        tables.append(Table("sensitivity", title, note, setting, columns, rows, synthetic, _seeds(gs)))
     return tables
 
 
@@ -495,7 +502,7 @@ def _backbone_tables(groups: Sequence[_Group], paper: PaperResults, enabled: boo
     columns = [(b, paper.display("backbones", b)) for b in backbones]
     title = f"CLIP backbones: {paper.display('datasets', dataset)}, {shots}-shot"
     note = _source_note(paper, used, rows, False, enabled)
-    return [Table("backbones", title, note, {"dataset": dataset, "shots": shots}, columns, rows)]
+    return [Table("backbones", title, note, {"dataset": dataset, "shots": shots}, columns, rows, False, _seeds(gs))]
 
 
 def _complexity_tables(groups: Sequence[_Group], paper: PaperResults, enabled: bool) -> list[Table]:
@@ -553,7 +560,7 @@ def _complexity_tables(groups: Sequence[_Group], paper: PaperResults, enabled: b
                 " training seconds also counted selection, or results files that do not keep them)."
             )
         columns = [("seconds_per_epoch", "train loop s / epoch"), ("select_seconds", "selection s"), ("epochs", "epochs"), ("params_millions", "trained params (M)")]
-        tables.append(Table("complexity", title, note, {"dataset": dataset, "backbone": backbone, "shots": shots}, columns, rows, synthetic))
+        tables.append(Table("complexity", title, note, {"dataset": dataset, "backbone": backbone, "shots": shots}, columns, rows, synthetic, _seeds(gs)))
     return tables
 
 
@@ -580,8 +587,33 @@ def _selection_tables(groups: Sequence[_Group], paper: PaperResults) -> list[Tab
         columns = [("val_acc", "val acc (%)"), ("test_acc", "test acc (%)"), ("train_seconds", "train s / run")]
         title = f"Validation, test and time: {paper.display('datasets', dataset)}, {_backbone_label(backbone)}, {shots}-shot{_title_suffix(synthetic)}"
         note = "Validation accuracy chose each method's hyper-parameters; the test split was read once, afterwards."
-        tables.append(Table("selection", title, note, {"dataset": dataset, "backbone": backbone, "shots": shots}, columns, rows, synthetic))
+        tables.append(Table("selection", title, note, {"dataset": dataset, "backbone": backbone, "shots": shots}, columns, rows, synthetic, _seeds(gs)))
     return tables
+
+
+VAL_FROM_TEST_MARK = "†"
+
+
+def _flag_val_from_test(tables: Sequence[Table], records: Sequence[Mapping[str, Any]]) -> None:
+    """Mark every table holding runs whose cache drew validation from the test images
+    (``--val-source test``, CoOp's ImageNet protocol; the record's ``val_from_test``): a † on the
+    dataset's column where the columns are datasets, and a footnote in the table's note."""
+    flagged = {(r.get("dataset") or "unknown", r.get("backbone")) for r in records if r.get("val_from_test")}
+    for table in tables:
+        cols = {c for c, _ in table.columns}
+        setting = table.setting
+        hit = sorted({
+            d for d, b in flagged
+            if (setting.get("dataset") in (d, AVERAGE) or d in cols)
+            and ("backbone" not in setting or setting["backbone"] == b or b in cols)
+        })
+        if not hit:
+            continue
+        table.columns = [(c, f"{label} {VAL_FROM_TEST_MARK}" if c in hit else label) for c, label in table.columns]
+        table.paper_note += (
+            f" {VAL_FROM_TEST_MARK} Validation drawn from the test images (CoOp's ImageNet protocol, "
+            f"`--val-source test`) for: {', '.join(hit)}."
+        )
 
 
 def _long_rows(table: Table) -> list[dict[str, Any]]:
@@ -651,6 +683,7 @@ def build_report(records: Sequence[Mapping[str, Any]], paper: Mapping[str, Any] 
         *_complexity_tables(groups, look, enabled),
         *(_selection_tables(groups, look) if selection else []),
     ]
+    _flag_val_from_test(tables, records)
     rows = [line for table in tables for line in _long_rows(table)]
     return Report(tables=tables, rows=rows, runs=len(records), warnings=warnings, paper_file=(paper or {}).get("_path"))
 
@@ -716,7 +749,7 @@ def _csv_text(rows: Sequence[Mapping[str, Any]]) -> str:
 
 
 def write_report(runs_dir: str | Path, out_dir: str | Path | None = None, *, paper_path: str | Path | None = None, use_paper: bool = True) -> Path:
-    """Read the runs below ``runs_dir`` and write ``report.md``, ``report.csv`` and ``report.json``.
+    """Read the runs below ``runs_dir`` and write ``report.md``, ``report.csv``, ``report.json`` and ``report.tex``.
 
     Args:
         runs_dir: a folder of run directories (each with ``metrics.json``).
@@ -746,6 +779,9 @@ def write_report(runs_dir: str | Path, out_dir: str | Path | None = None, *, pap
         "warnings": report.warnings,
     }
     atomic_write_json(out / f"{REPORT_STEM}.json", payload)
+    from hgadapter.report_tex import format_latex  # it renders this module's tables
+
+    atomic_write_text(out / f"{REPORT_STEM}.tex", format_latex(report))
     return out
 
 
@@ -760,7 +796,7 @@ def add_report_arguments(parser: argparse.ArgumentParser) -> None:
 def run_report(args: argparse.Namespace) -> int:
     """Run ``hgadapter report`` from parsed arguments; prints where it wrote, then the markdown."""
     out = write_report(args.runs_dir, args.out, paper_path=args.paper, use_paper=not args.no_paper)
-    print(f"wrote {', '.join(str(out / f'{REPORT_STEM}.{ext}') for ext in ('md', 'csv', 'json'))}")
+    print(f"wrote {', '.join(str(out / f'{REPORT_STEM}.{ext}') for ext in ('md', 'csv', 'json', 'tex'))}")
     print()
     print((out / f"{REPORT_STEM}.md").read_text(encoding="utf-8"), end="")
     return 0

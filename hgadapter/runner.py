@@ -9,7 +9,9 @@ selection data, then the test split; what only one method records travels in its
 (``record`` keys, ``tensors``), so nothing here asks which method it runs. Every file is written
 atomically and ``metrics.json`` last, so a run directory with a ``metrics.json`` is a finished
 run. The test split is read once, after training and selection (:mod:`hgadapter.protocol`); a
-domain-generalisation target's test split is read once too, by the same fitted model.
+domain-generalisation target's test split is read once too, by the same fitted model. Trackers
+(:mod:`hgadapter.tracking`, off by default) watch a run from here: its resolved config, each
+training epoch (through the method's ``FitContext``) and its record, without changing either.
 """
 
 from __future__ import annotations
@@ -26,10 +28,12 @@ from typing import Any
 import yaml
 
 from hgadapter._io import atomic_save_tensors, atomic_write_json, atomic_write_text, json_safe, remove_stale_temp_files
-from hgadapter.data.cache import FeatureCache, dataset_name
+from hgadapter.data.cache import FeatureCache, dataset_name, val_source
 from hgadapter.methods import Method, method_from_config
 from hgadapter.protocol import Fitted, score_on_target, score_on_test, selection_data
+from hgadapter.records import HEAD_FILE, HEAD_SPEC_FILE
 from hgadapter.records import CLASSES_FILE, CONFIG_FILE, HISTORY_FILE, LOG_FILE, METRICS_FILE, backbone_of_encoder, encoder_id
+from hgadapter.tracking import RunTracker, TrackingConfig
 
 __all__ = ["run_experiment", "run_method", "environment_info"]
 
@@ -68,6 +72,7 @@ def run_experiment(
     seed: int,
     out_dir: str | Path | None = None,
     progress: bool = True,
+    tracking: TrackingConfig | None = None,
 ) -> dict[str, Any]:
     """:func:`run_method` for the registered method that the resolved config ``cfg`` configures.
 
@@ -75,7 +80,7 @@ def run_experiment(
     ``RunConfig``); see :func:`hgadapter.methods.method_from_config`. Returns the metrics record
     (also written to ``out_dir/metrics.json`` when given).
     """
-    return run_method(method_from_config(cfg), cache, shots=shots, seed=seed, out_dir=out_dir, progress=progress)
+    return run_method(method_from_config(cfg), cache, shots=shots, seed=seed, out_dir=out_dir, progress=progress, tracking=tracking)
 
 
 def run_method(
@@ -89,6 +94,8 @@ def run_method(
     extra: Mapping[str, Any] | None = None,
     device: str | None = None,
     progress: bool = True,
+    tracking: TrackingConfig | None = None,
+    track_name: str | None = None,
 ) -> dict[str, Any]:
     """Fit ``method`` on ``cache``'s (shots, seed) training set, select on validation, test once.
 
@@ -104,10 +111,39 @@ def run_method(
         device: ``auto``, ``cpu``, ``cuda[:N]``; ``None``: the method's default
             (:meth:`~hgadapter.methods.Method.default_device`).
         progress: show a progress bar while training.
+        tracking: trackers that watch the run (:mod:`hgadapter.tracking`): its resolved config,
+            every training epoch and the final record; ``None`` or no backends: off. It changes
+            nothing in the results or the record.
+        track_name: the run's name there; default ``out_dir``'s folder name, else
+            ``<method>/<shots>shot-seed<seed>``.
 
     Returns:
         The metrics record (see :mod:`hgadapter.records`).
     """
+    if tracking is None or not tracking.enabled:
+        return _run_method(method, cache, shots=shots, seed=seed, out_dir=out_dir, targets=targets, extra=extra, device=device, progress=progress, tracker=None)
+    if track_name is None:
+        track_name = Path(out_dir).name if out_dir is not None else f"{method.name}/{shots}shot-seed{seed}"
+    run_info = {"method": method.name, "shots": shots, "seed": seed, **dict(extra or {})}
+    with tracking.start(track_name, json_safe({**method.config_dict(), "run": run_info})) as tracker:
+        record = _run_method(method, cache, shots=shots, seed=seed, out_dir=out_dir, targets=targets, extra=extra, device=device, progress=progress, tracker=tracker)
+        tracker.log_final(record)
+    return record
+
+
+def _run_method(
+    method: Method,
+    cache: FeatureCache,
+    *,
+    shots: int,
+    seed: int,
+    out_dir: str | Path | None,
+    targets: Mapping[str, FeatureCache] | None,
+    extra: Mapping[str, Any] | None,
+    device: str | None,
+    progress: bool,
+    tracker: RunTracker | None,
+) -> dict[str, Any]:
     log_lines: list[str] = []
 
     def log(message: str) -> None:
@@ -121,7 +157,7 @@ def run_method(
         (Path(out_dir) / METRICS_FILE).unlink(missing_ok=True)
         remove_stale_temp_files(out_dir)  # left by a run killed while writing
     data = selection_data(cache, shots=shots, seed=seed)
-    fitted = method.fit(data, seed=seed, device=device, progress=progress, log=log)
+    fitted = method.fit(data, seed=seed, device=device, progress=progress, log=log, tracker=tracker)
     used = fitted.device
     test_acc = score_on_test(fitted, cache, device=used)
     # accuracy() is NaN only on an empty split; the test split is not read again to find out
@@ -159,6 +195,8 @@ def run_method(
         synthetic=bool(cache.meta.get("synthetic", False)),
         device=str(used),
     )
+    if val_source(cache.meta) == "test":  # CoOp's ImageNet protocol: reports flag these runs
+        record["val_from_test"] = True
     record.update(json_safe(dict(extra or {})))
     if out_dir is not None:
         _write_run(Path(out_dir), method, record, fitted, cache, log_lines)
@@ -180,5 +218,27 @@ def _write_run(out: Path, method: Method, record: dict, fitted: Fitted, cache: F
     atomic_write_json(out / HISTORY_FILE, fitted.history)  # atomic_write_json makes it JSON-safe
     for stem, tensors in fitted.tensors.items():
         atomic_save_tensors(out / f"{stem}.safetensors", tensors)
+    # The fitted head (its tensors, its spec and where its features came from): `hgadapter
+    # export` turns any finished run into a classifier from these, without fitting again.
+    atomic_save_tensors(out / HEAD_FILE, fitted.head.state_dict())
+    atomic_write_json(out / HEAD_SPEC_FILE, {"spec": fitted.head.spec(), "features": _feature_source(cache)})
     atomic_write_text(out / LOG_FILE, "\n".join(log_lines) + "\n")
     atomic_write_json(out / METRICS_FILE, record)  # last: its presence marks a finished run
+
+
+def _feature_source(cache: FeatureCache) -> dict[str, Any]:
+    """What produced the features the head reads, from the cache's sidecar: the encoder (id,
+    revision, preprocessing, precision), the prompts and the logit scale, so that an exported
+    classifier encodes new images as extraction encoded the test split."""
+    meta = cache.meta
+    synthetic = bool(meta.get("synthetic", False))
+    return {
+        "dim": int(cache.dim),
+        "logit_scale": float(cache.logit_scale),
+        "synthetic": synthetic,
+        # A synthetic cache's "encoder" only names the generator: there is no model to load.
+        "encoder": None if synthetic else json_safe(meta.get("encoder")),
+        "prompts": json_safe(meta.get("prompts")),
+        "dataset": dataset_name(meta),
+        "identity_hash": meta.get("identity_hash"),
+    }

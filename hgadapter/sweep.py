@@ -40,6 +40,7 @@ from hgadapter._cli import output_path
 from hgadapter._io import json_digest
 from hgadapter.config import ConfigError, ExperimentConfig, backbone_slug, load_experiment
 from hgadapter.records import METRICS_FILE, backbone_of_encoder, encoder_id
+from hgadapter.tracking import TrackingConfig, add_tracking_arguments, tracking_from_args
 
 __all__ = [
     "RunSpec",
@@ -363,11 +364,13 @@ def _target_cache(path: str) -> Any:
     return _TARGET_MEMO[key]
 
 
-def execute_run(spec: RunSpec, *, cache: Any = None, device: str | None = None, progress: bool = False) -> dict:
+def execute_run(spec: RunSpec, *, cache: Any = None, device: str | None = None, progress: bool = False, tracking: TrackingConfig | None = None) -> dict:
     """Fit, select and test one run and write its directory; returns its record.
 
     ``cache`` is the run's feature cache when the caller holds it in memory (``hgadapter
-    compare``); by default it is loaded from ``spec.features``.
+    compare``); by default it is loaded from ``spec.features``. ``tracking``
+    (:class:`hgadapter.tracking.TrackingConfig`) watches the run under the name
+    ``<experiment>/`` + :func:`run_path`'s parts; it is not part of the run's hash.
     """
     from hgadapter.methods import create_method
     from hgadapter.runner import run_method
@@ -379,7 +382,11 @@ def execute_run(spec: RunSpec, *, cache: Any = None, device: str | None = None, 
     extra = {"experiment": spec.experiment, "dataset": spec.dataset, "params": spec.params, "config_hash": spec.config_hash}
     if spec.backbone is not None:  # else the runner names it from the cache's encoder id, if it can
         extra["backbone"] = spec.backbone
-    return run_method(method, cache, shots=spec.shots, seed=spec.seed, out_dir=spec.out_dir, targets=targets, extra=extra, device=device, progress=progress)
+    track_name = run_path(spec.experiment, spec.method, spec.shots, spec.seed, spec.params).as_posix()
+    return run_method(
+        method, cache, shots=spec.shots, seed=spec.seed, out_dir=spec.out_dir, targets=targets, extra=extra, device=device, progress=progress,
+        tracking=tracking, track_name=track_name,
+    )
 
 
 def _die_with_parent(parent: int) -> None:
@@ -423,7 +430,10 @@ def _execute_payload(payload: dict) -> dict:
     spec = RunSpec(**{**payload["spec"], "overrides": tuple(payload["spec"]["overrides"])})
     if payload.get("threads"):
         _worker_init(payload["threads"])
-    return execute_run(spec, device=payload.get("device"), progress=False)
+    tracking = None
+    if payload.get("tracking"):
+        tracking = TrackingConfig(**payload["tracking"])
+    return execute_run(spec, device=payload.get("device"), progress=False, tracking=tracking)
 
 
 # --------------------------------------------------------------------------------------------
@@ -441,6 +451,7 @@ def run_sweep(
     device: str | None = None,
     progress: bool = True,
     log: Callable[[str], None] | None = print,
+    tracking: TrackingConfig | None = None,
 ) -> SweepResult:
     """Expand ``files``, skip finished runs and run the rest.
 
@@ -457,6 +468,8 @@ def run_sweep(
         device: ``auto``, ``cpu``, ``cuda[:N]`` for every run; ``None`` keeps each config's.
         progress: a progress bar over runs (and per-run bars when ``jobs == 1``).
         log: called with one line per run.
+        tracking: a :class:`hgadapter.tracking.TrackingConfig` that watches every run executed
+            (not those skipped as finished); no part of any run's hash.
 
     Returns:
         A :class:`SweepResult`. A failing run is recorded and the others go on; an interrupt
@@ -480,6 +493,7 @@ def run_sweep(
     log(f"sweep: {len(specs)} runs, {len(done)} finished before, {len(pending)} to run ({backend}, jobs={jobs})")
     if not pending:
         return result
+    _log_cache_check(pending, log)
     from tqdm.auto import tqdm
 
     bar = tqdm(total=len(pending), desc="sweep", unit="run", disable=None if progress else True, dynamic_ncols=True)
@@ -504,11 +518,11 @@ def run_sweep(
 
     try:
         if backend == "ray":
-            _run_ray(pending, finish, jobs=jobs, address=ray_address, device=device)
+            _run_ray(pending, finish, jobs=jobs, address=ray_address, device=device, tracking=tracking)
         elif jobs == 1:
             for spec in pending:
                 try:
-                    record = execute_run(spec, device=device, progress=progress)
+                    record = execute_run(spec, device=device, progress=progress, tracking=tracking)
                 except (KeyboardInterrupt, SystemExit):
                     raise
                 except Exception as exc:  # noqa: BLE001 - one failing run must not stop the sweep
@@ -516,7 +530,7 @@ def run_sweep(
                 else:
                     finish(spec, record, None)
         else:
-            _run_local_pool(pending, finish, jobs=jobs, device=device)
+            _run_local_pool(pending, finish, jobs=jobs, device=device, tracking=tracking)
     except KeyboardInterrupt:
         result.interrupted = True
         log(f"sweep interrupted: {len(result.finished)} runs finished now, {len(done)} before; run the same command again to resume")
@@ -525,13 +539,26 @@ def run_sweep(
     return result
 
 
+def _log_cache_check(pending: Sequence[RunSpec], log: Callable[[str], None]) -> None:
+    """``hgadapter check`` on the caches the pending runs read, as one block of warnings (docs/check.md)."""
+    from hgadapter.check import sweep_warnings
+
+    lines = sweep_warnings(pending)
+    if lines:
+        log(f"cache check: {len(lines)} warning(s) (details: hgadapter check CACHE):")
+        for line in lines[:20]:
+            log(f"  ! {line}")
+        if len(lines) > 20:
+            log(f"  ! ... and {len(lines) - 20} more")
+
+
 def _describe(exc: BaseException) -> str:
     message = str(exc.args[0]) if isinstance(exc, KeyError) and exc.args else str(exc)
     return f"{type(exc).__name__}: {message.splitlines()[0] if message else ''}"
 
 
-def _payload(spec: RunSpec, *, device: str | None, threads: int | None) -> dict:
-    return {"spec": dataclasses.asdict(spec), "device": device, "threads": threads}
+def _payload(spec: RunSpec, *, device: str | None, threads: int | None, tracking: TrackingConfig | None = None) -> dict:
+    return {"spec": dataclasses.asdict(spec), "device": device, "threads": threads, "tracking": None if tracking is None else dataclasses.asdict(tracking)}
 
 
 def spread_device(device: str | None, index: int, gpus: int) -> str | None:
@@ -542,7 +569,7 @@ def spread_device(device: str | None, index: int, gpus: int) -> str | None:
     return device
 
 
-def _run_local_pool(pending: list[RunSpec], finish: Callable, *, jobs: int, device: str | None) -> None:
+def _run_local_pool(pending: list[RunSpec], finish: Callable, *, jobs: int, device: str | None, tracking: TrackingConfig | None = None) -> None:
     import torch
 
     threads = max(1, (os.cpu_count() or 1) // jobs)
@@ -552,7 +579,7 @@ def _run_local_pool(pending: list[RunSpec], finish: Callable, *, jobs: int, devi
         max_workers=jobs, mp_context=context, initializer=_die_with_parent, initargs=(os.getpid(),)
     ) as pool:
         futures = {
-            pool.submit(_execute_payload, _payload(s, device=spread_device(device, i, gpus), threads=threads)): s
+            pool.submit(_execute_payload, _payload(s, device=spread_device(device, i, gpus), threads=threads, tracking=tracking)): s
             for i, s in enumerate(pending)
         }
         try:
@@ -569,7 +596,7 @@ def _run_local_pool(pending: list[RunSpec], finish: Callable, *, jobs: int, devi
             raise
 
 
-def _run_ray(pending: list[RunSpec], finish: Callable, *, jobs: int, address: str | None, device: str | None) -> None:
+def _run_ray(pending: list[RunSpec], finish: Callable, *, jobs: int, address: str | None, device: str | None, tracking: TrackingConfig | None = None) -> None:
     try:
         import ray
     except ImportError:
@@ -590,7 +617,7 @@ def _run_ray(pending: list[RunSpec], finish: Callable, *, jobs: int, address: st
         while queue or in_flight:
             while queue and len(in_flight) < jobs:
                 spec = queue.pop(0)
-                in_flight[task.remote(_payload(spec, device=device, threads=1))] = spec
+                in_flight[task.remote(_payload(spec, device=device, threads=1, tracking=tracking))] = spec
             ready, _ = ray.wait(list(in_flight), num_returns=1)
             for ref in ready:
                 spec = in_flight.pop(ref)
@@ -618,6 +645,7 @@ def add_sweep_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--device", default=None, help="auto | cpu | cuda | cuda:N for every run (default: each config's)")
     parser.add_argument("--dry-run", action="store_true", help="list the runs and whether they are finished; run nothing")
     parser.add_argument("--quiet", action="store_true", help="no progress bars")
+    add_tracking_arguments(parser)
 
 
 def run_sweep_command(args: argparse.Namespace) -> int:
@@ -638,6 +666,7 @@ def run_sweep_command(args: argparse.Namespace) -> int:
             print(f"pending  {spec.out_dir}")
         print(f"{len(specs)} runs: {len(done)} finished, {len(pending)} to run")
         return 0
+    tracking = tracking_from_args(args, args.out)  # a missing tracker package stops here, before any run
     result = run_sweep(
         args.files,
         out_root=args.out,
@@ -647,6 +676,7 @@ def run_sweep_command(args: argparse.Namespace) -> int:
         ray_address=args.ray_address,
         device=args.device,
         progress=not args.quiet,
+        tracking=tracking,
     )
     print(f"sweep: {len(result.finished)} runs finished, {len(result.skipped)} already done, {len(result.failed)} failed -> {args.out}")
     for spec, error in result.failed:

@@ -152,7 +152,7 @@ def train_loop(
         optimizer: over ``module``'s parameters; its learning rate is set before every step.
         schedule: the learning rate of each step.
         data: the few-shot images (``(N, V, d)`` views) and the validation split.
-        ctx: seed, device, progress bar and log (one line per epoch).
+        ctx: seed, device, progress bar, log (one line per epoch) and tracker (each epoch's record).
         logits_fn: image features ``(B, d)`` -> logits ``(B, C)``; validated after every epoch.
         loss_fn: ``(views (B, d), labels (B,)) -> loss``; default: cross-entropy of ``logits_fn``.
         epochs / batch_size: how long, and how many images per step.
@@ -215,6 +215,7 @@ def train_loop(
         result.history.append(record)
         bar.set_postfix(loss=f"{record['loss']:.3f}", val=f"{val_acc:.1f}")
         ctx.note(f"epoch {epoch + 1}/{epochs} loss {record['loss']:.4f} lr {lr:.2e} val_acc {val_acc:.2f}")
+        ctx.track_epoch(record)
         if checkpoint == "best_val" and val_acc > best_acc:
             best_acc, best_state, result.epoch = val_acc, copy.deepcopy(module.state_dict()), epoch + 1
     if checkpoint == "best_val" and best_state is not None:

@@ -140,3 +140,28 @@ def write_bad_image(path: str | Path) -> Path:
     path = Path(path)
     path.write_bytes(b"this is not an image")
     return path
+
+
+def build_coop_imagenet(
+    root: str | Path,
+    *,
+    classes: tuple[str, ...] | list[str] = CLASSNAMES,
+    per_split: tuple[int, int] = (12, 3),
+    seed: int = 0,
+) -> Path:
+    """A CoOp-layout ``imagenet``: ``root/imagenet/classnames.txt`` (``<wnid> <name>``) and
+    ``root/imagenet/images/{train,val}/<wnid>/*.png`` with ``per_split`` images per class
+    (val is ImageNet's labelled val set, i.e. the test split). Returns ``root``."""
+    root = Path(root)
+    folder = root / "imagenet"
+    rng = np.random.default_rng(seed)
+    wnids = [f"n{c:08d}" for c in range(len(classes))]
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / "classnames.txt").write_text("".join(f"{w} {name}\n" for w, name in zip(wnids, classes)))
+    for part, count in zip(("train", "val"), per_split):
+        for c, wnid in enumerate(wnids):
+            sub = folder / "images" / part / wnid
+            sub.mkdir(parents=True, exist_ok=True)
+            for i in range(count):
+                make_image(rng, c, (int(rng.integers(34, 60)), int(rng.integers(34, 60)))).save(sub / f"{wnid}_{part}{i:03d}.png")
+    return root

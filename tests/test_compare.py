@@ -112,6 +112,8 @@ def test_results_records_are_complete(tmp_path):
     table = (tmp_path / "results.md").read_text()
     assert "synthetic task" in table and "| Tip-Adapter |" in table and "| Method | 1-shot | 2-shot |" in table
     assert "| Method | val acc (%) | test acc (%) | train s / run |" in table
+    tex = (tmp_path / "results.tex").read_text()
+    assert r"\begin{tabular}" in tex and r"\toprule" in tex and "Tip-Adapter" in tex and "ynthetic" in tex
     for suffix in ("png", "pdf"):
         assert (tmp_path / f"results.{suffix}").stat().st_size > 1000
 

@@ -20,7 +20,7 @@ from hgadapter.config import (
 ROOT = Path(__file__).resolve().parent.parent
 METHOD_YAMLS = sorted((ROOT / "experiments" / "methods").glob("*.yaml"))
 # paper_results.yaml and the suite's task list are data, not configs
-DATA_YAMLS = {ROOT / "experiments" / "paper_results.yaml", ROOT / "experiments" / "suite" / "tasks.yaml"}
+DATA_YAMLS = {ROOT / "experiments" / "paper_results.yaml", ROOT / "experiments" / "published_zero_shot.yaml", ROOT / "experiments" / "suite" / "tasks.yaml"}
 EXPERIMENT_YAMLS = sorted(set((ROOT / "experiments").rglob("*.yaml")) - set(METHOD_YAMLS) - DATA_YAMLS)
 
 

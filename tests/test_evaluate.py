@@ -55,3 +55,19 @@ def test_extension_is_bounded_by_the_rounds():
     choice = select_alpha_beta(text, affinity, torch.eye(2), labels, alpha_grid=(1.0, 2.0), beta_grid=(1.0,), extend_rounds=2)
     assert choice.extended == {"alpha": [3.0, 4.0, 6.0, 8.0]} and choice.alpha == 8.0
     assert choice.val_acc == pytest.approx(500 / 7)  # 1.2 ... 6.5 are passed; two rounds, then it stops
+
+
+def test_best_grid_pair_plain_argmax_and_smoothed():
+    from hgadapter.evaluate import best_grid_pair
+
+    # 3 betas x 3 alphas: a lone spike at (1, 0.1) beside a plateau around (3, 2)
+    acc = {
+        (1.0, 0.1): 90.0, (1.0, 1.0): 40.0, (1.0, 2.0): 40.0,
+        (2.0, 0.1): 40.0, (2.0, 1.0): 80.0, (2.0, 2.0): 85.0,
+        (3.0, 0.1): 40.0, (3.0, 1.0): 85.0, (3.0, 2.0): 86.0,
+    }
+    assert best_grid_pair(acc) == (1.0, 0.1)
+    # neighbourhood means: (3, 2) -> (80 + 85 + 85 + 86) / 4 = 84; (1, 0.1) -> (90 + 40 + 40 + 80) / 4 = 62.5
+    assert best_grid_pair(acc, smooth=1) == (3.0, 2.0)
+    # ties keep the first pair in scan order
+    assert best_grid_pair({(1.0, 0.5): 70.0, (2.0, 0.5): 70.0}) == (1.0, 0.5)

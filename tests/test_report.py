@@ -550,3 +550,20 @@ def test_a_meta_encoder_of_any_shape_names_no_backbone_or_the_right_one():
     assert encoder_id({"encoder": {"id": "openai/clip-vit-base-patch16"}}) == "openai/clip-vit-base-patch16"
     assert encoder_id({"encoder": "openai/clip-vit-base-patch16"}) == "openai/clip-vit-base-patch16"
     assert encoder_id({"encoder": ["x"]}) is None and encoder_id({"encoder": None}) is None and encoder_id("meta") is None
+
+
+def test_tables_flag_runs_validated_on_test_images(tmp_path, paper):
+    """A cache extracted with --val-source test (CoOp's ImageNet protocol) marks every table that
+    holds its runs; the other datasets' columns and tables stay unmarked (issue 12 part 1)."""
+    runs = tmp_path / "runs"
+    for seed in (1, 2):
+        write_run(runs, f"in/s{seed}", method="hegraphadapter", shots=16, seed=seed, test_acc=60.0, dataset="imagenet",
+                  backbone="RN50", val_from_test=True)
+        write_run(runs, f"pets/s{seed}", method="hegraphadapter", shots=16, seed=seed, test_acc=80.0, dataset="oxford_pets", backbone="RN50")
+        write_run(runs, f"pets4/s{seed}", method="hegraphadapter", shots=4, seed=seed, test_acc=70.0, dataset="oxford_pets", backbone="RN50")
+    markdown = (write_report(runs) / "report.md").read_text(encoding="utf-8")
+    block = table_block(markdown, "Few-shot classification: RN50, 16-shot")
+    assert block[0] == "| Method | ImageNet † | OxfordPets | Average |"
+    assert "† Validation drawn from the test images (CoOp's ImageNet protocol, `--val-source test`) for: imagenet." in markdown
+    four = markdown.split("## Few-shot classification: RN50, 4-shot")[1].split("\n## ")[0]
+    assert "†" not in four  # only oxford_pets runs at 4 shots

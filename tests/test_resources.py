@@ -29,4 +29,6 @@ def test_pyproject_installs_every_shipped_yaml():
     for pattern, folder in (("metapaths/*.yaml", "metapaths"), ("experiments/methods/*.yaml", "experiments/methods")):
         assert f'"share/hgadapter/{folder}" = ["{pattern}"]' in text
         assert list(root.glob(pattern))
-    assert '"share/hgadapter/experiments" = ["experiments/paper_results.yaml"]' in text
+    # the data files at the top of experiments/: the paper's numbers and the published zero-shot values
+    assert '"share/hgadapter/experiments" = ["experiments/paper_results.yaml", "experiments/published_zero_shot.yaml"]' in text
+    assert (root / "experiments" / "published_zero_shot.yaml").is_file()

@@ -8,6 +8,13 @@ the *val* mean; the test column is printed only to be reported beside it.
     python experiments/suite/choices.py --methods hegraphadapter hegraphadapter:t \
         --set graph.contrast=neg_cos --label neg_cos --out runs/choices.jsonl
 
+With ``--nested`` the question is how well a *selection rule* generalises, under the real
+protocol's validation size: each task is built with ``4 + HELD`` validation images per class; a run
+selects on the first min(K, 4) per class (CoOp's protocol: 1 image per class at one shot) and is
+scored on the other HELD per class, which the run never saw. The printed ``test`` column is then
+that held-out validation accuracy, not the task's test split, so a default chosen on it is still
+chosen without test.
+
 SYNTHETIC tasks: the numbers say nothing about real CLIP accuracy.
 """
 
@@ -18,6 +25,11 @@ import json
 import time
 from pathlib import Path
 
+import dataclasses
+
+import torch
+
+from hgadapter.data.cache import FeatureCache
 from hgadapter.methods import create_method
 from hgadapter.runner import run_method
 from hgadapter.data.synthetic import SyntheticTaskConfig, build_synthetic_task, list_presets, preset_config
@@ -31,6 +43,22 @@ def suite_configs(names: list[str] | None = None) -> dict[str, SyntheticTaskConf
     if unknown:
         raise SystemExit(f"unknown task(s) {unknown}; available: {tasks}")
     return {n: preset_config(n) for n in tasks if not names or n in names}
+
+
+HELD = 8  # held-out validation images per class in --nested mode
+
+
+def nested_view(cache: FeatureCache, *, shots: int, per_class: int) -> FeatureCache:
+    """``cache`` with validation = the first min(shots, 4) images per class and test = the last
+    HELD validation images per class (``per_class`` = 4 + HELD validation images per class)."""
+    labels = cache.val_labels
+    rank = torch.arange(len(labels)) - torch.searchsorted(labels, labels)  # position within its class
+    select, held = rank < min(shots, 4), rank >= per_class - HELD
+    return dataclasses.replace(
+        cache,
+        val_features=cache.val_features[select], val_labels=labels[select],
+        test_features=cache.val_features[held], test_labels=labels[held],
+    )
 
 
 def summarize(paths: list[str], *, method: str, tasks: list[str] | None = None) -> str:
@@ -68,20 +96,25 @@ def main() -> None:
     p.add_argument("--set", dest="sets", action="append", default=[], help="key=value for every method")
     p.add_argument("--label", default="default")
     p.add_argument("--out", default=None, help="append one JSON line per run here")
+    p.add_argument("--nested", action="store_true",
+                   help="select on min(K, 4) validation images per class, score on HELD others (the 'test' column)")
     args = p.parse_args()
     if args.summarize:
         print(summarize(args.summarize, method=args.methods[0], tasks=args.tasks))
         return
     rows = []
     for task, cfg in suite_configs(args.tasks).items():
-        cache = build_synthetic_task(cfg)
+        if args.nested:
+            cfg = dataclasses.replace(cfg, val_per_class=4 + HELD)
+        full = build_synthetic_task(cfg)
         for method_name in args.methods:
             method = create_method(method_name, overrides=args.sets)
             for shots in args.shots:
                 for seed in args.seeds:
                     t = time.perf_counter()
+                    cache = nested_view(full, shots=shots, per_class=cfg.val_per_class) if args.nested else full
                     rec = run_method(method, cache, shots=shots, seed=seed, progress=False)
-                    row = {"label": args.label, "task": task, "method": method_name, "shots": shots, "seed": seed,
+                    row = {"label": args.label, "nested": args.nested, "task": task, "method": method_name, "shots": shots, "seed": seed,
                            "val": rec["val_acc"], "test": rec["test_acc"], "seconds": round(time.perf_counter() - t, 1)}
                     rows.append(row)
                     print(json.dumps(row), flush=True)

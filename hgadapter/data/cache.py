@@ -147,3 +147,12 @@ def dataset_name(meta: dict[str, Any]) -> str | None:
 def train_file_name(shots: int, seed: int) -> str:
     """The file :func:`~hgadapter.data.io.save_cache` writes the ``(shots, seed)`` training set to."""
     return f"train_k{shots}_s{seed}.safetensors"
+
+
+def val_source(meta: dict[str, Any]) -> str | None:
+    """Where a cache's validation images come from, by the sidecar's ``meta["dataset"]["val_source"]``:
+    ``"val"`` (the dataset's own split), ``"train"`` (held out of every training set), ``"test"``
+    (CoOp's ImageNet protocol: validation drawn from the test images), or ``None`` when not recorded."""
+    dataset = meta.get("dataset")
+    text = dataset.get("val_source") if isinstance(dataset, dict) else None
+    return text.split()[0] if isinstance(text, str) and text.strip() else None

@@ -22,14 +22,20 @@ default; ``repeat=True`` draws the missing ones with replacement instead). The f
 validation set holds min(K, 4) images per class; because a cache keeps one validation set for
 all K, it is drawn once with ``val_shots`` (default 4) per class and ordered so that the first
 min(K, 4) images of each class are CoOp's subset for smaller K.
+
+Where the validation images come from (:func:`choose_validation`, ``--val-source``): a dataset's
+own validation split when it has one; otherwise (ImageNet: its labelled val images are the test
+split) ``val_shots`` train images per class are held out, and no few-shot training set of any
+(shots, seed) ever draws them. ``--val-source test`` keeps CoOp's ImageNet choice instead
+(validation drawn from the test images), recorded in ``meta["val_source"]``.
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
-from collections.abc import Callable
-from dataclasses import dataclass, field
+from collections.abc import Callable, Collection
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -63,6 +69,10 @@ class DatasetSplits:
         train / val / test: the full source splits (``val`` may be empty for test-only sets).
         meta: spec, root, split source and hashes of the split lists; goes into the sidecar.
         loader: opens a sample as a PIL image (default: open the file).
+        val_origin: the source list the ``val`` images belong to: ``"val"`` (the dataset's own),
+            ``"train"`` (held out of the train split) or ``"test"`` (CoOp's ImageNet protocol).
+        held_out: when ``val_origin == "train"``, the train position of each ``val`` image; few-shot
+            sampling never draws these.
     """
 
     name: str
@@ -72,6 +82,12 @@ class DatasetSplits:
     test: list[Sample]
     meta: dict[str, Any] = field(default_factory=dict)
     loader: Callable[[Sample], Image.Image] | None = None
+    val_origin: str = "val"
+    held_out: list[int] = field(default_factory=list)
+
+    def val_source_positions(self, indices: list[int]) -> list[int]:
+        """Positions in the ``val_origin`` list of the ``val`` images at ``indices``."""
+        return [self.held_out[i] for i in indices] if self.val_origin == "train" else list(indices)
 
     def load_image(self, sample: Sample) -> Image.Image:
         if self.loader is not None:
@@ -295,10 +311,9 @@ def _build_coop(name: str, root: Path, classnames_file: Path | None) -> DatasetS
         if name == "imagenet":
             train, _ = _imagenet_folder(image_dir / "train", wnids)
             test, _ = _imagenet_folder(image_dir / "val", wnids)
-            # CoOp evaluates ImageNet on its val images and draws its few-shot validation
-            # set from them too (there is no labelled test set); we do the same, and say so.
-            val = list(test)
-            meta["val_source"] = "test (CoOp's ImageNet protocol)"
+            # ImageNet's labelled val images are the test split and there is no other: the
+            # validation set is chosen later (choose_validation), held out of train by default.
+            val = []
         else:
             test, present = _imagenet_folder(image_dir, wnids, numeric=(name == "imagenetv2"))
             train, val = [], []
@@ -516,11 +531,108 @@ def build_dataset(
     raise DataError(f"unknown dataset spec {spec!r}; available: {list_datasets()}")
 
 
+# --- where the validation images come from --------------------------------------------------
+
+# --val-source choices: auto = the dataset's validation split, else held out of train.
+VAL_SOURCES = ("auto", "train", "test")
+# meta["val_source"] per origin; the first word is the origin (hgadapter check and report read it).
+VAL_SOURCE_TEXT = {
+    "val": "val (the dataset's own validation split)",
+    "train": "train (held out of every few-shot training set)",
+    "test": "test (CoOp's ImageNet protocol)",
+}
+_HOLD_OUT_STREAM = 0x76616C  # keeps the hold-out draw apart from the few-shot draws of the same seed
+
+
+def choose_validation(splits: DatasetSplits, source: str, *, per_class: int, seed: int) -> DatasetSplits:
+    """The splits with their validation images chosen (``--val-source``; module docstring).
+
+    ``auto``: the dataset's own validation split, or, when it has none, ``per_class`` train images
+    per class held out (at most all but one of a class's images), drawn with ``seed``; few-shot
+    sampling then never draws them (:attr:`DatasetSplits.held_out`). ``train`` holds out even when
+    the dataset has a validation split. ``test`` draws validation from the test images (CoOp's
+    ImageNet protocol), only for a dataset without a validation split. Test-only datasets keep an
+    empty validation set. ``meta["val_source"]`` records the choice and ``meta["duplicates"]``
+    lists the image files that two source lists share.
+
+    Raises:
+        DataError: an unknown source, or one the dataset cannot give.
+    """
+    if source not in VAL_SOURCES:
+        raise DataError(f"unknown validation source {source!r}; available: {list(VAL_SOURCES)}")
+    spec = splits.meta.get("spec", splits.name)
+    if source == "test" and splits.val:
+        raise DataError(
+            f"--val-source test: {spec} has its own validation split; drawing validation from the test "
+            f"images is only CoOp's fallback for datasets without one (ImageNet); use --val-source auto"
+        )
+    if source == "train" and not splits.train:
+        raise DataError(f"--val-source train: {spec} has no train split to hold validation images out of")
+    if source == "auto":
+        source = "val" if splits.val or not splits.train else "train"
+    meta = dict(splits.meta)
+    if source == "test":
+        out = replace(splits, val=list(splits.test), val_origin="test", held_out=[], meta=meta)
+    elif source == "train":
+        held = _hold_out(splits.train, len(splits.classnames), per_class, seed)
+        out = replace(splits, val=[splits.train[i] for i in held], val_origin="train", held_out=held, meta=meta)
+    else:
+        out = replace(splits, meta=meta)
+    if out.val:
+        meta["val_source"] = VAL_SOURCE_TEXT[out.val_origin]
+        meta["val_size"] = len(out.val)
+        root = splits.meta.get("root")
+        meta["val_hash"] = _hash_samples(out.val, Path(root) if root else None)
+    meta["duplicates"] = find_duplicates(out)
+    return out
+
+
+def _hold_out(train: list[Sample], num_classes: int, per_class: int, seed: int) -> list[int]:
+    """Train positions of ``per_class`` images per class (never a class's last image), grouped by class."""
+    by_class: list[list[int]] = [[] for _ in range(num_classes)]
+    for i, s in enumerate(train):
+        by_class[s.label].append(i)
+    rng = np.random.default_rng([seed, per_class, _HOLD_OUT_STREAM])
+    held: list[int] = []
+    for pool in by_class:
+        take = min(per_class, max(len(pool) - 1, 0))
+        held += [pool[i] for i in rng.choice(len(pool), size=take, replace=False)] if take else []
+    return held
+
+
+def find_duplicates(splits: DatasetSplits, limit: int = 1000) -> list[list[Any]]:
+    """``[list a, position, list b, position]`` for each image file two source lists share (by key).
+
+    Compares train with test, and, when validation is the dataset's own list, val with train and
+    test (held-out or test-drawn validation shares its list by design; its leaks are judged by
+    position). Only the first ``limit`` pairs are listed; ``hgadapter check`` reports the ones
+    a cache actually uses.
+    """
+    lists = [("train", splits.train), ("test", splits.test)]
+    if splits.val_origin == "val":
+        lists.insert(1, ("val", splits.val))
+    found: list[list[Any]] = []
+    for a, (name_a, list_a) in enumerate(lists):
+        for name_b, list_b in lists[a + 1:]:
+            where = {s.key: j for j, s in enumerate(list_b)}
+            for i, s in enumerate(list_a):
+                j = where.get(s.key)
+                if j is not None and len(found) < limit:
+                    found.append([name_a, i, name_b, j])
+    return found
+
+
 # --- few-shot sampling -----------------------------------------------------------------------
 
 
 def sample_per_class(
-    samples: list[Sample], num_classes: int, shots: int, seed: int, *, repeat: bool = False
+    samples: list[Sample],
+    num_classes: int,
+    shots: int,
+    seed: int,
+    *,
+    repeat: bool = False,
+    exclude: Collection[int] = (),
 ) -> list[int]:
     """Indices into ``samples`` of ``shots`` images per class, drawn with ``seed`` (CoOp's protocol).
 
@@ -529,6 +641,11 @@ def sample_per_class(
     replacement up to ``shots`` when ``repeat`` (CoOp's ``generate_fewshot_dataset`` flag). The
     result is grouped by class, each class's indices in draw order, and is identical on every
     run for the same inputs.
+
+    ``exclude`` (images held out for validation) are never returned: a drawn one is swapped for
+    another image of its class in a seeded order. The draw itself ignores ``exclude``, so every
+    image that is not swapped is the one an unrestricted draw gives (a cache validated on held-out
+    train images trains on the same images as one validated CoOp's way, up to the swaps).
     """
     if shots < 1:
         raise DataError(f"shots must be >= 1, got {shots}")
@@ -543,15 +660,43 @@ def sample_per_class(
             empty.append(c)
             continue
         if len(pool) >= shots:
-            picked += [pool[i] for i in rng.choice(len(pool), size=shots, replace=False)]
+            chosen = [pool[i] for i in rng.choice(len(pool), size=shots, replace=False)]
         elif repeat:
             extra = rng.choice(len(pool), size=shots - len(pool), replace=True)
-            picked += pool + [pool[i] for i in extra]
+            chosen = pool + [pool[i] for i in extra]
         else:
-            picked += pool
+            chosen = list(pool)
+        if exclude:
+            chosen = _swap_excluded(chosen, pool, exclude, (seed, shots, c), repeat=repeat)
+            if not chosen:
+                empty.append(c)
+        picked += chosen
     if empty and samples:
         raise DataError(f"{len(empty)} classes have no image to sample from (labels {empty[:20]})")
     return picked
+
+
+def _swap_excluded(
+    chosen: list[int], pool: list[int], exclude: Collection[int], key: tuple[int, ...], *, repeat: bool
+) -> list[int]:
+    """``chosen`` with each excluded index replaced by an unused allowed one of ``pool`` (seeded
+    by ``key``, a stream of its own so the main draw is unchanged); without one left, dropped,
+    or (``repeat``) replaced by a repeat of an allowed image."""
+    allowed = [i for i in pool if i not in exclude]
+    if len(allowed) == len(pool):
+        return chosen
+    taken = set(chosen)
+    order = np.random.default_rng([*key, 4099]).permutation(len(allowed))
+    spare = [allowed[j] for j in order if allowed[j] not in taken]
+    out: list[int] = []
+    for i in chosen:
+        if i not in exclude:
+            out.append(i)
+        elif spare:
+            out.append(spare.pop(0))
+        elif repeat and allowed:
+            out.append(allowed[len(out) % len(allowed)])
+    return out
 
 
 def replacement_candidates(samples: list[Sample], label: int, exclude: set[int], seed: int, shots: int) -> list[int]:

@@ -167,7 +167,9 @@ def encode_train_set(
 ) -> tuple[FewShotSet, list[BadImage]]:
     """Sample K per class, encode V views each; with --skip-bad, replace unreadable images."""
     # The cache format needs exactly K images per class, so short classes repeat images.
-    indices = sample_per_class(splits.train, len(splits.classnames), shots, seed, repeat=True)
+    # Held-out validation images (--val-source train) are never training images.
+    held = set(splits.held_out)
+    indices = sample_per_class(splits.train, len(splits.classnames), shots, seed, repeat=True, exclude=held)
     augment = None if opts.augment == "none" else aug.Augment(scale=opts.aug_scale)
 
     def rng_for(i: int) -> np.random.Generator:
@@ -197,7 +199,7 @@ def encode_train_set(
             if i not in known_bad:
                 continue
             label = splits.train[i].label
-            taken = set(indices) | known_bad
+            taken = set(indices) | known_bad | held
             fresh = replacement_candidates(splits.train, label, taken, seed, shots)
             good = [j for j in indices if splits.train[j].label == label and j not in known_bad]
             if fresh:

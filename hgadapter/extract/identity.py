@@ -1,7 +1,7 @@
 """The identity of a feature cache: every input that determines its features (STYLE "Caches").
 
 Encoder id and revision, preprocessing, precision, dataset spec and split hashes, prompt hashes,
-validation sampling and augmentation are stored in the sidecar's ``meta["identity"]``; resuming
+validation sampling and source (``--val-source``) and augmentation are stored in the sidecar's ``meta["identity"]``; resuming
 an extraction or merging shards requires equal identities.
 """
 
@@ -38,7 +38,8 @@ def build_identity(
         "dataset": {k: v for k, v in splits.meta.items() if k == "spec" or k.endswith(("_hash", "_size")) or k == "num_classes"},
         "classnames_hash": canonical_hash(splits.classnames),
         "prompts": {"pos": pos.content_hash, "neg": neg.content_hash},
-        "val": {"shots": opts.val_shots, "seed": opts.val_seed},
+        # where validation comes from (--val-source, resolved): another source is another cache
+        "val": {"shots": opts.val_shots, "seed": opts.val_seed, "source": splits.val_origin if splits.val else None},
         "augment": augment_meta(opts),
         "skip_bad": opts.skip_bad,
     }

@@ -66,6 +66,15 @@ class ExtractOptions:
     seeds: tuple[int, ...] = field(default=(1, 2, 3), metadata=_cli("sets", "sampling seeds", nargs="+"))
     val_shots: int = field(default=4, metadata=_cli("sets", "validation images per class"))
     val_seed: int = field(default=1, metadata=_cli("sets", "seed of the validation sample"))
+    val_source: str = field(
+        default="auto",
+        metadata=_cli(
+            "sets",
+            "where validation images come from: auto = the dataset's validation split, else train images held "
+            "out of every few-shot set (ImageNet); test = CoOp's ImageNet protocol (validation from the test images)",
+            choices=["auto", "train", "test"],
+        ),
+    )
     views: int = field(default=10, metadata=_cli("sets", "augmented views per training image (V)"))
     augment: str = field(
         default="random_resized_crop",
@@ -191,6 +200,8 @@ def check_options(opts: ExtractOptions) -> None:
     """Raise an :class:`ExtractError` naming the flag when an option is out of range."""
     if opts.augment not in ("random_resized_crop", "none"):
         raise ExtractError(f"unknown augmentation {opts.augment!r}; available: ['random_resized_crop', 'none']")
+    if opts.val_source not in ("auto", "train", "test"):
+        raise ExtractError(f"unknown --val-source {opts.val_source!r}; available: ['auto', 'train', 'test']")
     if opts.views < 1:
         raise ExtractError(f"--views must be >= 1, got {opts.views}")
     if opts.augment == "none" and opts.views != 1:

@@ -27,7 +27,7 @@ from typing import Any
 from hgadapter._io import remove_stale_temp_files
 from hgadapter.data.cache import SIDECAR_NAME, TEST_FILE, TEXT_FILE, VAL_FILE, CacheError, FeatureCache
 from hgadapter.data.io import list_train_sets, load_cache, load_sidecar, save_cache
-from hgadapter.extract.datasets import DataError, DatasetSplits, build_dataset
+from hgadapter.extract.datasets import DataError, DatasetSplits, build_dataset, choose_validation
 from hgadapter.extract.encode import bad_images_error, encode_eval_split, encode_samples, encode_train_set, val_indices
 from hgadapter.extract.encoders import Encoder, EncoderError, create_encoder
 from hgadapter.extract.identity import augment_meta, build_identity, canonical_hash, identity_diff
@@ -55,6 +55,7 @@ def extract(opts: ExtractOptions) -> FeatureCache | None:
             opts.dataset, opts.data_dir, classnames_file=opts.classnames, split_seed=opts.split_seed,
             image_column=opts.image_column, label_column=opts.label_column, hf_splits=opts.hf_splits,
         )
+        splits = choose_validation(splits, opts.val_source, per_class=opts.val_shots, seed=opts.val_seed)
         pos = build_prompt_set(opts.pos_prompts, splits.classnames, dataset=splits.name, pad=opts.description_pad)
         neg = build_prompt_set(opts.neg_prompts, splits.classnames, dataset=splits.name, pad=opts.description_pad)
         encoder = create_encoder(opts.model, revision=opts.revision, device=opts.device, precision=opts.precision)
@@ -166,7 +167,10 @@ def _extract_base(
         "dataset": splits.meta,
         "prompts": {"pos": pos.meta(), "neg": neg.meta()},
         "val": {"shots_per_class": opts.val_shots, "seed": opts.val_seed, "indices": val_idx,
-                "protocol": "first min(K, 4) per class form CoOp's validation set for K shots"},
+                "protocol": "first min(K, 4) per class form CoOp's validation set for K shots",
+                # the list each validation image comes from and its position there: what
+                # `hgadapter check` compares with the training sets and the test split
+                "source": {"split": splits.val_origin, "indices": splits.val_source_positions(val_idx)}},
         "augment": augment_meta(opts),
         "sampling": {"protocol": "coop", "rng": "numpy.default_rng([seed, shots]), classes in label order"},
         "bad_images": [b.to_dict() for b in bad],

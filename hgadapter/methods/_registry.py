@@ -156,6 +156,7 @@ class Method:
         device: torch.device | str | None = None,
         progress: bool = False,
         log: Callable[[str], None] | None = None,
+        tracker: Any = None,
     ) -> Fitted:
         """Train on ``data.train_set`` and choose hyper-parameters on ``data``'s validation split.
 
@@ -169,11 +170,12 @@ class Method:
                 ``cuda``, ``cuda:N``.
             progress: show a progress bar while training.
             log: receives progress lines for the run's ``log.txt``.
+            tracker: a :class:`hgadapter.tracking.RunTracker` the training loop sends each epoch to.
         """
         dev = resolve_device(self.default_device() if device is None else device)
         start = time.perf_counter()
         with intra_op_threads(self.threads if dev.type == "cpu" else None) as threads:
-            fitted = self._fit(data, FitContext(seed=seed, device=dev, progress=progress, log=log))
+            fitted = self._fit(data, FitContext(seed=seed, device=dev, progress=progress, log=log, tracker=tracker))
         fitted.fit_seconds = time.perf_counter() - start
         fitted.threads, fitted.device = threads, dev
         return fitted

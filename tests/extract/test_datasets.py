@@ -13,6 +13,7 @@ from hgadapter.extract.datasets import (
     DataError,
     Sample,
     build_dataset,
+    choose_validation,
     clean_classname,
     list_datasets,
     sample_per_class,
@@ -180,3 +181,56 @@ def test_augmentation_is_seeded_and_in_range():
         area = (right - left) * (bottom - top) / (60 * 40)
         assert 0 <= left < right <= 60 and 0 <= top < bottom <= 40
         assert 0.45 <= area <= 1.0  # scale (0.5, 1) up to rounding
+
+
+def test_imagenet_validation_is_held_out_of_train_for_every_shots_and_seed(tmp_path):
+    """ImageNet's labelled val images are its test split: by default the validation images are
+    train images that no few-shot training set of any (shots, seed) draws (issue 12 part 1)."""
+    root = cf.build_coop_imagenet(tmp_path, per_split=(12, 3))
+    ds = build_dataset("coop:imagenet", root)
+    assert ds.val == [] and "val_source" not in ds.meta  # chosen by choose_validation, not here
+    val = choose_validation(ds, "auto", per_class=4, seed=1)
+    assert val.val_origin == "train" and val.meta["val_source"].startswith("train")
+    assert [s.label for s in val.val] == [0] * 4 + [1] * 4 + [2] * 4
+    assert val.val == [val.train[i] for i in val.held_out]
+    val_keys = {s.key for s in val.val}
+    assert not val_keys & {s.key for s in val.test}  # no validation image is a test image
+    for shots in (1, 2, 4, 8, 16):
+        for seed in range(1, 6):
+            drawn = sample_per_class(val.train, 3, shots, seed, repeat=True, exclude=set(val.held_out))
+            assert len(drawn) == 3 * shots and not val_keys & {val.train[i].key for i in drawn}, (shots, seed)
+            if shots <= 8:  # 8 allowed images a class: drawn without repeats
+                assert len(set(drawn)) == len(drawn)
+    assert val.meta["duplicates"] == [] and val.meta["val_hash"] != ds.meta["val_hash"]
+    assert choose_validation(ds, "auto", per_class=4, seed=1).held_out == val.held_out  # seeded
+    assert choose_validation(ds, "auto", per_class=4, seed=2).held_out != val.held_out
+    coop = choose_validation(ds, "test", per_class=4, seed=1)
+    assert coop.val == coop.test and coop.meta["val_source"] == "test (CoOp's ImageNet protocol)"
+
+
+def test_swapping_held_out_images_keeps_every_other_draw():
+    samples = [Sample(str(i), i % 3) for i in range(60)]
+    plain = sample_per_class(samples, 3, 8, seed=1)
+    held = {plain[0], plain[9]}
+    swapped = sample_per_class(samples, 3, 8, seed=1, exclude=held)
+    assert not held & set(swapped) and len(set(swapped)) == 24
+    assert [a == b for a, b in zip(plain, swapped)].count(False) == 2  # only the two held-out ones changed
+
+
+def test_validation_source_errors_and_datasets_with_their_own_split(tmp_path):
+    root = cf.build_coop_dtd(tmp_path)
+    ds = build_dataset("coop:dtd", root)
+    own = choose_validation(ds, "auto", per_class=4, seed=1)
+    assert own.val == ds.val and own.val_origin == "val" and own.meta["val_source"].startswith("val")
+    with pytest.raises(DataError, match=r"--val-source test: coop:dtd has its own validation split"):
+        choose_validation(ds, "test", per_class=4, seed=1)
+    forced = choose_validation(ds, "train", per_class=2, seed=1)
+    assert forced.val_origin == "train" and len(forced.val) == 6
+    with pytest.raises(DataError, match="unknown validation source 'x'"):
+        choose_validation(ds, "x", per_class=4, seed=1)
+    # the same file listed in train and test is recorded
+    split = json.loads((root / "dtd" / "split_zhou_DescribableTextures.json").read_text())
+    split["test"][0] = split["train"][1]
+    (root / "dtd" / "split_zhou_DescribableTextures.json").write_text(json.dumps(split))
+    dup = choose_validation(build_dataset("coop:dtd", root), "auto", per_class=4, seed=1)
+    assert dup.meta["duplicates"] == [["train", 1, "test", 0]]

@@ -197,3 +197,31 @@ def test_a_run_directory_loses_the_temp_files_of_a_killed_run(tmp_path):
     cache = build_synthetic_task(num_classes=6, num_families=2, dim=16, shots=(1,), seeds=(1,), test_per_class=3)
     run_method(create_method("zero_shot"), cache, shots=1, seed=1, out_dir=tmp_path, progress=False)
     assert not list(tmp_path.glob(".*.tmp")) and (tmp_path / "metrics.json").is_file()
+
+
+def test_imagenet_validation_never_is_a_test_or_training_image(model_dir, tmp_path):
+    """Issue 12 part 1 end to end: by default ImageNet validates on held-out train images, none of
+    them in the test split or in any training set; --val-source test is CoOp's protocol, recorded,
+    and a different cache."""
+    root = cf.build_coop_imagenet(tmp_path / "data", per_split=(12, 3))
+    out = tmp_path / "imagenet"
+    sets = ["--shots", "1", "2", "4", "--seeds", "1", "2", "3", "--views", "1", "--augment", "none"]
+    assert ex.main(_args(model_dir, root, out, *sets, dataset="coop:imagenet")) == 0
+    cache = load_cache(out)
+    ds = build_dataset("coop:imagenet", root)
+    source = cache.meta["val"]["source"]
+    assert cache.meta["dataset"]["val_source"].startswith("train") and source["split"] == "train"
+    assert len(source["indices"]) == len(cache.val_labels) == 12
+    val_keys = {ds.train[i].key for i in source["indices"]}
+    assert [ds.train[i].label for i in source["indices"]] == cache.val_labels.tolist()
+    assert not val_keys & {s.key for s in ds.test}
+    assert len(cache.train_sets) == 9
+    for key, fs in cache.train_sets.items():
+        assert not set(fs.indices) & set(source["indices"]) and not val_keys & {ds.train[i].key for i in fs.indices}, key
+    with pytest.raises(ExtractError, match=r"val\.source: cache has 'train', this run has 'test'"):
+        ex.main(_args(model_dir, root, out, *sets, "--val-source", "test", dataset="coop:imagenet"))
+    coop = tmp_path / "coop"
+    ex.main(_args(model_dir, root, coop, "--shots", "1", "--seeds", "1", "--views", "1", "--augment", "none",
+                  "--val-source", "test", dataset="coop:imagenet"))
+    meta = load_cache(coop).meta
+    assert meta["dataset"]["val_source"] == "test (CoOp's ImageNet protocol)" and meta["val"]["source"]["split"] == "test"

@@ -1,0 +1,114 @@
+"""``hgadapter export`` and ``hgadapter predict``: a finished run -> a classifier folder -> labels
+for new images (docs/predict.md; the classifier itself is :mod:`hgadapter.classifier`).
+
+Only argparse and the standard library are imported at the top, so building the command-line
+parser stays cheap; torch and the model load when a command runs.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import io
+import sys
+import warnings
+from pathlib import Path
+from typing import Any
+
+from hgadapter._cli import output_path
+
+__all__ = ["add_export_arguments", "run_export", "add_predict_arguments", "run_predict", "write_predictions"]
+
+_FORMATS = (".csv", ".json")
+
+
+def add_export_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("run", metavar="RUN", help="a finished run directory (with metrics.json and head.safetensors)")
+    p.add_argument("--out", type=output_path, required=True, metavar="DIR", help="classifier folder to write (config.json, model.safetensors, README.md)")
+
+
+def run_export(args: argparse.Namespace) -> int:
+    from hgadapter.classifier import export_run
+
+    clf = export_run(args.run, args.out)
+    run = clf.config["run"]
+    tag = " (synthetic features: it classifies features only)" if clf.synthetic else ""
+    print(
+        f"exported {run.get('method')} shots={run.get('shots')} seed={run.get('seed')}: {len(clf.classnames)} classes, "
+        f"val {_pct(run.get('val_acc'))} test {_pct(run.get('test_acc'))}{tag} -> {args.out}"
+    )
+    return 0
+
+
+def _pct(value: Any) -> str:
+    return "n/a" if value is None else f"{float(value):.2f}%"
+
+
+def _positive(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text}")
+    return value
+
+
+def add_predict_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("inputs", nargs="+", metavar="IMAGE_OR_FOLDER", help="image files, or folders searched recursively for images")
+    p.add_argument("--classifier", required=True, metavar="DIR", help="a folder written by `hgadapter export` (or a hub repo id)")
+    p.add_argument("--model", default=None, metavar="MODEL", help="where to find CLIP instead of the recorded id (e.g. a local copy)")
+    p.add_argument("--device", default=None, help="auto | cpu | cuda | cuda:N (default: CUDA when available)")
+    p.add_argument("--batch-size", type=_positive, default=64, metavar="N", help="images per forward pass")
+    p.add_argument("--workers", type=int, default=4, metavar="N", help="image-loading threads (0: load in the main thread)")
+    p.add_argument("--top-k", type=_positive, default=1, metavar="K", help="also write the K most probable classes")
+    p.add_argument("--out", type=output_path, required=True, metavar="FILE", help="FILE.csv or FILE.json to write")
+    p.add_argument("--strict", action="store_true", help="an unreadable image is an error (default: a warning, and it is skipped)")
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
+
+
+def write_predictions(path: str | Path, predictions: Any, *, top_k: int = 1, classifier: str | None = None) -> Path:
+    """Write :class:`~hgadapter.classifier.Predictions` to ``path`` (``.csv`` or ``.json``), atomically.
+
+    CSV: ``path,label,score`` and, for ``top_k > 1``, ``label_2,score_2, ...``. JSON:
+    ``{"classifier", "predictions": [{"path", "label", "score"[, "top_k"]}], "skipped": [{"path", "error"}]}``.
+    """
+    from hgadapter._io import atomic_write_json, atomic_write_text
+
+    path = Path(path)
+    rows = predictions.rows(top_k)
+    if path.suffix.lower() == ".json":
+        skipped = [{"path": key, "error": error} for key, error in predictions.skipped]
+        return atomic_write_json(path, {"classifier": classifier, "predictions": rows, "skipped": skipped})
+    k = min(top_k, len(predictions.classnames))
+    header = ["path", "label", "score"] + [f"{name}_{i}" for i in range(2, k + 1) for name in ("label", "score")]
+    buffer = io.StringIO()
+    writer = csv.writer(buffer, lineterminator="\n")
+    writer.writerow(header)
+    for row in rows:
+        extra = [v for top in row.get("top_k", [])[1:] for v in (top["label"], top["score"])]
+        writer.writerow([row["path"], row["label"], row["score"], *extra])
+    return atomic_write_text(path, buffer.getvalue())
+
+
+def run_predict(args: argparse.Namespace) -> int:
+    from hgadapter.classifier import Classifier, ClassifierError, ClassifierWarning, image_paths
+
+    out = Path(args.out)
+    if out.suffix.lower() not in _FORMATS:
+        raise ClassifierError(f"--out {args.out}: expected a .csv or .json file name")
+    paths = image_paths(args.inputs)
+    clf = Classifier.from_pretrained(args.classifier, model=args.model, device=args.device)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always", ClassifierWarning)
+        try:
+            clf.encoder  # loads CLIP now, so a missing model or a synthetic classifier fails before any image
+            predictions = clf.predict(
+                paths, batch_size=args.batch_size, workers=args.workers, progress=not args.quiet, skip_bad=not args.strict
+            )
+        finally:
+            for warning in caught:
+                print(f"hgadapter predict: warning: {warning.message}", file=sys.stderr)
+    for key, error in predictions.skipped:
+        print(f"hgadapter predict: warning: {key}: cannot read the image ({error}); skipped", file=sys.stderr)
+    write_predictions(out, predictions, top_k=args.top_k, classifier=str(args.classifier))
+    skipped = f", {len(predictions.skipped)} unreadable skipped" if predictions.skipped else ""
+    print(f"classified {len(predictions.keys)} images{skipped} -> {out}")
+    return 0
