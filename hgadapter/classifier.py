@@ -276,12 +276,7 @@ class Classifier(
                 stacklevel=3,
             )
         if "preprocess" in recorded:  # the cache's own preprocessing, not the checkpoint's guess at it
-            pre = recorded["preprocess"]
-            preprocess = Preprocess(
-                resize=int(pre["resize"]), crop=tuple(pre["crop"]), mean=tuple(pre["mean"]), std=tuple(pre["std"]),
-                resample=int(pre.get("resample", 3)),
-            )
-            encoder = dataclasses.replace(encoder, preprocess=preprocess)
+            encoder = dataclasses.replace(encoder, preprocess=Preprocess.from_dict(recorded["preprocess"]))
         return encoder
 
     def encode(

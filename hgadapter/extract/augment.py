@@ -49,6 +49,14 @@ class Preprocess:
     def to_dict(self) -> dict:
         return asdict(self)
 
+    @classmethod
+    def from_dict(cls, data: dict) -> "Preprocess":
+        """The inverse of :meth:`to_dict` (e.g. a cache sidecar's ``encoder.preprocess``)."""
+        return cls(
+            resize=int(data["resize"]), crop=tuple(data["crop"]), mean=tuple(data["mean"]), std=tuple(data["std"]),
+            resample=int(data.get("resample", 3)),
+        )
+
     def normalise(self, image: Image.Image) -> np.ndarray:
         """RGB PIL image of the crop size -> float32 array, shape ``(3, H, W)``."""
         arr = np.asarray(image, dtype=np.float32) / 255.0  # (H, W, 3)
