@@ -319,10 +319,6 @@ class SumHead(Head):
         self.weights = [float(w) for w in weights]
 
     @property
-    def device(self) -> torch.device:
-        return self.parts[0].device
-
-    @property
     def num_classes(self) -> int:
         return self.parts[0].num_classes
 

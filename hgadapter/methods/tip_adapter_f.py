@@ -64,11 +64,14 @@ class TipAdapterFConfig:
 class _Keys(nn.Module):
     """The trainable cache keys, beside the frozen text classifier and cache values they are used with."""
 
-    def __init__(self, keys: torch.Tensor, *, text: torch.Tensor, values: torch.Tensor, alpha: float, beta: float) -> None:
+    def __init__(
+        self, keys: torch.Tensor, *, text: torch.Tensor, values: torch.Tensor, alpha: float, beta: float, initial: tuple | None
+    ) -> None:
         super().__init__()
         self.weight = nn.Parameter(keys.clone())  # (N, d)
         self.text, self.values = text, values  # (C, d), (N, C): plain attributes, not in the state dict
         self.alpha, self.beta = alpha, beta  # the residual ratio and sharpness trained at
+        self.initial = initial  # Tip-Adapter's searched (head, val_acc, hparams) on the untrained keys, or None
 
 
 @register_method("tip_adapter_f")
@@ -86,8 +89,7 @@ class TipAdapterF(TrainedMethod):
             initial = select_cache_predictor(data, text, init_keys, values, cfg, device)
             if cfg.init_search:  # train where Tip-Adapter's own search lands, before any key moves
                 alpha, beta = initial[2]["alpha"], initial[2]["beta"]
-        keys = _Keys(init_keys, text=text, values=values, alpha=alpha, beta=beta).to(device)
-        keys.initial = initial
+        keys = _Keys(init_keys, text=text, values=values, alpha=alpha, beta=beta, initial=initial).to(device)
 
         def logits_fn(x: torch.Tensor) -> torch.Tensor:
             x = x.float()
