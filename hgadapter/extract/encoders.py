@@ -84,6 +84,18 @@ class Encoder:
     precision: str
     _model: Any = None
     _tokenizer: Any = None
+    family: str = "clip"
+
+    # -- what other modules may use (CoOp reads the frozen model and its tokenizer) -------------
+    @property
+    def model(self) -> Any:
+        """The frozen underlying model: a ``transformers`` model or an ``open_clip`` one (read only)."""
+        return self._model
+
+    @property
+    def tokenizer(self) -> Any:
+        """The tokenizer that :meth:`encode_texts` uses (read only)."""
+        return self._tokenizer
 
     # -- inference ----------------------------------------------------------------------------
     def _autocast(self):
@@ -108,9 +120,15 @@ class Encoder:
         return F.normalize(out.float(), dim=-1).cpu()
 
     @torch.inference_mode()
-    def encode_texts(self, texts: list[str], *, batch_size: int = 256) -> torch.Tensor:
-        """Normalised text features of ``texts``: ``(len(texts), d)`` float32 (CPU)."""
-        chunks = []
+    def encode_texts(
+        self, texts: list[str], *, batch_size: int = 256, return_norms: bool = False
+    ) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
+        """Normalised text features of ``texts``: ``(len(texts), d)`` float32 (CPU).
+
+        With ``return_norms`` also the raw L2 norm of each prompt's feature before normalising,
+        ``(len(texts),)`` float32: ``(features, norms)``.
+        """
+        chunks, norms = [], []
         for start in range(0, len(texts), batch_size):
             part = texts[start : start + batch_size]
             with self._autocast():
@@ -127,10 +145,13 @@ class Encoder:
                     ).pooler_output
                 else:
                     out = self._model.encode_text(self._tokenizer(part).to(self.device))
-            chunks.append(F.normalize(out.float(), dim=-1).cpu())
-        if not chunks:
-            return torch.zeros(0, self.dim)
-        return torch.cat(chunks)  # (n, d)
+            out = out.float()
+            norms.append(out.norm(dim=-1).cpu())
+            chunks.append(F.normalize(out, dim=-1).cpu())
+        feats = torch.cat(chunks) if chunks else torch.zeros(0, self.dim)  # (n, d)
+        if return_norms:
+            return feats, (torch.cat(norms) if norms else torch.zeros(0))  # (n, d), (n,)
+        return feats
 
     def meta(self) -> dict[str, Any]:
         """What the sidecar records about the encoder (everything that determines features)."""

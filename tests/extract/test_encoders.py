@@ -89,3 +89,17 @@ def test_open_clip_backend_is_optional():
 def test_list_encoders_names_both_backends():
     ids = list_encoders()
     assert "openai/clip-vit-base-patch16" in ids and "open_clip:RN50/openai" in ids
+
+
+def test_public_model_tokenizer_family_and_text_norms(encoder):
+    assert encoder.model is encoder._model and encoder.tokenizer is encoder._tokenizer
+    assert encoder.family == "clip"
+    texts = ["a photo of a red square.", "itap of a green circle."]
+    feats, norms = encoder.encode_texts(texts, return_norms=True)
+    tok = encoder.tokenizer(texts, padding=True, return_tensors="pt")
+    with torch.no_grad():
+        raw = encoder.model.get_text_features(**tok).pooler_output
+    torch.testing.assert_close(norms, raw.norm(dim=-1), atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(feats, encoder.encode_texts(texts))
+    empty, empty_norms = encoder.encode_texts([], return_norms=True)
+    assert empty.shape == (0, 24) and empty_norms.shape == (0,)
