@@ -268,8 +268,8 @@ def _locate(model_id: str, revision: str | None) -> tuple[str, Path, str]:
         raise EncoderError(f"--model {model_id!r} is a file; expected a model folder (save_pretrained) or a hub id")
     if _looks_like_path(model_id) or "/" not in model_id:
         raise EncoderError(
-            f"no such model folder: {model_id!r} (resolved to {local.resolve()}); check the path, or give a hub id "
-            f"such as {DEFAULT_ENCODER!r}"
+            f"model folder {model_id!r} does not exist (no folder {local.resolve()}); check the path, or give a "
+            f"hub id such as {DEFAULT_ENCODER!r}"
         )
     directory, rev = _snapshot(model_id, revision)
     return model_id, directory, rev

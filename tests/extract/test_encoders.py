@@ -28,7 +28,7 @@ def test_loads_frozen_in_eval_mode_fp32_on_cpu(encoder, tiny_clip_dir):
     assert all(not p.requires_grad for p in model.parameters())
     assert encoder.precision == "fp32"
     assert encoder.dim == 24 and encoder.context_length == 24
-    assert encoder.revision == hash_directory(tiny_clip_dir)
+    assert encoder.revision == hash_directory(tiny_clip_dir) and encoder.id == str(tiny_clip_dir.resolve())
     assert encoder.logit_scale == pytest.approx(float(model.logit_scale.exp()))
 
 
@@ -39,14 +39,14 @@ def test_preprocess_matches_the_hf_pil_processor(encoder, tiny_clip_dir):
     rng = np.random.default_rng(3)
     for size in [(50, 40), (33, 61), (32, 32), (20, 28)]:
         image = cf.make_image(rng, 0, size)
-        ours = encoder.preprocess(image)
+        ours = encoder.preprocess(image)["pixel_values"]
         ref = processor(images=[image], return_tensors="np")["pixel_values"][0]
         np.testing.assert_allclose(ours, ref, atol=1e-5)
 
 
 def test_image_features_normalised_and_batch_independent(encoder):
     rng = np.random.default_rng(0)
-    pixels = torch.from_numpy(np.stack([encoder.preprocess(cf.make_image(rng, i % 3)) for i in range(5)]))
+    pixels = torch.from_numpy(np.stack([encoder.preprocess(cf.make_image(rng, i % 3))["pixel_values"] for i in range(5)]))
     batched = encoder.encode_images(pixels)
     single = torch.cat([encoder.encode_images(pixels[i : i + 1]) for i in range(5)])
     assert batched.shape == (5, 24) and batched.dtype == torch.float32
