@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import importlib.util
 
 import numpy as np
 import pytest
@@ -78,12 +77,6 @@ def test_missing_directory_is_an_error(tmp_path):
 def test_bad_precision_lists_choices():
     with pytest.raises(EncoderError, match=r"unknown precision 'fp8'.*fp16"):
         create_encoder("whatever", precision="fp8", device="cpu")
-
-
-@pytest.mark.skipif(importlib.util.find_spec("open_clip") is not None, reason="open_clip is installed")
-def test_open_clip_backend_is_optional():
-    with pytest.raises(EncoderError, match=r"pip install 'hgadapter\[open_clip\]'"):
-        create_encoder("open_clip:RN50/openai", device="cpu")
 
 
 def test_list_encoders_names_both_backends():
