@@ -316,7 +316,7 @@ def _load_hf(model_id: str, revision: str | None, device: torch.device, precisio
     try:
         tokenizer = AutoTokenizer.from_pretrained(directory)
     except (OSError, ValueError, ImportError, TypeError, AttributeError) as err:
-        hint = "; SigLIP's tokenizer needs `pip install sentencepiece`" if "sentencepiece" in str(err).lower() else ""
+        hint = "; SigLIP's tokenizer needs sentencepiece: pip install 'hgadapter[siglip]'" if "sentencepiece" in str(err).lower() else ""
         raise EncoderError(f"cannot load the tokenizer in {directory}: {_first_line(err)}{hint}") from None
     model.eval().requires_grad_(False).to(device)
     bias = getattr(model, "logit_bias", None)
