@@ -585,7 +585,7 @@ def export_run(run_dir: str | Path, out_dir: str | Path) -> Classifier:
         "synthetic": bool(source.get("synthetic", record.get("synthetic", False))),
         "encoder": encoder if isinstance(encoder, dict) and isinstance(encoder.get("id"), str) else None,
         "prompts": source.get("prompts"),
-        "features": "L2-normalised CLIP image features of one centre crop per image (a feature cache's test features)",
+        "features": "L2-normalised image features of one evaluation view per image, made by the recorded encoder.processor (a feature cache's test features)",
         "hparams": record.get("hparams", {}),
         "run": {k: record[k] for k in _RUN_KEYS if k in record},
     }
