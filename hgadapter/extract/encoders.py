@@ -142,20 +142,29 @@ class Encoder:
                 out = self._model.encode_image(inputs["pixel_values"])
         return F.normalize(out.float(), dim=-1).cpu()
 
-    def _text_forward(self, texts: list[str]) -> torch.Tensor:
-        """Raw (unnormalised) text features of one batch, ``(n, d)``."""
+    def tokenize(self, texts: list[str]) -> dict[str, torch.Tensor]:
+        """The text tower's keyword inputs for ``texts``, as the family was trained (Hugging Face
+        backend): ``input_ids`` ``(n, L)`` padded to ``L = text.max_length`` and, when the
+        family's tower reads it, ``attention_mask`` ``(n, L)``; on :attr:`device`. Methods that
+        learn prompt tokens (CoOp) start from these."""
         if self.backend != "hf":
-            return self._model.encode_text(self._tokenizer(texts).to(self.device))
+            raise EncoderError(f"{self.id}: tokenize() serves Hugging Face encoders; open_clip's tokenizer is .tokenizer")
         recipe = self.text
         if recipe.lowercase:
             texts = [t.lower() for t in texts]
         tokens = self._tokenizer(
-            texts, padding="max_length", max_length=recipe.max_length, truncation=True, return_tensors="pt"
+            list(texts), padding="max_length", max_length=recipe.max_length, truncation=True, return_tensors="pt"
         )
         kwargs = {"input_ids": tokens["input_ids"].to(self.device)}
         if recipe.attention_mask:
             kwargs["attention_mask"] = tokens["attention_mask"].to(self.device)
-        return self._model.get_text_features(**kwargs).pooler_output
+        return kwargs
+
+    def _text_forward(self, texts: list[str]) -> torch.Tensor:
+        """Raw (unnormalised) text features of one batch, ``(n, d)``."""
+        if self.backend != "hf":
+            return self._model.encode_text(self._tokenizer(texts).to(self.device))
+        return self._model.get_text_features(**self.tokenize(texts)).pooler_output
 
     @torch.inference_mode()
     def encode_texts(

@@ -189,3 +189,12 @@ def test_registry_names_and_errors():
     assert list_families() == ["clip", "metaclip_2", "siglip", "siglip2"]
     with pytest.raises(EncoderError, match=r"unknown encoder family 'align'; available: \['clip'"):
         get_family("align")
+
+
+def test_tokenize_follows_the_family_recipe(tmp_path):
+    siglip = create_encoder(str(ff.build("siglip2_naflex", tmp_path / "s")), device="cpu")
+    tokens = siglip.tokenize(["A Photo Of A Red Square."])
+    assert set(tokens) == {"input_ids"} and tokens["input_ids"].shape == (1, siglip.text.max_length)
+    assert torch.equal(tokens["input_ids"], siglip.tokenize(["a photo of a red square."])["input_ids"])  # lower-cased
+    clip = create_encoder(str(cf.build_tiny_clip(tmp_path / "c")), device="cpu")
+    assert set(clip.tokenize(["a photo."])) == {"input_ids", "attention_mask"}
