@@ -436,7 +436,8 @@ def _as_recorded(encoder, recorded: Mapping[str, Any]):
     from hgadapter.extract.families import EncoderError, TextRecipe
     from hgadapter.extract.images import ImageProcessing
 
-    family = recorded.get("family", "clip")  # classifiers written before families are CLIP's
+    # classifiers written before families are CLIP's, through transformers or open_clip
+    family = recorded.get("family") or ("open_clip" if recorded.get("backend") == "open_clip" else "clip")
     if family != encoder.family:
         raise ClassifierError(
             f"this classifier's features come from a {family!r} encoder, but {encoder.id!r} is a {encoder.family!r} one"
