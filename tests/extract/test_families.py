@@ -181,6 +181,11 @@ def test_processing_record_round_trips_and_reads_pre_family_caches():
 
     old = Preprocess(resize=32, crop=(32, 32), mean=(0.5,) * 3, std=(0.25,) * 3)(image)
     np.testing.assert_allclose(legacy(image)["pixel_values"], old, atol=1e-5)
+    # a hub checkpoint's config as OpenAI's CLIP ships it (int sizes, a feature-extractor name)
+    hub = ImageProcessing(processor_class="CLIPImageProcessorPil", settings={
+        "crop_size": 224, "do_center_crop": True, "feature_extractor_type": "CLIPFeatureExtractor", "resample": 3,
+        "size": 224})
+    assert hub.view_size == (224, 224) and hub.settings["size"] == {"shortest_edge": 224}
     with pytest.raises(EncoderError, match="unknown image processor"):
         ImageProcessing(processor_class="os.system", settings={})
 
