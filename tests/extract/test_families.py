@@ -39,11 +39,24 @@ def images(tmp_path_factory):
     return root
 
 
+@pytest.fixture(scope="module")
+def checkpoint(tmp_path_factory):
+    """``checkpoint(kind)``: the tiny checkpoint of a family, built once per module."""
+    built: dict[str, object] = {}
+
+    def get(kind: str):
+        if kind not in built:
+            built[kind] = ff.build(kind, tmp_path_factory.mktemp(kind) / "model")
+        return built[kind]
+
+    return get
+
+
 @pytest.fixture(scope="module", params=ff.FAMILIES)
-def extracted(request, tmp_path_factory, images):
+def extracted(request, tmp_path_factory, images, checkpoint):
     """(kind, checkpoint dir, cache) of one family: `hgadapter extract` on its tiny checkpoint."""
     root = tmp_path_factory.mktemp(request.param)
-    model = ff.build(request.param, root / "model")
+    model = checkpoint(request.param)
     assert main([
         "extract", "--dataset", "imagefolder", "--data-dir", str(images), "--model", str(model), "--out",
         str(root / "cache"), "--shots", "1", "--seeds", "1", "--views", "2", "--device", "cpu", "--quiet",
@@ -97,9 +110,9 @@ def test_cached_features_equal_the_family_own_classes(extracted, images):
 
 
 @pytest.mark.parametrize("kind", ["siglip", "siglip2_naflex"])
-def test_siglip_text_depends_on_max_length_padding(kind, tmp_path):
+def test_siglip_text_depends_on_max_length_padding(kind, checkpoint):
     """Why the family pads to the maximum length: dynamic padding gives other features."""
-    enc = create_encoder(str(ff.build(kind, tmp_path / kind)), device="cpu")
+    enc = create_encoder(str(checkpoint(kind)), device="cpu")
     texts = ["a photo of a red square.", "itap of a green circle."]
     tokens = enc.tokenizer([t.lower() for t in texts], padding=True, return_tensors="pt")
     with torch.no_grad():
@@ -107,14 +120,14 @@ def test_siglip_text_depends_on_max_length_padding(kind, tmp_path):
     assert not torch.allclose(enc.encode_texts(texts), dynamic, atol=1e-3)
 
 
-def test_naflex_keeps_the_aspect_ratio_and_siglip_squashes_without_crop(tmp_path):
-    naflex = create_encoder(str(ff.build("siglip2_naflex", tmp_path / "n")), device="cpu")
+def test_naflex_keeps_the_aspect_ratio_and_siglip_squashes_without_crop(checkpoint):
+    naflex = create_encoder(str(checkpoint("siglip2_naflex")), device="cpu")
     wide = cf.make_image(np.random.default_rng(0), 0, (64, 16))  # 4:1
     inputs = naflex.preprocess(wide)
     rows, cols = inputs["spatial_shapes"].tolist()
     assert cols > rows and rows * cols <= 16 and int(inputs["pixel_attention_mask"].sum()) == rows * cols
     assert naflex.preprocess.view_size is None and naflex.preprocess.naflex
-    siglip = create_encoder(str(ff.build("siglip", tmp_path / "s")), device="cpu")
+    siglip = create_encoder(str(checkpoint("siglip")), device="cpu")
     assert siglip.preprocess.view_size == (32, 32) and "crop_size" not in siglip.preprocess.settings
     # A square resize keeps the whole image: a left half that differs from the right survives it.
     arr = np.zeros((16, 64, 3), np.uint8)
@@ -196,10 +209,10 @@ def test_registry_names_and_errors():
         get_family("align")
 
 
-def test_tokenize_follows_the_family_recipe(tmp_path):
-    siglip = create_encoder(str(ff.build("siglip2_naflex", tmp_path / "s")), device="cpu")
+def test_tokenize_follows_the_family_recipe(checkpoint):
+    siglip = create_encoder(str(checkpoint("siglip2_naflex")), device="cpu")
     tokens = siglip.tokenize(["A Photo Of A Red Square."])
     assert set(tokens) == {"input_ids"} and tokens["input_ids"].shape == (1, siglip.text.max_length)
     assert torch.equal(tokens["input_ids"], siglip.tokenize(["a photo of a red square."])["input_ids"])  # lower-cased
-    clip = create_encoder(str(cf.build_tiny_clip(tmp_path / "c")), device="cpu")
+    clip = create_encoder(str(checkpoint("clip")), device="cpu")
     assert set(clip.tokenize(["a photo."])) == {"input_ids", "attention_mask"}
