@@ -20,10 +20,10 @@ import numpy as np
 import torch
 from PIL import Image
 
-from hgadapter.extract.augment import Preprocess
 from hgadapter.extract.datasets import build_dataset
 from hgadapter.extract.encode import encode_samples
 from hgadapter.extract.encoders import Encoder
+from hgadapter.extract.images import ImageProcessing
 
 
 def build_vit_b16(device: torch.device) -> Encoder:
@@ -39,7 +39,7 @@ def build_vit_b16(device: torch.device) -> Encoder:
         projection_dim=512,
     )
     model = CLIPModel(config).eval().requires_grad_(False).to(device)
-    pre = Preprocess(resize=224, crop=(224, 224), mean=(0.481, 0.458, 0.408), std=(0.269, 0.261, 0.276))
+    pre = ImageProcessing.from_dict({"resize": 224, "crop": [224, 224], "mean": [0.481, 0.458, 0.408], "std": [0.269, 0.261, 0.276]})
     return Encoder(
         id="random-clip-vit-b16", revision="random", backend="hf", dim=512, logit_scale=100.0,
         preprocess=pre, context_length=77, device=device, precision="fp32", _model=model,

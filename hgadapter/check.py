@@ -70,8 +70,10 @@ PUBLISHED_ENV = "HGADAPTER_PUBLISHED_ZERO_SHOT"
 _NORM_TOL = 1e-3  # stored features are L2-normalised; load_cache already refuses 1e-2 off
 
 _GAP_HINT = (
-    "a gap this size almost always means one of: (1) preprocessing: CLIP's own transform (bicubic "
-    "resize of the short side, centre crop, CLIP's mean/std; meta.encoder.preprocess) on RGB images; "
+    "a gap this size almost always means one of: (1) preprocessing: the encoder family's own image "
+    "processor (CLIP: bicubic resize of the short side, centre crop; SigLIP: resize to the square; "
+    "meta.encoder.processor) and text recipe (SigLIP: padded to the maximum length; meta.encoder.text) "
+    "on RGB images; "
     "(2) class names or prompts: CoOp's cleaned class names in label order and the dataset's CoOp "
     "template (--pos-prompts coop; meta.prompts.pos); (3) checkpoint: OpenAI's weights for this "
     "backbone (meta.encoder.id and revision), not another pretraining; and that the test split is the "
@@ -147,6 +149,21 @@ class CheckReport:
 def published_path() -> Path:
     """``$HGADAPTER_PUBLISHED_ZERO_SHOT`` or ``<repo>/experiments/published_zero_shot.yaml``."""
     return resource_path("experiments/published_zero_shot.yaml", PUBLISHED_ENV)
+
+
+def published_backbone(model_id: str | None) -> str | None:
+    """The ``backbone`` the published values of an encoder are filed under.
+
+    Entries named by a paper's backbone (``RN50``, ``ViT-B/16``) report OpenAI's CLIP weights, so
+    only OpenAI's checkpoints (``openai/...`` hub ids, ``open_clip:<arch>/openai``) map to them;
+    any other hub or open_clip id (SigLIP, MetaCLIP 2, a LAION ViT-B/16, ...) is filed under its
+    own id, never compared with OpenAI's numbers. A local folder gives ``None``.
+    """
+    if not isinstance(model_id, str) or model_id.startswith((".", "/", "~")) or Path(model_id).is_absolute():
+        return None
+    if model_id.startswith("openai/") or (model_id.startswith("open_clip:") and model_id.endswith("/openai")):
+        return backbone_of_encoder(model_id)
+    return model_id if ("/" in model_id or model_id.startswith("open_clip:")) else None
 
 
 def load_published(path: str | Path | None = None) -> dict[tuple[str, str, str], tuple[float, str]]:
@@ -491,7 +508,7 @@ def check_cache(
     meta = cache.meta
     synthetic = bool(meta.get("synthetic"))
     dataset = _dataset_id(meta)
-    backbone = backbone_of_encoder(encoder_id(meta))
+    backbone = published_backbone(encoder_id(meta))
     pos = (meta.get("prompts") or {}).get("pos") if isinstance(meta.get("prompts"), dict) else None
     prompts = pos.get("name") if isinstance(pos, dict) else None
     if published is None:

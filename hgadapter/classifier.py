@@ -249,7 +249,6 @@ class Classifier(
         return self._encoder
 
     def _load_encoder(self, model: str | None, device: str | None):
-        from hgadapter.extract.augment import Preprocess
         from hgadapter.extract.encoders import create_encoder
 
         if self.synthetic:
@@ -275,9 +274,7 @@ class Classifier(
                 ClassifierWarning,
                 stacklevel=3,
             )
-        if "preprocess" in recorded:  # the cache's own preprocessing, not the checkpoint's guess at it
-            encoder = dataclasses.replace(encoder, preprocess=Preprocess.from_dict(recorded["preprocess"]))
-        return encoder
+        return _as_recorded(encoder, recorded)
 
     def encode(
         self,
@@ -424,6 +421,40 @@ class Classifier(
         return f"Classifier(method={self.config['run'].get('method')!r}, classes={len(self.classnames)}, dim={self.dim})"
 
 
+# -- the recorded encoder (issue 19: families) ---------------------------------------------------
+
+
+def _as_recorded(encoder, recorded: Mapping[str, Any]):
+    """``encoder`` set to encode images and text exactly as the cache recorded: its image
+    processor (``processor``; a pre-family CLIP cache's ``preprocess``) and text recipe, not the
+    checkpoint's current files.
+
+    Raises:
+        ClassifierError: the recorded family differs from the loaded model's, or a record that
+            cannot be read back.
+    """
+    from hgadapter.extract.families import EncoderError, TextRecipe
+    from hgadapter.extract.images import ImageProcessing
+
+    # classifiers written before families are CLIP's, through transformers or open_clip
+    family = recorded.get("family") or ("open_clip" if recorded.get("backend") == "open_clip" else "clip")
+    if family != encoder.family:
+        raise ClassifierError(
+            f"this classifier's features come from a {family!r} encoder, but {encoder.id!r} is a {encoder.family!r} one"
+        )
+    changes: dict[str, Any] = {}
+    try:
+        if isinstance(recorded.get("processor"), Mapping):
+            changes["preprocess"] = ImageProcessing.from_dict(recorded["processor"])
+        elif isinstance(recorded.get("preprocess"), Mapping):
+            changes["preprocess"] = ImageProcessing.from_dict(recorded["preprocess"])
+        if encoder.backend == "hf" and isinstance(recorded.get("text"), Mapping) and "max_length" in recorded["text"]:
+            changes["text"] = TextRecipe.from_dict(recorded["text"])
+    except (KeyError, TypeError, ValueError, EncoderError) as err:
+        raise ClassifierError(f"config.json: the recorded encoder settings cannot be read back: {err}") from None
+    return dataclasses.replace(encoder, **changes)
+
+
 def _check_config(config: Mapping[str, Any], *, where: str = "config") -> dict:
     config = dict(config)
     if config.get("format") != FORMAT:
@@ -555,7 +586,7 @@ def export_run(run_dir: str | Path, out_dir: str | Path) -> Classifier:
         "synthetic": bool(source.get("synthetic", record.get("synthetic", False))),
         "encoder": encoder if isinstance(encoder, dict) and isinstance(encoder.get("id"), str) else None,
         "prompts": source.get("prompts"),
-        "features": "L2-normalised CLIP image features of one centre crop per image (a feature cache's test features)",
+        "features": "L2-normalised image features of one evaluation view per image, made by the recorded encoder.processor (a feature cache's test features)",
         "hparams": record.get("hparams", {}),
         "run": {k: record[k] for k in _RUN_KEYS if k in record},
     }

@@ -189,3 +189,22 @@ def test_sweep_prints_the_check_first(extracted, tmp_path):
     block = [line for line in lines if "cache check" in line or line.startswith("  ! ")]
     assert block and block[0].startswith("cache check: ") and lines.index(block[0]) < next(i for i, l in enumerate(lines) if "zero_shot" in l)
     assert sweep_warnings([]) == [] and Need("x", ()).targets == {}
+
+
+@pytest.mark.parametrize(
+    "model_id, key",
+    [
+        ("openai/clip-vit-base-patch16", "ViT-B/16"),
+        ("open_clip:RN50/openai", "RN50"),
+        # other weights of the same architecture are never compared with OpenAI CLIP's numbers
+        ("open_clip:ViT-B-16/laion2b_s34b_b88k", "open_clip:ViT-B-16/laion2b_s34b_b88k"),
+        ("open_clip:hf-hub:timm/ViT-B-16-SigLIP", "open_clip:hf-hub:timm/ViT-B-16-SigLIP"),
+        ("google/siglip2-base-patch16-224", "google/siglip2-base-patch16-224"),
+        ("/models/my-clip", None),
+        (None, None),
+    ],
+)
+def test_published_values_are_filed_by_weights_not_only_architecture(model_id, key):
+    from hgadapter.check import published_backbone
+
+    assert published_backbone(model_id) == key

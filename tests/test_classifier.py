@@ -109,7 +109,8 @@ def test_save_pretrained_round_trip_and_the_folder_layout(exported, world, tmp_p
     assert sorted(p.name for p in folder.iterdir()) == ["README.md", CONFIG_NAME, WEIGHTS_NAME]
     config = json.loads((folder / CONFIG_NAME).read_text())
     assert config["format"] == FORMAT and config["classnames"] == world["cache"].classnames
-    assert config["encoder"]["id"] == str(world["model"]) and config["encoder"]["preprocess"]["crop"] == [32, 32]
+    assert config["encoder"]["id"] == str(world["model"]) and config["encoder"]["processor"]["settings"]["crop_size"] == {"height": 32, "width": 32}
+    assert config["encoder"]["family"] == "clip" and config["encoder"]["logit_bias"] is None
     assert config["head"] == json.loads((run / HEAD_SPEC_FILE).read_text())["spec"]
     assert config["run"]["test_acc"] == load_record(run)["test_acc"] and config["synthetic"] is False
     card = (folder / "README.md").read_text()

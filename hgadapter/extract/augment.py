@@ -1,7 +1,9 @@
 """Image transforms for feature extraction, in PIL and NumPy (no torchvision).
 
-The evaluation transform is CLIP's: resize the shorter side, centre-crop, scale to [0, 1] and
-normalise per channel. The training transform is the one Tip-Adapter and GraphAdapter use to
+The evaluation transform is the checkpoint's own image processor
+(:class:`hgadapter.extract.images.ImageProcessing`); :class:`Preprocess` is CLIP's (resize the
+shorter side, centre-crop, scale to [0, 1], normalise per channel), the record caches made
+before encoder families keep. The training transform is the one Tip-Adapter and GraphAdapter use to
 build their caches (paper Sec. 4.1 follows them): a random resized crop covering 50-100 % of
 the image area with aspect ratio in [3/4, 4/3], a horizontal flip with probability 1/2, then
 the same normalisation. Each augmented view draws from its own seeded generator, so a view
@@ -13,9 +15,13 @@ from __future__ import annotations
 
 import math
 from dataclasses import asdict, dataclass
+from typing import TYPE_CHECKING
 
 import numpy as np
 from PIL import Image
+
+if TYPE_CHECKING:
+    from hgadapter.extract.images import ImageProcessing
 
 # PIL's resampling filters by the integer codes Hugging Face processor configs store.
 _RESAMPLE = {
@@ -127,15 +133,25 @@ class Augment:
         left, top = (width - w) // 2, (height - h) // 2
         return left, top, left + w, top + h
 
-    def __call__(self, image: Image.Image, pre: Preprocess, rng: np.random.Generator) -> np.ndarray:
-        """One augmented view, resized to ``pre.crop`` and normalised: ``(3, H, W)`` float32."""
+    def view(
+        self, image: Image.Image, size: tuple[int, int] | None, resample: int, rng: np.random.Generator
+    ) -> Image.Image:
+        """One augmented RGB view: a random crop resized straight to ``size`` = (H, W) in one
+        resampling (the processor then leaves it as it is), or kept at its own size when ``size``
+        is None (NaFlex resizes it to its patch budget), then maybe flipped."""
         image = image.convert("RGB")
         box = self.crop_box(image.width, image.height, rng)
-        ch, cw = pre.crop
-        view = image.resize((cw, ch), _RESAMPLE[pre.resample], box=box)
+        if size is None:
+            view = image.crop(box)
+        else:
+            view = image.resize((size[1], size[0]), _RESAMPLE[resample], box=box)
         if rng.random() < self.flip_p:
             view = view.transpose(Image.Transpose.FLIP_LEFT_RIGHT)
-        return pre.normalise(view)
+        return view
+
+    def __call__(self, image: Image.Image, pre: Preprocess, rng: np.random.Generator) -> np.ndarray:
+        """One augmented view, resized to ``pre.crop`` and normalised: ``(3, H, W)`` float32."""
+        return pre.normalise(self.view(image, pre.crop, pre.resample, rng))
 
 
 def view_rng(aug_seed: int, shots: int, seed: int, index: int) -> np.random.Generator:
@@ -145,16 +161,21 @@ def view_rng(aug_seed: int, shots: int, seed: int, index: int) -> np.random.Gene
 
 def make_views(
     image: Image.Image,
-    pre: Preprocess,
+    processing: "ImageProcessing",
     augment: Augment | None,
     views: int,
     rng: np.random.Generator | None,
-) -> np.ndarray:
-    """``views`` training views of one image, shape ``(V, 3, H, W)``.
+) -> dict[str, np.ndarray]:
+    """``views`` training views of one image as model inputs, each stacked over the views:
+    ``pixel_values`` ``(V, 3, H, W)`` (NaFlex: ``(V, N, p*p*3)`` and its mask and shapes).
 
-    Without augmentation every view is the evaluation crop (then ``views`` should be 1).
+    The augmented views are made first, then the checkpoint's own processor turns each into
+    model inputs. Without augmentation every view is the evaluation input (then ``views``
+    should be 1).
     """
     if augment is None or rng is None:
-        one = pre(image)
-        return np.broadcast_to(one, (views, *one.shape)).copy()  # (V, 3, H, W)
-    return np.stack([augment(image, pre, rng) for _ in range(views)])  # (V, 3, H, W)
+        one = processing(image)
+        return {k: np.broadcast_to(v, (views, *v.shape)).copy() for k, v in one.items()}  # (V, ...)
+    size, resample = processing.view_size, processing.resample
+    each = [processing(augment.view(image, size, resample, rng)) for _ in range(views)]
+    return {k: np.stack([e[k] for e in each]) for k in each[0]}  # (V, ...)

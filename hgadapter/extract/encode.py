@@ -20,6 +20,7 @@ from hgadapter.data.cache import FewShotSet
 from hgadapter.extract import augment as aug
 from hgadapter.extract.datasets import DatasetSplits, Sample, replacement_candidates, sample_per_class
 from hgadapter.extract.encoders import Encoder
+from hgadapter.extract.images import ImageProcessing
 from hgadapter.extract.options import ExtractError, ExtractOptions
 
 
@@ -40,12 +41,13 @@ class BadImage:
 def _load_views(
     splits: DatasetSplits,
     sample: Sample,
-    pre: aug.Preprocess,
+    pre: ImageProcessing,
     augment: aug.Augment | None,
     views: int,
     rng: np.random.Generator | None,
-) -> np.ndarray | str:
-    """``(V, 3, H, W)`` views of one sample, or the error message when it cannot be read."""
+) -> dict[str, np.ndarray] | str:
+    """The model inputs of ``V`` views of one sample (``pixel_values`` ``(V, 3, H, W)``, ...), or
+    the error message when it cannot be read."""
     try:
         image = splits.load_image(sample)
         return aug.make_views(image, pre, augment, views, rng)
@@ -109,7 +111,7 @@ def encode_samples(
     bad: list[BadImage] = []
     per_batch = max(1, batch_size // views)
 
-    def load(i: int) -> np.ndarray | str:
+    def load(i: int) -> dict[str, np.ndarray] | str:
         rng = rng_for(positions[i]) if (rng_for is not None and augment is not None) else None
         return _load_views(splits, samples[i], encoder.preprocess, augment, views, rng)
 
@@ -120,8 +122,10 @@ def encode_samples(
             if isinstance(arr, str):
                 bad.append(BadImage(split, positions[i], samples[i].key, arr))
         if good:
-            pixels = torch.from_numpy(np.concatenate([arr for _, arr in good]))  # (B*V, 3, H, W)
-            feats = encoder.encode_images(pixels).view(len(good), views, -1)  # (B, V, d)
+            inputs = {  # pixel_values (B*V, 3, H, W) (NaFlex: (B*V, N, p*p*3), with its mask and shapes)
+                key: torch.from_numpy(np.concatenate([arr[key] for _, arr in good])) for key in good[0][1]
+            }
+            feats = encoder.encode_images(inputs).view(len(good), views, -1)  # (B, V, d)
             out[torch.tensor([i for i, _ in good])] = feats
         bar.update(len(pos))
     bar.close()

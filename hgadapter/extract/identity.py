@@ -1,6 +1,6 @@
 """The identity of a feature cache: every input that determines its features (STYLE "Caches").
 
-Encoder id and revision, preprocessing, precision, dataset spec and split hashes, prompt hashes,
+Encoder id, revision and family, image processor and text recipe, precision, dataset spec and split hashes, prompt hashes,
 validation sampling and source (``--val-source``) and augmentation are stored in the sidecar's ``meta["identity"]``; resuming
 an extraction or merging shards requires equal identities.
 """
@@ -18,7 +18,9 @@ from hgadapter.extract.options import ExtractOptions
 from hgadapter.extract.prompts import PromptSet
 
 # Bump when a change here alters the features written for the same inputs.
-EXTRACT_VERSION = 1
+# 2: encoder families; images go through the checkpoint's own image processor, recorded with
+#    the family and text recipe (caches of version 1 load and train as before, but are not extended).
+EXTRACT_VERSION = 2
 
 
 
@@ -34,7 +36,9 @@ def build_identity(
     enc = encoder.meta()
     identity = {
         "extract_version": EXTRACT_VERSION,
-        "encoder": {k: enc[k] for k in ("id", "revision", "backend", "dim", "preprocess", "context_length", "precision")},
+        "encoder": {
+            k: enc[k] for k in ("id", "revision", "backend", "family", "dim", "processor", "text", "context_length", "precision")
+        },
         "dataset": {k: v for k, v in splits.meta.items() if k == "spec" or k.endswith(("_hash", "_size")) or k == "num_classes"},
         "classnames_hash": canonical_hash(splits.classnames),
         "prompts": {"pos": pos.content_hash, "neg": neg.content_hash},

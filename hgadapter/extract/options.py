@@ -54,7 +54,7 @@ class ExtractOptions:
         default=("train", "validation", "test"), metadata=_cli("data", "hf: split names", metavar=("TRAIN", "VAL", "TEST"))
     )
     # model
-    model: str = field(default=DEFAULT_ENCODER, metadata=_cli("model", "hub id, local directory, or open_clip:<arch>/<tag>"))
+    model: str = field(default=DEFAULT_ENCODER, metadata=_cli("model", "hub id or local folder of a CLIP, MetaCLIP 2, SigLIP or SigLIP 2 checkpoint, or open_clip:<arch>/<pretrained> / open_clip:hf-hub:<repo>"))
     revision: str | None = field(default=None, metadata=_cli("model", "hub branch, tag or commit"))
     device: str | None = field(default=None, metadata=_cli("model", "cpu, cuda, cuda:1 (default: cuda when available)"))
     precision: str = field(

@@ -164,17 +164,23 @@ def test_seeded_split_small_classes():
 
 
 def test_augmentation_is_seeded_and_in_range():
-    pre = aug.Preprocess(resize=32, crop=(32, 32), mean=(0.5, 0.5, 0.5), std=(0.25, 0.25, 0.25))
+    from hgadapter.extract.images import ImageProcessing
+
+    pre = ImageProcessing.from_dict({"resize": 32, "crop": [32, 32], "mean": [0.5] * 3, "std": [0.25] * 3})
     image = cf.make_image(np.random.default_rng(0), 1, (60, 40))
-    a = aug.make_views(image, pre, aug.Augment(), 4, aug.view_rng(0, 16, 1, 7))
-    b = aug.make_views(image, pre, aug.Augment(), 4, aug.view_rng(0, 16, 1, 7))
-    c = aug.make_views(image, pre, aug.Augment(), 4, aug.view_rng(0, 16, 2, 7))
+    a = aug.make_views(image, pre, aug.Augment(), 4, aug.view_rng(0, 16, 1, 7))["pixel_values"]
+    b = aug.make_views(image, pre, aug.Augment(), 4, aug.view_rng(0, 16, 1, 7))["pixel_values"]
+    c = aug.make_views(image, pre, aug.Augment(), 4, aug.view_rng(0, 16, 2, 7))["pixel_values"]
     assert a.shape == (4, 3, 32, 32) and a.dtype == np.float32
     np.testing.assert_array_equal(a, b)
     assert not np.array_equal(a, c)
     assert not np.array_equal(a[0], a[1])  # views differ from each other
-    plain = aug.make_views(image, pre, None, 1, None)
-    np.testing.assert_array_equal(plain[0], pre(image))
+    # The view is resized straight to the processor's size, which then only normalises it: the
+    # same numbers as CLIP's own normalisation of that view.
+    legacy = aug.Preprocess(resize=32, crop=(32, 32), mean=(0.5, 0.5, 0.5), std=(0.25, 0.25, 0.25))
+    np.testing.assert_allclose(a[0], aug.Augment()(image, legacy, aug.view_rng(0, 16, 1, 7)), atol=1e-5)
+    plain = aug.make_views(image, pre, None, 1, None)["pixel_values"]
+    np.testing.assert_array_equal(plain[0], pre(image)["pixel_values"])
     rng = np.random.default_rng(0)
     for _ in range(200):
         left, top, right, bottom = aug.Augment().crop_box(60, 40, rng)

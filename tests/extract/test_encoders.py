@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import importlib.util
 
 import numpy as np
 import pytest
@@ -28,7 +27,7 @@ def test_loads_frozen_in_eval_mode_fp32_on_cpu(encoder, tiny_clip_dir):
     assert all(not p.requires_grad for p in model.parameters())
     assert encoder.precision == "fp32"
     assert encoder.dim == 24 and encoder.context_length == 24
-    assert encoder.revision == hash_directory(tiny_clip_dir)
+    assert encoder.revision == hash_directory(tiny_clip_dir) and encoder.id == str(tiny_clip_dir.resolve())
     assert encoder.logit_scale == pytest.approx(float(model.logit_scale.exp()))
 
 
@@ -39,14 +38,14 @@ def test_preprocess_matches_the_hf_pil_processor(encoder, tiny_clip_dir):
     rng = np.random.default_rng(3)
     for size in [(50, 40), (33, 61), (32, 32), (20, 28)]:
         image = cf.make_image(rng, 0, size)
-        ours = encoder.preprocess(image)
+        ours = encoder.preprocess(image)["pixel_values"]
         ref = processor(images=[image], return_tensors="np")["pixel_values"][0]
         np.testing.assert_allclose(ours, ref, atol=1e-5)
 
 
 def test_image_features_normalised_and_batch_independent(encoder):
     rng = np.random.default_rng(0)
-    pixels = torch.from_numpy(np.stack([encoder.preprocess(cf.make_image(rng, i % 3)) for i in range(5)]))
+    pixels = torch.from_numpy(np.stack([encoder.preprocess(cf.make_image(rng, i % 3))["pixel_values"] for i in range(5)]))
     batched = encoder.encode_images(pixels)
     single = torch.cat([encoder.encode_images(pixels[i : i + 1]) for i in range(5)])
     assert batched.shape == (5, 24) and batched.dtype == torch.float32
@@ -80,12 +79,20 @@ def test_bad_precision_lists_choices():
         create_encoder("whatever", precision="fp8", device="cpu")
 
 
-@pytest.mark.skipif(importlib.util.find_spec("open_clip") is not None, reason="open_clip is installed")
-def test_open_clip_backend_is_optional():
-    with pytest.raises(EncoderError, match=r"pip install 'hgadapter\[open_clip\]'"):
-        create_encoder("open_clip:RN50/openai", device="cpu")
-
-
 def test_list_encoders_names_both_backends():
     ids = list_encoders()
     assert "openai/clip-vit-base-patch16" in ids and "open_clip:RN50/openai" in ids
+
+
+def test_public_model_tokenizer_family_and_text_norms(encoder):
+    assert encoder.model is encoder._model and encoder.tokenizer is encoder._tokenizer
+    assert encoder.family == "clip"
+    texts = ["a photo of a red square.", "itap of a green circle."]
+    feats, norms = encoder.encode_texts(texts, return_norms=True)
+    tok = encoder.tokenizer(texts, padding=True, return_tensors="pt")
+    with torch.no_grad():
+        raw = encoder.model.get_text_features(**tok).pooler_output
+    torch.testing.assert_close(norms, raw.norm(dim=-1), atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(feats, encoder.encode_texts(texts))
+    empty, empty_norms = encoder.encode_texts([], return_norms=True)
+    assert empty.shape == (0, 24) and empty_norms.shape == (0,)

@@ -76,7 +76,7 @@ def test_batched_equals_one_image_at_a_time(model_dir, folder):
     enc = create_encoder(str(model_dir), device="cpu")
     ds = build_dataset("imagefolder", folder)
     batched, _ = encode_samples(enc, ds, ds.test, split="test", batch_size=4, workers=2, progress=False)
-    single = torch.cat([enc.encode_images(torch.from_numpy(enc.preprocess(ds.load_image(s)))[None]) for s in ds.test])
+    single = torch.cat([enc.encode_images(torch.from_numpy(enc.preprocess(ds.load_image(s))["pixel_values"])[None]) for s in ds.test])
     torch.testing.assert_close(batched[:, 0], single, atol=1e-5, rtol=0)
 
 
