@@ -46,6 +46,7 @@ from hgadapter.data.io import load_cache, load_sidecar
 from hgadapter.errors import UserError
 from hgadapter.protocol import accuracy
 from hgadapter.records import backbone_of_encoder, encoder_id
+from hgadapter.runspec import RunSpec, expand_experiment
 
 __all__ = [
     "SCHEMA",
@@ -400,7 +401,6 @@ def needs_of(files: Sequence[str | os.PathLike], *, features_root: str | os.Path
     """What each experiment file needs of a cache. With ``explicit=False`` (discovered files), only
     files whose sweep names ``dataset`` and ``backbone`` count, and unreadable ones are skipped."""
     from hgadapter.config import ConfigError, load_experiment
-    from hgadapter.sweep import expand_experiment
 
     needs = []
     for file in files:
@@ -568,14 +568,14 @@ def format_check(report: CheckReport) -> str:
     return "\n".join(lines) + "\n"
 
 
-def sweep_warnings(specs: Sequence[Any]) -> list[str]:
+def sweep_warnings(specs: Sequence[RunSpec]) -> list[str]:
     """The check's warnings for every cache a sweep trains on, as short lines (``hgadapter sweep``).
 
-    ``specs`` are :class:`hgadapter.sweep.RunSpec`; each cache is checked against the training
+    ``specs`` are :class:`hgadapter.runspec.RunSpec`; each cache is checked against the training
     sets and targets the sweep's runs on it need. A cache that cannot be loaded is left to the
     sweep's own error.
     """
-    by_cache: dict[str, list[Any]] = {}
+    by_cache: dict[str, list[RunSpec]] = {}
     for spec in specs:
         by_cache.setdefault(spec.features, []).append(spec)
     published = None

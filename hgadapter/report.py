@@ -47,6 +47,8 @@ from hgadapter._cli import output_path
 from hgadapter._io import atomic_write_json, atomic_write_text
 from hgadapter.paper_results import AVERAGE, LEARN_KEY, TABLE_NAMES, PaperResults, ReportError, load_paper_results, paper_results_path
 from hgadapter.records import is_number, load_records, mean_std, seed_values
+from hgadapter.report_tex import format_latex
+from hgadapter.tables import FULL_SEEDS, SYNTHETIC_NOTE, VAL_SELECTED, Cell, Report, Row, Table
 
 __all__ = [
     "CSV_COLUMNS",
@@ -65,79 +67,8 @@ __all__ = [
 CSV_COLUMNS: tuple[str, ...] = (
     "table", "backbone", "dataset", "method", "shots", "key", "value", "mean", "std", "n", "paper", "diff", "note",
 )
-SYNTHETIC_NOTE = "(synthetic task: says nothing about real CLIP)"
-FULL_SEEDS = 3  # fewer seeds than this and a cell shows its n
 REPORT_STEM = "report"  # write_report writes report.md, report.csv, report.json and report.tex
-VAL_SELECTED = " (val-selected)"  # the row of a grid's point chosen per dataset and shots on validation
 _RECORD_METRICS = ("test_acc", "val_acc", "train_seconds")  # per-seed numbers a record holds itself
-
-
-# --------------------------------------------------------------------------------------------
-# The report's data
-
-
-@dataclass
-class Cell:
-    """One table cell: our mean ± std over n seeds, the paper's value and ours minus the paper's.
-
-    ``std`` is ``None`` for one seed and for an ``average`` over columns (the columns' seeds need
-    not match; ``n`` then counts columns). ``note`` says when an average is incomplete (``avg of
-    3/11``), ``paper_note`` when the paper's value is its mean over the same columns (``on the same 3``).
-    """
-
-    mean: float
-    std: float | None
-    n: int
-    paper: float | None = None
-    diff: float | None = None
-    note: str = ""
-    paper_note: str = ""
-    average: bool = False
-
-
-@dataclass
-class Row:
-    """One table row: ``id`` (a method id, or a label), its display name and cells by column id."""
-
-    id: str
-    label: str
-    cells: dict[str, Cell] = field(default_factory=dict)
-
-
-@dataclass
-class Table:
-    """One table in the paper's layout.
-
-    Attributes:
-        kind: ``shots``, ``fewshot``, ``dg``, ``sensitivity``, ``backbones``, ``complexity`` or ``selection``.
-        title: the markdown heading (ends in :data:`SYNTHETIC_NOTE` for synthetic tasks).
-        paper_note: one line saying where the paper values come from (or why there are none).
-        setting: what the table holds fixed (``backbone``, ``shots``, ``dataset``, ``method``, ``key``).
-        columns: ``(column id, display name)`` in order.
-        rows: the rows in order.
-        synthetic: whether the table reports a synthetic task.
-        seeds: the seeds of the runs the table holds, sorted (the LaTeX caption names them).
-    """
-
-    kind: str
-    title: str
-    paper_note: str
-    setting: dict[str, Any]
-    columns: list[tuple[str, str]]
-    rows: list[Row]
-    synthetic: bool = False
-    seeds: list[Any] = field(default_factory=list)
-
-
-@dataclass
-class Report:
-    """Every table, one long row per cell (``CSV_COLUMNS``), and notes on the records."""
-
-    tables: list[Table]
-    rows: list[dict[str, Any]]
-    runs: int
-    warnings: list[str] = field(default_factory=list)
-    paper_file: str | None = None
 
 
 # --------------------------------------------------------------------------------------------
@@ -779,8 +710,6 @@ def write_report(runs_dir: str | Path, out_dir: str | Path | None = None, *, pap
         "warnings": report.warnings,
     }
     atomic_write_json(out / f"{REPORT_STEM}.json", payload)
-    from hgadapter.report_tex import format_latex  # it renders this module's tables
-
     atomic_write_text(out / f"{REPORT_STEM}.tex", format_latex(report))
     return out
 

@@ -1,7 +1,7 @@
 """The report's tables as LaTeX (booktabs), laid out as the paper's, for pasting into a paper.
 
 :func:`format_latex` renders the tables :func:`hgadapter.report.build_report` computed, the same
-:class:`~hgadapter.report.Table` data ``report.md`` is written from, so the two never disagree:
+:class:`~hgadapter.tables.Table` data ``report.md`` is written from, so the two never disagree:
 
 - one ``table`` environment per table, ``\\toprule`` / ``\\midrule`` / ``\\bottomrule`` rules
   (booktabs), methods as rows in the paper's order;
@@ -26,7 +26,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
 
-from hgadapter.report import FULL_SEEDS, SYNTHETIC_NOTE, VAL_SELECTED, Cell, Report, Table
+from hgadapter.tables import FULL_SEEDS, SYNTHETIC_NOTE, VAL_SELECTED, Cell, Report, Table
 
 __all__ = ["latex_escape", "rank_marks", "format_latex_table", "format_latex"]
 

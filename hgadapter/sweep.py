@@ -2,7 +2,7 @@
 
 ``hgadapter sweep FILE [FILE ...]`` expands every experiment file's ``sweep`` section
 (:class:`~hgadapter.config.SweepConfig`: methods x shots x seeds x grid points) into runs
-(:class:`RunSpec`), skips the runs already finished and runs the rest, one after another, in
+(:class:`~hgadapter.runspec.RunSpec`, :func:`~hgadapter.runspec.expand_experiment`), skips the runs already finished and runs the rest, one after another, in
 parallel worker processes on this machine (``--jobs N``), or on a Ray cluster
 (``--backend ray``; ``pip install 'hgadapter[ray]'``).
 
@@ -28,7 +28,6 @@ import dataclasses
 import json
 import multiprocessing
 import os
-import string
 import sys
 import time
 from collections.abc import Callable, Iterable, Sequence
@@ -38,8 +37,9 @@ from typing import Any
 
 from hgadapter._cli import output_path
 from hgadapter._io import json_digest
-from hgadapter.config import ConfigError, ExperimentConfig, backbone_slug, load_experiment
+from hgadapter.config import ConfigError
 from hgadapter.records import METRICS_FILE, backbone_of_encoder, encoder_id
+from hgadapter.runspec import FEATURES_ENV, RunSpec, expand_experiment, memory_fingerprint, method_digest, run_hash, run_path
 from hgadapter.tracking import TrackingConfig, add_tracking_arguments, tracking_from_args
 
 __all__ = [
@@ -60,33 +60,7 @@ __all__ = [
     "run_sweep_command",
 ]
 
-FEATURES_ENV = "HGADAPTER_FEATURES"  # default root of the feature caches an experiment names
-HASH_VERSION = 1  # bump when what a run's hash covers changes
 BACKENDS = ("local", "ray")
-
-
-@dataclass(frozen=True)
-class RunSpec:
-    """One run of a sweep: everything a worker process needs, as plain data."""
-
-    experiment: str  # the sweep's name
-    method: str  # registry name (hegraphadapter, hegraphadapter:t, tip_adapter, ...)
-    dataset: str  # dataset id recorded with the run
-    backbone: str | None  # CLIP backbone recorded with the run
-    shots: int  # K, images per class
-    seed: int  # few-shot sampling seed, also the training seed
-    features: str  # feature cache folder
-    targets: dict[str, str]  # domain-generalisation dataset -> feature cache folder
-    config_file: str | None  # experiment file a HeGraphAdapter method resolves its RunConfig from
-    overrides: tuple[str, ...]  # key=value strings applied to the method's config
-    params: dict[str, Any]  # the grid point (dotted config key -> value); {} without a grid
-    out_dir: str  # the run directory
-    config_digest: str  # hash of the method's resolved config (the cache part is added by plan_runs)
-    config_hash: str = ""  # hash of everything that determines the result; set by plan_runs
-
-    def label(self) -> str:
-        point = " ".join(f"{k}={v}" for k, v in self.params.items())
-        return f"{self.experiment} {self.method} {self.shots}-shot seed {self.seed}" + (f" [{point}]" if point else "")
 
 
 @dataclass
@@ -97,138 +71,6 @@ class SweepResult:
     skipped: list[RunSpec] = field(default_factory=list)
     failed: list[tuple[RunSpec, str]] = field(default_factory=list)
     interrupted: bool = False
-
-
-# --------------------------------------------------------------------------------------------
-# Expansion
-
-
-def _fill(template: str, *, dataset: str, backbone: str | None, where: str) -> str:
-    fields = {"dataset": dataset, "backbone": backbone_slug(backbone)}
-    try:
-        names = [name for _, name, _, _ in string.Formatter().parse(template) if name is not None]
-    except ValueError as exc:
-        raise ConfigError(f"{where}: {template!r} is not a valid path template ({exc})") from None
-    unknown = [n for n in names if n not in fields]
-    if unknown:
-        raise ConfigError(f"{where}: unknown placeholder {{{unknown[0]}}} in {template!r}; use {{dataset}} or {{backbone}}")
-    return template.format(**fields)
-
-
-def _resolve_path(path: str, features_root: Path) -> str:
-    p = Path(os.path.expanduser(path))
-    return str(p if p.is_absolute() else features_root / p)
-
-
-def _grid_points(grid: Sequence[dict[str, tuple[Any, ...]]]) -> list[dict[str, Any]]:
-    """A union of products: each mapping contributes every combination of its axes."""
-    if not grid:
-        return [{}]
-    points: list[dict[str, Any]] = []
-    for axes in grid:
-        combos: list[dict[str, Any]] = [{}]
-        for key, values in axes.items():
-            combos = [{**c, key: v} for c in combos for v in values]
-        points.extend(c for c in combos if c not in points)
-    return points
-
-
-def _override(key: str, value: Any) -> str:
-    return f"{key}={json.dumps(value)}"  # JSON is valid YAML: the config parser reads it back exactly
-
-
-def _slug(method: str) -> str:
-    return method.replace(":", "-")
-
-
-def _point_slug(point: dict[str, Any]) -> str:
-    return ",".join(f"{k}={v}" for k, v in point.items()).replace("/", "-")
-
-
-def run_path(root: str | os.PathLike, method: str, shots: int, seed: int, params: dict[str, Any] | None = None) -> Path:
-    """The directory of one run below ``root``: ``<method>/[<grid point>/]<shots>shot-seed<seed>``.
-
-    ``:`` in a method name becomes ``-`` (``hegraphadapter:t`` -> ``hegraphadapter-t``).
-    """
-    parts = [_slug(method)] + ([_point_slug(params)] if params else []) + [f"{shots}shot-seed{seed}"]
-    return Path(root, *parts)
-
-
-def method_digest(method: Any) -> str:
-    """Hash of a resolved method's name and config (:class:`hgadapter.methods.Method`)."""
-    return json_digest({"method": method.name, "config": method.config_dict()})
-
-
-def expand_experiment(
-    experiment: ExperimentConfig | str | os.PathLike,
-    *,
-    out_root: str | os.PathLike = "runs",
-    features_root: str | os.PathLike | None = None,
-) -> list[RunSpec]:
-    """The runs an experiment file describes, with every method config resolved and checked.
-
-    Nothing is read but YAML: caches need not exist yet (:func:`plan_runs` reads their sidecars).
-
-    Args:
-        experiment: an :class:`~hgadapter.config.ExperimentConfig` or the path of its file.
-        out_root: the folder run directories go under.
-        features_root: where relative feature cache folders start; default ``$HGADAPTER_FEATURES``
-            or ``features``.
-
-    Raises:
-        ConfigError: an unknown method, a grid given for a method without a dotted config, or any
-            invalid config value (the message names the file and key).
-    """
-    from hgadapter.methods import create_method, method_class
-
-    if not isinstance(experiment, ExperimentConfig):
-        experiment = load_experiment(experiment)
-    sweep = experiment.sweep
-    where = f"{experiment.path}: sweep"
-    root = Path(features_root if features_root is not None else os.environ.get(FEATURES_ENV, "features"))
-    features = _resolve_path(_fill(sweep.features, dataset=sweep.dataset, backbone=sweep.backbone, where=f"{where}.features"), root)
-    targets = {
-        name: _resolve_path(_fill(path, dataset=name, backbone=sweep.backbone, where=f"{where}.targets.{name}"), root)
-        for name, path in sweep.targets.items()
-    }
-    points = _grid_points(sweep.grid)
-    specs: dict[str, RunSpec] = {}
-    for method_name in sweep.methods:
-        # A method whose config is a run config (train/eval/graph sections) reads it from the
-        # experiment file itself; every other method reads its shipped method config.
-        config_file = experiment.path if method_class(method_name).reads_experiment_file else None
-        extra = sweep.method_overrides.get(method_name, ())
-        for point in points:
-            overrides = (*extra, *(_override(k, v) for k, v in point.items()))  # grid keys are keys of each method's config
-            try:
-                method = create_method(method_name, config_file=config_file, overrides=overrides)
-            except ConfigError as exc:
-                if not point:
-                    raise
-                raise ConfigError(f"{where}.grid {dict(point)}: method {method_name!r}: {exc} (grid keys apply to every method of the file; sweep other methods in their own file)") from None
-            digest = method_digest(method)
-            for shots in sweep.shots:
-                for seed in sweep.seeds:
-                    out_dir = str(run_path(Path(out_root, sweep.name), method.name, shots, seed, point))
-                    specs.setdefault(
-                        out_dir,
-                        RunSpec(
-                            experiment=sweep.name,
-                            method=method.name,
-                            dataset=sweep.dataset,
-                            backbone=sweep.backbone,
-                            shots=shots,
-                            seed=seed,
-                            features=features,
-                            targets=dict(targets),
-                            config_file=None if config_file is None else str(config_file),
-                            overrides=tuple(overrides),
-                            params=dict(point),
-                            out_dir=out_dir,
-                            config_digest=digest,
-                        ),
-                    )
-    return list(specs.values())
 
 
 # --------------------------------------------------------------------------------------------
@@ -277,38 +119,6 @@ def plan_runs(specs: Iterable[RunSpec]) -> tuple[list[RunSpec], list[RunSpec]]:
     # Consecutive runs on the same training set reuse the loaded cache in a worker.
     pending.sort(key=lambda s: (s.features, s.shots, s.seed))
     return pending, done
-
-
-def run_hash(spec: RunSpec, cache_fp: str, target_fps: dict[str, str]) -> str:
-    """The hash of everything that determines ``spec``'s result, given its caches' fingerprints."""
-    return json_digest(
-        {
-            "version": HASH_VERSION,
-            "config": spec.config_digest,
-            "shots": spec.shots,
-            "seed": spec.seed,
-            "dataset": spec.dataset,
-            "backbone": spec.backbone,
-            "params": spec.params,
-            "cache": cache_fp,
-            "targets": target_fps,
-        }
-    )
-
-
-def memory_fingerprint(cache: Any, train_key: tuple[int, int]) -> str:
-    """Fingerprint of a :class:`~hgadapter.data.cache.FeatureCache` held in memory, for one training set.
-
-    What a sidecar records for a cache on disk, as far as a cache in memory knows it: class
-    names, dimension, logit scale, the extraction's ``meta`` and the shape of the training set.
-    """
-    train = cache.train_set(*train_key)
-    return json_digest(
-        {
-            "memory": {"classnames": list(cache.classnames), "dim": cache.dim, "logit_scale": cache.logit_scale, "meta": cache.meta},
-            "train": {"shots": train_key[0], "seed": train_key[1], "shape": list(train.features.shape)},
-        }
-    )
 
 
 def is_finished(run_dir: str | os.PathLike, config_hash: str) -> bool:
