@@ -28,8 +28,10 @@ def add_export_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def run_export(args: argparse.Namespace) -> int:
+    from hgadapter._io import check_output_dir
     from hgadapter.classifier import export_run
 
+    check_output_dir(args.out)  # before any work
     clf = export_run(args.run, args.out)
     run = clf.config["run"]
     tag = " (synthetic features: it classifies features only)" if clf.synthetic else ""
@@ -91,9 +93,12 @@ def write_predictions(path: str | Path, predictions: Any, *, top_k: int = 1, cla
 def run_predict(args: argparse.Namespace) -> int:
     from hgadapter.classifier import Classifier, ClassifierError, ClassifierWarning, image_paths
 
+    from hgadapter._io import check_output_file
+
     out = Path(args.out)
     if out.suffix.lower() not in _FORMATS:
         raise ClassifierError(f"--out {args.out}: expected a .csv or .json file name")
+    check_output_file(out)  # before any work; its folder must exist
     paths = image_paths(args.inputs)
     clf = Classifier.from_pretrained(args.classifier, model=args.model, device=args.device)
     with warnings.catch_warnings(record=True) as caught:

@@ -60,6 +60,7 @@ __all__ = [
     "mean_std",
     "seed_values",
     "is_number",
+    "format_accuracy",
     "backbone_of_encoder",
     "encoder_id",
 ]
@@ -173,6 +174,12 @@ def load_history(run_dir: str | Path) -> list[dict[str, Any]]:
 def is_number(value: Any) -> bool:
     """A finite int or float, not a bool (JSON's numbers as records hold them)."""
     return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+
+
+def format_accuracy(value: Any, width: int = 0) -> str:
+    """An accuracy of a record (percent) with two decimals, right-aligned in ``width``; ``n/a`` for
+    ``null`` (an empty split: the record's ``notes`` say which)."""
+    return f"{value:{width}.2f}" if is_number(value) else f"{'n/a':>{width}}"
 
 
 def mean_std(values: Iterable[float]) -> tuple[float, float, int]:

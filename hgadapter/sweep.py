@@ -25,7 +25,6 @@ from __future__ import annotations
 import argparse
 import concurrent.futures
 import dataclasses
-import json
 import multiprocessing
 import os
 import sys
@@ -38,13 +37,16 @@ from typing import Any
 from hgadapter._cli import output_path
 from hgadapter._io import json_digest
 from hgadapter.config import ConfigError
-from hgadapter.records import METRICS_FILE, backbone_of_encoder, encoder_id
+from hgadapter._io import check_output_dir, strict_json_loads
+from hgadapter._lock import FolderBusy, folder_lock
+from hgadapter.records import METRICS_FILE, backbone_of_encoder, encoder_id, format_accuracy
 from hgadapter.runspec import FEATURES_ENV, RunSpec, expand_experiment, memory_fingerprint, method_digest, run_hash, run_path
 from hgadapter.tracking import TrackingConfig, add_tracking_arguments, tracking_from_args
 
 __all__ = [
     "RunSpec",
     "SweepResult",
+    "RunLeft",
     "FEATURES_ENV",
     "expand_experiment",
     "run_path",
@@ -65,12 +67,33 @@ BACKENDS = ("local", "ray")
 
 @dataclass
 class SweepResult:
-    """What a sweep did: finished records, runs skipped as already done, and failures."""
+    """What a sweep did: finished records, runs skipped as already done (by an earlier sweep or,
+    meanwhile, by another process), runs left to another process that is running them, and failures."""
 
     finished: list[dict] = field(default_factory=list)
     skipped: list[RunSpec] = field(default_factory=list)
     failed: list[tuple[RunSpec, str]] = field(default_factory=list)
     interrupted: bool = False
+    left: list[tuple[RunSpec, str]] = field(default_factory=list)
+
+
+class RunLeft(Exception):
+    """:func:`execute_run` did not run its spec: another process holds the run folder (``finished``
+    is ``False``) or finished that run after this sweep planned it (``True``)."""
+
+    def __init__(self, message: str, finished: bool) -> None:
+        super().__init__(message, finished)
+
+    @property
+    def message(self) -> str:
+        return str(self.args[0])
+
+    @property
+    def finished(self) -> bool:
+        return bool(self.args[1])
+
+    def __str__(self) -> str:
+        return self.message
 
 
 # --------------------------------------------------------------------------------------------
@@ -127,8 +150,8 @@ def is_finished(run_dir: str | os.PathLike, config_hash: str) -> bool:
     if not path.is_file():
         return False
     try:
-        record = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, json.JSONDecodeError):
+        record = strict_json_loads(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, ValueError):  # unreadable, not JSON, or numbers too long to read
         return False
     return isinstance(record, dict) and record.get("config_hash") == config_hash
 
@@ -181,22 +204,36 @@ def execute_run(spec: RunSpec, *, cache: Any = None, device: str | None = None, 
     compare``); by default it is loaded from ``spec.features``. ``tracking``
     (:class:`hgadapter.tracking.TrackingConfig`) watches the run under the name
     ``<experiment>/`` + :func:`run_path`'s parts; it is not part of the run's hash.
+
+    The run folder is locked for the whole run (:func:`hgadapter._lock.folder_lock`): two sweeps
+    into one ``--out`` share the work instead of repeating it, and their files never mix. A run
+    of another config in the folder is replaced (a sweep re-runs what its config change touched).
+
+    Raises:
+        RunLeft: another process holds the run folder, or finished this run (same hash) since
+            the sweep planned it; nothing was run or written.
     """
     from hgadapter.methods import create_method
     from hgadapter.runner import run_method
 
-    method = create_method(spec.method, config_file=spec.config_file, overrides=spec.overrides)
-    if cache is None:
-        cache = _training_cache(spec.features, spec.shots, spec.seed)
-    targets = {name: _target_cache(path) for name, path in spec.targets.items()}
-    extra = {"experiment": spec.experiment, "dataset": spec.dataset, "params": spec.params, "config_hash": spec.config_hash}
-    if spec.backbone is not None:  # else the runner names it from the cache's encoder id, if it can
-        extra["backbone"] = spec.backbone
-    track_name = run_path(spec.experiment, spec.method, spec.shots, spec.seed, spec.params).as_posix()
-    return run_method(
-        method, cache, shots=spec.shots, seed=spec.seed, out_dir=spec.out_dir, targets=targets, extra=extra, device=device, progress=progress,
-        tracking=tracking, track_name=track_name,
-    )
+    try:
+        with folder_lock(spec.out_dir):
+            if spec.config_hash and is_finished(spec.out_dir, spec.config_hash):
+                raise RunLeft(f"{spec.out_dir}: finished by another process meanwhile", True)
+            method = create_method(spec.method, config_file=spec.config_file, overrides=spec.overrides)
+            if cache is None:
+                cache = _training_cache(spec.features, spec.shots, spec.seed)
+            targets = {name: _target_cache(path) for name, path in spec.targets.items()}
+            extra = {"experiment": spec.experiment, "dataset": spec.dataset, "params": spec.params, "config_hash": spec.config_hash}
+            if spec.backbone is not None:  # else the runner names it from the cache's encoder id, if it can
+                extra["backbone"] = spec.backbone
+            track_name = run_path(spec.experiment, spec.method, spec.shots, spec.seed, spec.params).as_posix()
+            return run_method(
+                method, cache, shots=spec.shots, seed=spec.seed, out_dir=spec.out_dir, targets=targets, extra=extra, device=device,
+                progress=progress, tracking=tracking, track_name=track_name, overwrite=True,
+            )
+    except FolderBusy as busy:
+        raise RunLeft(f"{busy}; left to it", False) from None
 
 
 def _die_with_parent(parent: int) -> None:
@@ -286,6 +323,7 @@ def run_sweep(
         (Ctrl-C) stops after the runs in flight, keeping every finished run.
     """
     log = log or (lambda line: None)
+    check_output_dir(out_root)  # before any planning or run: every run folder goes below it
     if backend not in BACKENDS:
         raise ConfigError(f"unknown backend {backend!r}; choose one of {list(BACKENDS)}")
     if isinstance(jobs, bool) or not isinstance(jobs, int) or jobs < 1:
@@ -314,16 +352,23 @@ def run_sweep(
         else:
             bar.write(line)  # above the progress bar, not through it
 
-    def finish(spec: RunSpec, record: dict | None, error: str | None) -> None:
+    def finish(spec: RunSpec, record: dict | None, error: str | BaseException | None) -> None:
         bar.update(1)
+        if isinstance(error, RunLeft):  # another process ran it or runs it: say so, count it apart
+            if error.finished:
+                result.skipped.append(spec)
+            else:
+                result.left.append((spec, error.message))
+            emit(f"  {spec.label()}: {error.message}")
+            return
         if error is not None:
-            result.failed.append((spec, error))
+            result.failed.append((spec, str(error)))
             emit(f"  FAILED {spec.label()}: {error}")
             return
         result.finished.append(record)
-        line = f"  {spec.label()}: val {record['val_acc']:6.2f}  test {record['test_acc']:6.2f}"
+        line = f"  {spec.label()}: val {format_accuracy(record['val_acc'], 6)}  test {format_accuracy(record['test_acc'], 6)}"
         if record.get("targets"):
-            line += "  " + " ".join(f"{k} {v:.2f}" for k, v in record["targets"].items())
+            line += "  " + " ".join(f"{k} {format_accuracy(v)}" for k, v in record["targets"].items())
         emit(line)
 
     try:
@@ -335,6 +380,8 @@ def run_sweep(
                     record = execute_run(spec, device=device, progress=progress, tracking=tracking)
                 except (KeyboardInterrupt, SystemExit):
                     raise
+                except RunLeft as left:
+                    finish(spec, None, left)
                 except Exception as exc:  # noqa: BLE001 - one failing run must not stop the sweep
                     finish(spec, None, _describe(exc))
                 else:
@@ -397,6 +444,8 @@ def _run_local_pool(pending: list[RunSpec], finish: Callable, *, jobs: int, devi
                 spec = futures[future]
                 try:
                     finish(spec, future.result(), None)
+                except RunLeft as left:
+                    finish(spec, None, left)
                 except concurrent.futures.process.BrokenProcessPool as exc:
                     finish(spec, None, f"worker process died ({exc})")
                 except Exception as exc:  # noqa: BLE001
@@ -435,7 +484,7 @@ def _run_ray(pending: list[RunSpec], finish: Callable, *, jobs: int, address: st
                     finish(spec, ray.get(ref), None)
                 except Exception as exc:  # noqa: BLE001 - Ray wraps the task's exception
                     cause = getattr(exc, "cause", None) or exc
-                    finish(spec, None, _describe(cause))
+                    finish(spec, None, cause if isinstance(cause, RunLeft) else _describe(cause))
     finally:
         if started:
             ray.shutdown()
@@ -488,7 +537,8 @@ def run_sweep_command(args: argparse.Namespace) -> int:
         progress=not args.quiet,
         tracking=tracking,
     )
-    print(f"sweep: {len(result.finished)} runs finished, {len(result.skipped)} already done, {len(result.failed)} failed -> {args.out}")
+    left = f", {len(result.left)} left to another process running them" if result.left else ""
+    print(f"sweep: {len(result.finished)} runs finished, {len(result.skipped)} already done{left}, {len(result.failed)} failed -> {args.out}")
     for spec, error in result.failed:
         print(f"  failed: {spec.out_dir}: {error}", file=sys.stderr)
     if result.interrupted:
