@@ -696,7 +696,7 @@ def format_markdown(report: Report, *, title: str = "Results report") -> str:
     if report.paper_file:
         lines.append(f"Paper values from `{report.paper_file}`.")
     for table in report.tables:
-        lines += ["", f"## {table.title}", "", table.paper_note, ""]
+        lines += ["", f"## {_escape(table.title)}", "", _escape(table.paper_note), ""]
         head = ["Method", *(label for _, label in table.columns)]
         lines.append("| " + " | ".join(_escape(h) for h in head) + " |")
         lines.append("|" + "|".join(["---"] + ["---:"] * len(table.columns)) + "|")

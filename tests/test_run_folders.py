@@ -220,7 +220,10 @@ def _held_folders(root: Path) -> list[Path]:
     return held
 
 
-def test_two_sweeps_into_one_out_share_the_runs_and_never_mix(tmp_path, cache_dir):
+def test_two_sweeps_into_one_out_share_the_runs_and_never_mix(tmp_path, cache_dir, capsys):
+    """A sweep in a second process holds one run folder (it waits inside the run until told to go);
+    a sweep in this process, into the same --out meanwhile, leaves that run to it and runs the
+    rest; the first then finds those finished. Every run is executed once, by one process."""
     exp = tmp_path / "exp.yaml"
     exp.write_text(f"sweep: {{name: s, dataset: synthetic, features: {cache_dir}, methods: [tip_adapter], shots: [1], seeds: [1, 2, 3]}}\n")
     out, go = tmp_path / "runs", tmp_path / "go"
@@ -233,10 +236,10 @@ def test_two_sweeps_into_one_out_share_the_runs_and_never_mix(tmp_path, cache_di
         while not _held_folders(out) and time.time() < deadline and first.poll() is None:
             time.sleep(0.1)
         (held,) = _held_folders(out)  # the first sweep sits inside its first run, holding the folder
-        second = subprocess.run([sys.executable, "-m", "hgadapter", *argv], env=env, text=True, capture_output=True, timeout=300)
-        assert second.returncode == 0, second.stdout + second.stderr
-        assert f"{held}: process {first.pid} is writing this folder; left to it" in second.stdout
-        assert "2 runs finished, 0 already done, 1 left to another process" in second.stdout
+        assert main(argv) == 0  # the second sweep, in this process
+        second = capsys.readouterr().out
+        assert f"{held}: process {first.pid} is writing this folder; left to it" in second
+        assert "2 runs finished, 0 already done, 1 left to another process" in second
     finally:
         go.touch()
         first_out, _ = first.communicate(timeout=300)
