@@ -61,7 +61,7 @@ def add_predict_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--batch-size", type=_positive, default=64, metavar="N", help="images per forward pass")
     p.add_argument("--workers", type=int, default=4, metavar="N", help="image-loading threads (0: load in the main thread)")
     p.add_argument("--top-k", type=_positive, default=1, metavar="K", help="also write the K most probable classes")
-    p.add_argument("--out", type=output_path, required=True, metavar="FILE", help="FILE.csv or FILE.json to write")
+    p.add_argument("--out", type=output_path, required=True, metavar="FILE", help="FILE.csv or FILE.json to write (its folder must exist)")
     p.add_argument("--strict", action="store_true", help="an unreadable image is an error (default: a warning, and it is skipped)")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
 

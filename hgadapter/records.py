@@ -19,7 +19,9 @@ Keys a record may have: ``dataset`` (``imagenet``, ``caltech101``, ...; ``synthe
 ``backbone`` (``RN50``, ``ViT-B/16``, ...), ``variant``, ``experiment`` (the sweep's name),
 ``params`` (dotted config key -> value of a sweep grid point, e.g. a fusion weight),
 ``targets`` (domain-generalisation dataset -> test accuracy of the same fitted model),
-``synthetic``, ``config_hash``, ``epochs``, ``hparams``, ``trainable_params`` (methods trained by
+``synthetic``, ``config_hash`` (the run hash a sweep resumes by), ``config_id`` (the same without
+the seed: the run's configuration, which the report groups by; :func:`hgadapter.runspec.config_id`),
+``epochs``, ``hparams``, ``trainable_params`` (methods trained by
 gradient descent: the number of trained parameter values), and the same timings for every method:
 ``train_seconds`` (the training loop, per-epoch validation included), ``select_seconds``
 (choosing hyper-parameters after training), ``fit_seconds`` (the whole fit), ``threads`` and

@@ -8,7 +8,9 @@ trained weights). Every method runs the same path: :meth:`hgadapter.methods.Meth
 selection data, then the test split; what only one method records travels in its ``Fitted``
 (``record`` keys, ``tensors``), so nothing here asks which method it runs. Every file is written
 atomically and ``metrics.json`` last, so a run directory with a ``metrics.json`` is a finished
-run. The test split is read once, after training and selection (:mod:`hgadapter.protocol`); a
+run. Before anything is fitted the folder is claimed (:mod:`hgadapter.rundir`): checked for
+writing, locked against other processes for the whole run, refused when it holds a finished run
+of another configuration (without ``overwrite``), and cleared of an older run's files. The test split is read once, after training and selection (:mod:`hgadapter.protocol`); a
 domain-generalisation target's test split is read once too, by the same fitted model. Trackers
 (:mod:`hgadapter.tracking`, off by default) watch a run from here: its resolved config, each
 training epoch (through the method's ``FitContext``) and its record, without changing either.
