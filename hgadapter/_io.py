@@ -36,6 +36,11 @@ def _current_umask() -> int:
 _UMASK = _current_umask()
 
 
+def file_mode() -> int:
+    """The permissions every file hgadapter writes gets: ``0o666 & ~umask``, as ``open()`` gives."""
+    return 0o666 & ~_UMASK
+
+
 TEMP_GLOB = ".*.tmp"  # the temp files atomic_write leaves when killed between create and rename
 
 
@@ -146,7 +151,7 @@ def atomic_write(path: str | Path, write: Callable[[str], None], *, sync_dir: bo
         write(tmp)
         with open(tmp, "rb+") as handle:
             os.fsync(handle.fileno())  # the data is on disk before the rename makes it visible
-        os.chmod(tmp, 0o666 & ~_UMASK)  # mkstemp and safetensors make 0600; results are for sharing
+        os.chmod(tmp, file_mode())  # mkstemp and safetensors make 0600; results are for sharing
         os.replace(tmp, path)
     except BaseException:
         if os.path.exists(tmp):

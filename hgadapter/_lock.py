@@ -20,6 +20,8 @@ import os
 from collections.abc import Iterator
 from pathlib import Path
 
+from hgadapter._io import file_mode
+
 try:
     import fcntl
 except ImportError:  # pragma: no cover - Windows: no advisory locks, one process per folder is up to the user
@@ -76,6 +78,8 @@ def folder_lock(folder: str | os.PathLike) -> Iterator[Path]:
         return
     fd = os.open(path / LOCK_NAME, os.O_RDWR | os.O_CREAT, 0o666)
     try:
+        with contextlib.suppress(OSError):  # another user's lock file keeps its mode
+            os.fchmod(fd, file_mode())
         if fcntl is not None:
             try:
                 fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
