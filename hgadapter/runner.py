@@ -10,7 +10,8 @@ selection data, then the test split; what only one method records travels in its
 atomically and ``metrics.json`` last, so a run directory with a ``metrics.json`` is a finished
 run. Before anything is fitted the folder is claimed (:mod:`hgadapter.rundir`): checked for
 writing, locked against other processes for the whole run, refused when it holds a finished run
-of another configuration (without ``overwrite``), and cleared of an older run's files. The test split is read once, after training and selection (:mod:`hgadapter.protocol`); a
+of another configuration (without ``overwrite``), and cleared of an older run's files. The test
+split is read once, after training and selection (:mod:`hgadapter.protocol`); a
 domain-generalisation target's test split is read once too, by the same fitted model. Trackers
 (:mod:`hgadapter.tracking`, off by default) watch a run from here: its resolved config, each
 training epoch (through the method's ``FitContext``) and its record, without changing either.
@@ -140,33 +141,23 @@ def run_method(
         OutputError: ``out_dir`` cannot be created or written (before any fitting).
     """
     extra = dict(extra or {})
-    extra["config_id"] = _config_id(method, cache, shots=shots, targets=targets, extra=extra)
-    run = dict(
-        method=method.name,
-        shots=shots,
-        seed=seed,
-        dataset=extra.get("dataset", dataset_name(cache.meta)),
-        backbone=extra.get("backbone", backbone_of_encoder(encoder_id(cache.meta))),
-        params=extra.get("params") or {},
-        config_id=extra["config_id"],
-    )
-    if out_dir is None:
-        return _tracked(method, cache, shots, seed, None, targets, extra, device, progress, tracking, track_name)
-    with claim_run_folder(out_dir, run, overwrite=overwrite):
-        return _tracked(method, cache, shots, seed, out_dir, targets, extra, device, progress, tracking, track_name)
-
-
-def _config_id(method: Method, cache: FeatureCache, *, shots: int, targets: Mapping[str, FeatureCache] | None, extra: Mapping[str, Any]) -> str:
-    """The run's configuration identity: :func:`hgadapter.runspec.config_id` of what it is run on."""
-    return config_id(
+    dataset = extra.get("dataset", dataset_name(cache.meta))
+    backbone = extra.get("backbone", backbone_of_encoder(encoder_id(cache.meta)))
+    params = extra.get("params") or {}
+    extra["config_id"] = config_id(  # what the run is, but its seed
         config_digest=method_digest(method),
         shots=shots,
-        dataset=extra.get("dataset", dataset_name(cache.meta)),
-        backbone=extra.get("backbone", backbone_of_encoder(encoder_id(cache.meta))),
-        params=extra.get("params") or {},
+        dataset=dataset,
+        backbone=backbone,
+        params=params,
         cache_fp=memory_fingerprint(cache),
         target_fps={name: memory_fingerprint(target) for name, target in sorted((targets or {}).items())},
     )
+    if out_dir is None:
+        return _tracked(method, cache, shots, seed, None, targets, extra, device, progress, tracking, track_name)
+    run = {"method": method.name, "shots": shots, "seed": seed, "dataset": dataset, "backbone": backbone, "params": params, "config_id": extra["config_id"]}
+    with claim_run_folder(out_dir, run, overwrite=overwrite):
+        return _tracked(method, cache, shots, seed, out_dir, targets, extra, device, progress, tracking, track_name)
 
 
 def _tracked(

@@ -2,9 +2,11 @@
 
 ``hgadapter sweep FILE [FILE ...]`` expands every experiment file's ``sweep`` section
 (:class:`~hgadapter.config.SweepConfig`: methods x shots x seeds x grid points) into runs
-(:class:`~hgadapter.runspec.RunSpec`, :func:`~hgadapter.runspec.expand_experiment`), skips the runs already finished and runs the rest, one after another, in
-parallel worker processes on this machine (``--jobs N``), or on a Ray cluster
-(``--backend ray``; ``pip install 'hgadapter[ray]'``).
+(:class:`~hgadapter.runspec.RunSpec`, :func:`~hgadapter.runspec.expand_experiment`), skips the
+runs already finished and runs the rest, one after another, in parallel worker processes on this
+machine (``--jobs N``), or on a Ray cluster (``--backend ray``; ``pip install 'hgadapter[ray]'``).
+Each run holds its folder's lock while it runs, so two sweeps into one ``--out`` share the runs
+(:func:`execute_run`).
 
 A run is identified by a hash of everything that determines its result: the method and its fully
 resolved config, shots, seed, dataset, backbone, grid point and a fingerprint of every feature
@@ -35,9 +37,8 @@ from pathlib import Path
 from typing import Any
 
 from hgadapter._cli import output_path
-from hgadapter._io import json_digest
+from hgadapter._io import check_output_dir, json_digest, strict_json_loads
 from hgadapter.config import ConfigError
-from hgadapter._io import check_output_dir, strict_json_loads
 from hgadapter._lock import FolderBusy, folder_lock
 from hgadapter.records import METRICS_FILE, backbone_of_encoder, encoder_id, format_accuracy
 from hgadapter.runspec import FEATURES_ENV, RunSpec, expand_experiment, memory_fingerprint, method_digest, run_hash, run_path
