@@ -21,6 +21,8 @@ import tempfile
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable
 
+from hgadapter.errors import UserError
+
 if TYPE_CHECKING:
     import torch
 
@@ -32,6 +34,11 @@ def _current_umask() -> int:
 
 
 _UMASK = _current_umask()
+
+
+def file_mode() -> int:
+    """The permissions every file hgadapter writes gets: ``0o666 & ~umask``, as ``open()`` gives."""
+    return 0o666 & ~_UMASK
 
 
 TEMP_GLOB = ".*.tmp"  # the temp files atomic_write leaves when killed between create and rename
@@ -51,6 +58,72 @@ def remove_stale_temp_files(directory: str | Path) -> list[Path]:
                 tmp.unlink(missing_ok=True)
                 removed.append(tmp)
     return removed
+
+
+class OutputError(UserError):
+    """An output folder (``--out``) that cannot be created or written."""
+
+
+def check_output_dir(path: str | Path, *, parents: bool = True, what: str = "--out") -> Path:
+    """Check, before any work, that the folder ``path`` can be created (if missing) and written.
+
+    The one output check of every command that takes ``--out``: it probes with a temporary file
+    (or folder) that it removes again, so it leaves nothing behind and creates nothing, and it
+    answers as root would be answered too (``os.access`` does not). Missing folders are created
+    later by the writer itself.
+
+    Args:
+        path: the output folder.
+        parents: whether missing parent folders may be created (where the command documents it);
+            ``False`` requires the parent to exist.
+        what: how the message names the folder (``--out``, ``--track-dir``).
+
+    Returns:
+        ``path`` as a :class:`~pathlib.Path`.
+
+    Raises:
+        OutputError: one line naming the folder and why it cannot be written.
+    """
+    path = Path(path)
+    if not str(path).strip():
+        raise OutputError(f"{what}: expected a folder path, got an empty string")
+    name = f"{what} {path}"
+    if path.exists() and not path.is_dir():
+        raise OutputError(f"{name}: exists and is not a folder")
+    existing = path
+    while not existing.exists():
+        if existing.parent == existing:
+            break
+        existing = existing.parent
+    if not existing.is_dir():
+        raise OutputError(f"{name}: {existing} is not a folder, so nothing can be created below it")
+    if existing != path and not parents and existing != path.parent:
+        raise OutputError(f"{name}: its parent folder {path.parent} does not exist")
+    try:
+        if existing == path:  # can we write into it?
+            fd, probe = tempfile.mkstemp(prefix=".hgadapter-write-test-", dir=path)
+            os.close(fd)
+            os.unlink(probe)
+        else:  # can we create a folder where the first missing one goes?
+            os.rmdir(tempfile.mkdtemp(prefix=".hgadapter-write-test-", dir=existing))
+    except OSError as exc:
+        verb = "cannot write into this folder" if existing == path else f"cannot create it: {existing} is not writable"
+        raise OutputError(f"{name}: {verb} ({exc.strerror or exc})") from None
+    return path
+
+
+def check_output_file(path: str | Path, *, parents: bool = False, what: str = "--out") -> Path:
+    """:func:`check_output_dir` for an output *file* (``predict --out FILE.csv``, a figure): the
+    path is not a folder, and its folder exists (or, with ``parents``, can be created) and is writable."""
+    path = Path(path)
+    if not str(path).strip():
+        raise OutputError(f"{what}: expected a file path, got an empty string")
+    if path.is_dir():
+        raise OutputError(f"{what} {path}: is a folder; expected a file name")
+    if not parents and not path.parent.is_dir():
+        raise OutputError(f"{what} {path}: its folder {path.parent} does not exist")
+    check_output_dir(path.parent, parents=parents, what=f"{what} {path}: folder")
+    return path
 
 
 def atomic_write(path: str | Path, write: Callable[[str], None], *, sync_dir: bool = True) -> Path:
@@ -78,7 +151,7 @@ def atomic_write(path: str | Path, write: Callable[[str], None], *, sync_dir: bo
         write(tmp)
         with open(tmp, "rb+") as handle:
             os.fsync(handle.fileno())  # the data is on disk before the rename makes it visible
-        os.chmod(tmp, 0o666 & ~_UMASK)  # mkstemp and safetensors make 0600; results are for sharing
+        os.chmod(tmp, file_mode())  # mkstemp and safetensors make 0600; results are for sharing
         os.replace(tmp, path)
     except BaseException:
         if os.path.exists(tmp):
@@ -141,6 +214,12 @@ def strict_json_loads(text: str) -> Any:
         return json.loads(text, parse_constant=_reject_constant)
     except RecursionError:
         raise NotJSONError("nested too deeply to read (thousands of levels)") from None
+    except (json.JSONDecodeError, NotJSONError):
+        raise
+    except ValueError as exc:  # Python refuses integers of more than 4300 digits (sys.set_int_max_str_digits)
+        if "digits" not in str(exc):
+            raise
+        raise NotJSONError("holds an integer too long to read (thousands of digits)") from None
 
 
 def json_digest(data: Any) -> str:

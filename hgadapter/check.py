@@ -1,8 +1,8 @@
 """``hgadapter check CACHE``: what to look at in a feature cache before spending GPU hours on it.
 
 Nobody can run real CLIP where this project is built, so a user's first real cache is the first
-one anyone sees. The check reads the cache (text, validation and test features; training sets by
-their sidecar entries only) and reports, in docs/check.md's order:
+one anyone sees. The check reads the cache (every file its sidecar lists) and reports, in
+docs/check.md's order:
 
 - **zero-shot**: CLIP's zero-shot accuracy on validation and test (the positive prompt ensemble
   as the classifier, Radford et al. 2021 Sec. 3.1.4), beside the published value for the
@@ -19,6 +19,10 @@ their sidecar entries only) and reports, in docs/check.md's order:
 - **experiments**: what the experiment files that use this cache need and it lacks (shots,
   seeds, domain-generalisation target caches); by default the shipped files under
   ``experiments/`` whose dataset and backbone are the cache's.
+- **files**: every file the sidecar lists is read and checked as ``hgadapter run`` reads it
+  (checksums, tensors against the sidecar, finite unit-norm features, labels in range): text,
+  validation and test first (a damaged one is an error, exit 2), then each training set, one at a
+  time (a damaged one is a warning naming the set and what is wrong).
 
 Synthetic caches (``hgadapter synth``) say so; their splits are generated independently, so
 there is nothing to leak. ``--json`` prints the report as JSON (:data:`SCHEMA`); ``--strict``
@@ -42,10 +46,11 @@ import torch
 from hgadapter._io import read_yaml
 from hgadapter._resources import resource_path
 from hgadapter.data.cache import CacheError, FeatureCache, val_source
-from hgadapter.data.io import load_cache, load_sidecar
+from hgadapter.data.io import load_cache, load_sidecar, verify_train_sets
 from hgadapter.errors import UserError
 from hgadapter.protocol import accuracy
 from hgadapter.records import backbone_of_encoder, encoder_id
+from hgadapter.runspec import RunSpec, expand_experiment
 
 __all__ = [
     "SCHEMA",
@@ -118,6 +123,7 @@ class CheckReport:
     leaks: dict[str, Any]
     experiments: list[dict[str, Any]]
     findings: list[Finding]
+    files: dict[str, Any] = field(default_factory=dict)
 
     @property
     def warnings(self) -> list[str]:
@@ -136,6 +142,7 @@ class CheckReport:
             "features": self.features,
             "leaks": self.leaks,
             "experiments": self.experiments,
+            "files": self.files,
             "findings": [f.__dict__ for f in self.findings],
             "warnings": self.warnings,
             "ok": not self.warnings,
@@ -334,6 +341,19 @@ def _splits(cache: FeatureCache, sidecar: Mapping[str, Any], synthetic: bool) ->
     return out, findings
 
 
+def _files(path: Path, keys: Iterable[tuple[int, int]] | None) -> tuple[dict, list[Finding]]:
+    """Every training set read and checked as ``run`` would read it (text, validation and test
+    were read already): checksum, tensors against the sidecar, finite values, labels in range."""
+    verdicts = verify_train_sets(path, keys)
+    damaged = [{"train_set": [k, s], "error": error} for (k, s), error in verdicts.items() if error is not None]
+    findings = [
+        Finding("files", "warning", f"training set (shots={d['train_set'][0]}, seed={d['train_set'][1]}) cannot be used "
+                f"(`hgadapter run` refuses it): {d['error']}")
+        for d in damaged
+    ]
+    return {"checked": len(verdicts), "damaged": damaged}, findings
+
+
 def _leaks(meta: Mapping[str, Any], sidecar: Mapping[str, Any], synthetic: bool) -> tuple[dict, list[Finding]]:
     """Images used in two roles, by the source positions and shared files the sidecar records."""
     if synthetic:
@@ -348,10 +368,16 @@ def _leaks(meta: Mapping[str, Any], sidecar: Mapping[str, Any], synthetic: bool)
             source = None
     train_sets = {(e["shots"], e["seed"]): e.get("indices") for e in sidecar["train_sets"]}
     test_size = dataset.get("test_size")
-    if source is None or any(v is None for v in train_sets.values()) or not isinstance(test_size, int):
+    # the test list holds the test images kept plus those left out as unreadable; a larger count is
+    # not a source position (and a huge one must not become a set of that many positions)
+    bad_images = meta.get("bad_images") if isinstance(meta.get("bad_images"), list) else []
+    listed = int(sidecar["files"]["test.safetensors"]["labels"]["shape"][0]) + len(bad_images)
+    if not isinstance(test_size, int) or isinstance(test_size, bool) or not 0 <= test_size <= listed:
+        test_size = None
+    if source is None or any(v is None for v in train_sets.values()) or test_size is None:
         why = "the sidecar records no source position of every image (meta.val.source, training-set indices, meta.dataset.test_size)"
         return {"checked": False, "reason": why, "found": []}, [Finding("leaks", "info", f"not checked: {why}")]
-    bad_test = {b.get("index") for b in meta.get("bad_images") or [] if isinstance(b, dict) and b.get("split") == "test"}
+    bad_test = {b.get("index") for b in bad_images if isinstance(b, dict) and b.get("split") == "test"}
     # source list -> role -> positions in that list the role uses
     used: dict[str, dict[str, set[int]]] = {
         "train": {f"training set (shots={k}, seed={s})": set(ix) for (k, s), ix in sorted(train_sets.items())},
@@ -417,7 +443,6 @@ def needs_of(files: Sequence[str | os.PathLike], *, features_root: str | os.Path
     """What each experiment file needs of a cache. With ``explicit=False`` (discovered files), only
     files whose sweep names ``dataset`` and ``backbone`` count, and unreadable ones are skipped."""
     from hgadapter.config import ConfigError, load_experiment
-    from hgadapter.sweep import expand_experiment
 
     needs = []
     for file in files:
@@ -487,6 +512,7 @@ def check_cache(
     experiments: Sequence[str | os.PathLike] | None = None,
     features_root: str | os.PathLike | None = None,
     published: Mapping[tuple[str, str, str], tuple[float, str]] | None = None,
+    train_keys: Iterable[tuple[int, int]] | None = None,
 ) -> CheckReport:
     """Check the cache at ``path`` (module docstring).
 
@@ -497,6 +523,7 @@ def check_cache(
             names this cache's dataset and backbone.
         features_root: where the experiments' cache folders are (default: the cache's parent).
         published: :func:`load_published`'s answer (default: read the shipped file).
+        train_keys: the training sets whose files to read and check; ``None``: every one listed.
 
     Raises:
         CacheError: the cache cannot be loaded.
@@ -530,7 +557,9 @@ def check_cache(
     findings += f
     experiments_out, f = _experiments(cache, sidecar, needs)
     findings += f
-    return CheckReport(str(path), synthetic, dataset, backbone, prompts, splits, zero_shot, features, leaks, experiments_out, findings)
+    files, f = _files(path, train_keys)
+    findings += f
+    return CheckReport(str(path), synthetic, dataset, backbone, prompts, splits, zero_shot, features, leaks, experiments_out, findings, files)
 
 
 def _round(x: float | None) -> float | None:
@@ -576,6 +605,10 @@ def format_check(report: CheckReport) -> str:
             e["mismatched_targets"] and "targets with another class list",
         ) if x]
         lines.append(f"  experiment {e['file']}: {'; '.join(gaps) if gaps else 'everything present'}")
+    if report.files:
+        damaged = len(report.files["damaged"])
+        lines.append(f"  files: {report.files['checked']} training sets read and checked (checksums, shapes, values), "
+                     + (f"{damaged} cannot be used" if damaged else "all usable"))
     infos = [x for x in report.findings if x.level == "info"]
     for x in infos:
         lines.append(f"  note ({x.section}): {x.message}")
@@ -585,14 +618,14 @@ def format_check(report: CheckReport) -> str:
     return "\n".join(lines) + "\n"
 
 
-def sweep_warnings(specs: Sequence[Any]) -> list[str]:
+def sweep_warnings(specs: Sequence[RunSpec]) -> list[str]:
     """The check's warnings for every cache a sweep trains on, as short lines (``hgadapter sweep``).
 
-    ``specs`` are :class:`hgadapter.sweep.RunSpec`; each cache is checked against the training
+    ``specs`` are :class:`hgadapter.runspec.RunSpec`; each cache is checked against the training
     sets and targets the sweep's runs on it need. A cache that cannot be loaded is left to the
     sweep's own error.
     """
-    by_cache: dict[str, list[Any]] = {}
+    by_cache: dict[str, list[RunSpec]] = {}
     for spec in specs:
         by_cache.setdefault(spec.features, []).append(spec)
     published = None
@@ -602,7 +635,7 @@ def sweep_warnings(specs: Sequence[Any]) -> list[str]:
         need = Need("this sweep", tuple(sorted({(s.shots, s.seed) for s in group})), targets)
         try:
             published = published if published is not None else load_published()
-            report = check_cache(path, needs=[need], published=published)
+            report = check_cache(path, needs=[need], published=published, train_keys=need.train_keys)
         except (CacheError, CheckError):
             continue
         lines += [f"{path}: {w}" for w in report.warnings]

@@ -59,6 +59,7 @@ def _synth_overrides(args: argparse.Namespace) -> dict:
 
 
 def _cmd_synth(args: argparse.Namespace) -> int:
+    from hgadapter._io import check_output_dir
     from hgadapter.data.io import save_cache
     from hgadapter.data.synthetic import SyntheticTaskConfig, build_synthetic_task, list_presets, preset_config
 
@@ -73,6 +74,7 @@ def _cmd_synth(args: argparse.Namespace) -> int:
     if args.preset not in (None, "all", *presets):
         raise ConfigError(f"--preset {args.preset!r}: unknown task; available: {presets + ['all']}")
     names = [None] if args.preset is None else presets if args.preset == "all" else [args.preset]
+    check_output_dir(args.out)
     jobs = []
     for name in names:
         try:
@@ -103,16 +105,20 @@ def _add_run(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--device", default=None, help="auto | cpu | cuda | cuda:N")
     p.add_argument("--config", default=None, help="experiment YAML (train/eval/engine/... sections)")
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE", help="override a config key, e.g. train.lr=0.01 (repeatable)")
-    p.add_argument("--out", type=output_path, required=True, help="run directory to write")
+    p.add_argument("--out", type=output_path, required=True, help="run directory to write (created with its parents; it holds one run)")
+    p.add_argument("--overwrite", action="store_true", help="replace a finished run of another config or seed in --out (refused without)")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     add_tracking_arguments(p)
     p.set_defaults(func=_cmd_run)
 
 
 def _cmd_run(args: argparse.Namespace) -> int:
+    from hgadapter._io import check_output_dir
     from hgadapter.data.io import load_cache
+    from hgadapter.records import format_accuracy
     from hgadapter.runner import run_experiment
 
+    check_output_dir(args.out)  # before any work
     overrides = list(args.overrides)
     if args.engine is not None:
         overrides.append(f"engine={args.engine}")
@@ -121,11 +127,13 @@ def _cmd_run(args: argparse.Namespace) -> int:
     cfg = load_config(args.variant, config_file=args.config, overrides=overrides)
     tracking = tracking_from_args(args, args.out)
     cache = load_cache(args.features, train_keys=[(args.shots, args.seed)])
-    metrics = run_experiment(cfg, cache, shots=args.shots, seed=args.seed, out_dir=args.out, progress=not args.quiet, tracking=tracking)
+    metrics = run_experiment(
+        cfg, cache, shots=args.shots, seed=args.seed, out_dir=args.out, progress=not args.quiet, tracking=tracking, overwrite=args.overwrite
+    )
     tag = " (synthetic task)" if metrics["synthetic"] else ""
     print(
         f"{metrics['variant']} shots={metrics['shots']} seed={metrics['seed']} engine={metrics['engine']}: "
-        f"val {metrics['val_acc']:.2f}%  test {metrics['test_acc']:.2f}%{tag} -> {args.out}"
+        f"val {format_accuracy(metrics['val_acc'])}%  test {format_accuracy(metrics['test_acc'])}%{tag} -> {args.out}"
     )
     return 0
 

@@ -30,12 +30,12 @@ from pathlib import Path
 from typing import Any
 
 from hgadapter._cli import output_path
-from hgadapter._io import atomic_write_text
+from hgadapter._io import atomic_write_text, check_output_dir
 from hgadapter.config import ConfigError
 from hgadapter.data.cache import FeatureCache, dataset_name
 from hgadapter.methods import Method, create_method, list_methods
-from hgadapter.records import load_record, load_records
-from hgadapter.sweep import RunSpec, execute_run, is_finished, memory_fingerprint, method_digest, run_hash, run_path
+from hgadapter.records import format_accuracy, load_record, load_records
+from hgadapter.sweep import RunLeft, RunSpec, execute_run, is_finished, memory_fingerprint, method_digest, run_hash, run_path
 from hgadapter.tracking import TrackingConfig, add_tracking_arguments, tracking_from_args
 
 __all__ = [
@@ -143,7 +143,8 @@ def compare(
 
     Returns:
         The records of the requested (method, shots, seed) grid, in that order, as their
-        ``metrics.json`` files hold them.
+        ``metrics.json`` files hold them; a run that another process is running into the same
+        folder is left to it (logged) and missing here.
 
     Raises:
         ConfigError: an unknown method, or a bad method config (before anything runs).
@@ -155,7 +156,7 @@ def compare(
     for k in shots:
         for s in seeds:
             cache.train_set(k, s)  # fail before the first run, not after an hour
-    out = Path(out_dir)
+    out = check_output_dir(out_dir)
     grid: list[dict] = []
     for requested, method in zip(methods, resolved):
         spec = RunSpec(
@@ -177,13 +178,21 @@ def compare(
             for s in seeds:
                 run = dataclasses.replace(spec, shots=k, seed=s, out_dir=str(run_path(out, method.name, k, s)))
                 run = dataclasses.replace(run, config_hash=run_hash(run, memory_fingerprint(cache, (k, s)), {}))
+                where = f"  {method.name:22s} shots {k:2d} seed {s}"
                 if is_finished(run.out_dir, run.config_hash):
                     record = load_record(run.out_dir)
-                    log(f"  {method.name:22s} shots {k:2d} seed {s}: done before (test {record['test_acc']:.2f}), skipped")
+                    log(f"{where}: done before (test {format_accuracy(record['test_acc'])}), skipped")
                 else:
-                    # the same fit -> select on validation -> test once path as `hgadapter run` and sweeps
-                    record = execute_run(run, cache=cache, device=device, progress=progress, tracking=tracking)
-                    log(f"  {method.name:22s} shots {k:2d} seed {s}: val {record['val_acc']:6.2f}  test {record['test_acc']:6.2f}  ({record['train_seconds']:.1f} s)")
+                    try:
+                        # the same fit -> select on validation -> test once path as `hgadapter run` and sweeps
+                        record = execute_run(run, cache=cache, device=device, progress=progress, tracking=tracking)
+                    except RunLeft as left:  # another process runs it (or just ran it) into the same folder
+                        log(f"{where}: {left.message}")
+                        if not left.finished:
+                            continue
+                        record = load_record(run.out_dir)
+                    else:
+                        log(f"{where}: val {format_accuracy(record['val_acc'], 6)}  test {format_accuracy(record['test_acc'], 6)}  ({record['train_seconds']:.1f} s)")
                 grid.append(record)
     write_outputs(out)
     return grid

@@ -16,6 +16,7 @@ import time
 from pathlib import Path
 
 from hgadapter._cli import output_path
+from hgadapter._io import check_output_dir
 from hgadapter.data.cache import CacheError
 
 __all__ = ["DEMO_VARIANTS", "DEMO_SEEDS", "DEMO_SHOTS", "demo_methods", "run_demo", "add_demo_arguments", "run_demo_command"]
@@ -55,7 +56,7 @@ def run_demo(out_dir: str | Path, *, engine: str | None = None, progress: bool =
     from hgadapter.config import field_names
     from hgadapter.methods import method_class
 
-    out = Path(out_dir)
+    out = check_output_dir(out_dir)
     start = time.perf_counter()
     cache = build_synthetic_task()
     try:  # identical to what is there already: nothing is rewritten

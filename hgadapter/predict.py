@@ -28,8 +28,10 @@ def add_export_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def run_export(args: argparse.Namespace) -> int:
+    from hgadapter._io import check_output_dir
     from hgadapter.classifier import export_run
 
+    check_output_dir(args.out)  # before any work
     clf = export_run(args.run, args.out)
     run = clf.config["run"]
     tag = " (synthetic features: it classifies features only)" if clf.synthetic else ""
@@ -59,7 +61,7 @@ def add_predict_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--batch-size", type=_positive, default=64, metavar="N", help="images per forward pass")
     p.add_argument("--workers", type=int, default=4, metavar="N", help="image-loading threads (0: load in the main thread)")
     p.add_argument("--top-k", type=_positive, default=1, metavar="K", help="also write the K most probable classes")
-    p.add_argument("--out", type=output_path, required=True, metavar="FILE", help="FILE.csv or FILE.json to write")
+    p.add_argument("--out", type=output_path, required=True, metavar="FILE", help="FILE.csv or FILE.json to write (its folder must exist)")
     p.add_argument("--strict", action="store_true", help="an unreadable image is an error (default: a warning, and it is skipped)")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
 
@@ -91,9 +93,12 @@ def write_predictions(path: str | Path, predictions: Any, *, top_k: int = 1, cla
 def run_predict(args: argparse.Namespace) -> int:
     from hgadapter.classifier import Classifier, ClassifierError, ClassifierWarning, image_paths
 
+    from hgadapter._io import check_output_file
+
     out = Path(args.out)
     if out.suffix.lower() not in _FORMATS:
         raise ClassifierError(f"--out {args.out}: expected a .csv or .json file name")
+    check_output_file(out)  # before any work; its folder must exist
     paths = image_paths(args.inputs)
     clf = Classifier.from_pretrained(args.classifier, model=args.model, device=args.device)
     with warnings.catch_warnings(record=True) as caught:

@@ -19,7 +19,9 @@ Keys a record may have: ``dataset`` (``imagenet``, ``caltech101``, ...; ``synthe
 ``backbone`` (``RN50``, ``ViT-B/16``, ...), ``variant``, ``experiment`` (the sweep's name),
 ``params`` (dotted config key -> value of a sweep grid point, e.g. a fusion weight),
 ``targets`` (domain-generalisation dataset -> test accuracy of the same fitted model),
-``synthetic``, ``config_hash``, ``epochs``, ``hparams``, ``trainable_params`` (methods trained by
+``synthetic``, ``config_hash`` (the run hash a sweep resumes by), ``config_id`` (the same without
+the seed: the run's configuration, which the report groups by; :func:`hgadapter.runspec.config_id`),
+``epochs``, ``hparams``, ``trainable_params`` (methods trained by
 gradient descent: the number of trained parameter values), and the same timings for every method:
 ``train_seconds`` (the training loop, per-epoch validation included), ``select_seconds``
 (choosing hyper-parameters after training), ``fit_seconds`` (the whole fit), ``threads`` and
@@ -60,6 +62,7 @@ __all__ = [
     "mean_std",
     "seed_values",
     "is_number",
+    "format_accuracy",
     "backbone_of_encoder",
     "encoder_id",
 ]
@@ -173,6 +176,12 @@ def load_history(run_dir: str | Path) -> list[dict[str, Any]]:
 def is_number(value: Any) -> bool:
     """A finite int or float, not a bool (JSON's numbers as records hold them)."""
     return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+
+
+def format_accuracy(value: Any, width: int = 0) -> str:
+    """An accuracy of a record (percent) with two decimals, right-aligned in ``width``; ``n/a`` for
+    ``null`` (an empty split: the record's ``notes`` say which)."""
+    return f"{value:{width}.2f}" if is_number(value) else f"{'n/a':>{width}}"
 
 
 def mean_std(values: Iterable[float]) -> tuple[float, float, int]:

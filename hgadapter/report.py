@@ -1,7 +1,10 @@
 """Finished runs as the paper's tables, with the paper's value and our difference beside each cell.
 
 ``hgadapter report RUNS_DIR`` reads every run record below ``RUNS_DIR`` (:mod:`hgadapter.records`),
-groups them by (dataset, backbone, method, shots, params), averages each group over seeds (mean ±
+groups them by (dataset, backbone, method, shots, params) and configuration (the record's
+``config_id``: the run hash without the seed, :func:`hgadapter.runspec.config_id`; runs of
+different configurations become separate rows ``<method> [config <id>]`` with a note, never one
+mean), averages each group over seeds (mean ±
 sample standard deviation) and lays the groups out as the tables of the paper's Sec. 4.2-4.3:
 
 - ``shots``: per backbone, methods x shots for one dataset or the average over datasets (Fig. 2);
@@ -44,9 +47,11 @@ from pathlib import Path
 from typing import Any
 
 from hgadapter._cli import output_path
-from hgadapter._io import atomic_write_json, atomic_write_text
+from hgadapter._io import atomic_write_json, atomic_write_text, check_output_dir
 from hgadapter.paper_results import AVERAGE, LEARN_KEY, TABLE_NAMES, PaperResults, ReportError, load_paper_results, paper_results_path
 from hgadapter.records import is_number, load_records, mean_std, seed_values
+from hgadapter.report_tex import format_latex
+from hgadapter.tables import FULL_SEEDS, SYNTHETIC_NOTE, VAL_SELECTED, Cell, Report, Row, Table
 
 __all__ = [
     "CSV_COLUMNS",
@@ -65,79 +70,9 @@ __all__ = [
 CSV_COLUMNS: tuple[str, ...] = (
     "table", "backbone", "dataset", "method", "shots", "key", "value", "mean", "std", "n", "paper", "diff", "note",
 )
-SYNTHETIC_NOTE = "(synthetic task: says nothing about real CLIP)"
-FULL_SEEDS = 3  # fewer seeds than this and a cell shows its n
 REPORT_STEM = "report"  # write_report writes report.md, report.csv, report.json and report.tex
-VAL_SELECTED = " (val-selected)"  # the row of a grid's point chosen per dataset and shots on validation
 _RECORD_METRICS = ("test_acc", "val_acc", "train_seconds")  # per-seed numbers a record holds itself
-
-
-# --------------------------------------------------------------------------------------------
-# The report's data
-
-
-@dataclass
-class Cell:
-    """One table cell: our mean ± std over n seeds, the paper's value and ours minus the paper's.
-
-    ``std`` is ``None`` for one seed and for an ``average`` over columns (the columns' seeds need
-    not match; ``n`` then counts columns). ``note`` says when an average is incomplete (``avg of
-    3/11``), ``paper_note`` when the paper's value is its mean over the same columns (``on the same 3``).
-    """
-
-    mean: float
-    std: float | None
-    n: int
-    paper: float | None = None
-    diff: float | None = None
-    note: str = ""
-    paper_note: str = ""
-    average: bool = False
-
-
-@dataclass
-class Row:
-    """One table row: ``id`` (a method id, or a label), its display name and cells by column id."""
-
-    id: str
-    label: str
-    cells: dict[str, Cell] = field(default_factory=dict)
-
-
-@dataclass
-class Table:
-    """One table in the paper's layout.
-
-    Attributes:
-        kind: ``shots``, ``fewshot``, ``dg``, ``sensitivity``, ``backbones``, ``complexity`` or ``selection``.
-        title: the markdown heading (ends in :data:`SYNTHETIC_NOTE` for synthetic tasks).
-        paper_note: one line saying where the paper values come from (or why there are none).
-        setting: what the table holds fixed (``backbone``, ``shots``, ``dataset``, ``method``, ``key``).
-        columns: ``(column id, display name)`` in order.
-        rows: the rows in order.
-        synthetic: whether the table reports a synthetic task.
-        seeds: the seeds of the runs the table holds, sorted (the LaTeX caption names them).
-    """
-
-    kind: str
-    title: str
-    paper_note: str
-    setting: dict[str, Any]
-    columns: list[tuple[str, str]]
-    rows: list[Row]
-    synthetic: bool = False
-    seeds: list[Any] = field(default_factory=list)
-
-
-@dataclass
-class Report:
-    """Every table, one long row per cell (``CSV_COLUMNS``), and notes on the records."""
-
-    tables: list[Table]
-    rows: list[dict[str, Any]]
-    runs: int
-    warnings: list[str] = field(default_factory=list)
-    paper_file: str | None = None
+CONFIG_MARK = " [config "  # a row of one of a method's several configurations: "<method> [config <id>]"
 
 
 # --------------------------------------------------------------------------------------------
@@ -178,23 +113,52 @@ class _Group:
         return seed_values(records, lambda r: (r.get("targets") or {}).get(metric))
 
 
+def _config_of(record: Mapping[str, Any]) -> str | None:
+    """The record's configuration identity (:func:`hgadapter.runspec.config_id`); ``None`` for runs
+    written before records had one."""
+    value = record.get("config_id")
+    return value if isinstance(value, str) and value else None
+
+
 def _group(records: Sequence[Mapping[str, Any]], warnings: list[str]) -> list[_Group]:
-    groups: dict[tuple, _Group] = {}
+    """One group per configuration: (dataset, backbone, method, shots, params) and ``config_id``.
+
+    Only runs of one configuration differ in nothing but their seed, so only they are averaged.
+    Where one (dataset, backbone, method, shots, params) holds runs of several configurations
+    (say ``hgadapter run`` with different ``--set`` values), each becomes its own row,
+    ``<method> [config <id>]``, and a note lists their run directories.
+    """
+    by_key: dict[tuple, dict[str | None, _Group]] = {}
     for r in records:
         synthetic = _is_synthetic(r)
         dataset = r.get("dataset") or ("synthetic" if synthetic else "unknown")
         params = _freeze(r.get("params") or {})
         key = (dataset, r.get("backbone"), r["method"], int(r["shots"]), params, synthetic)
-        group = groups.get(key)
+        configs = by_key.setdefault(key, {})
+        group = configs.get(_config_of(r))
         if group is None:
-            group = groups[key] = _Group(dataset, r.get("backbone"), r["method"], int(r["shots"]), params, synthetic)
+            group = configs[_config_of(r)] = _Group(dataset, r.get("backbone"), r["method"], int(r["shots"]), params, synthetic)
         group.by_seed[r["seed"]].append(r)
-    for g in groups.values():
+    groups: list[_Group] = []
+    for (dataset, backbone, method, shots, params, _), configs in by_key.items():
+        if len(configs) > 1:
+            point = f" {dict(params)}" if params else ""
+            parts = []
+            for cid, g in sorted(configs.items(), key=lambda kv: kv[0] or ""):
+                g.method = f"{method}{CONFIG_MARK}{cid[:8] if cid else 'not recorded'}]"
+                dirs = ", ".join(sorted(str(r.get("run_dir", "?")) for rs in g.by_seed.values() for r in rs))
+                parts.append(f"{cid[:8] if cid else 'not recorded'}: {dirs}")
+            warnings.append(
+                f"{dataset} {backbone or '-'} {method} {shots} shots{point}: runs of {len(configs)} different configurations "
+                f"(config_id {'; '.join(parts)}); shown as separate rows, never averaged together"
+            )
+        groups.extend(configs.values())
+    for g in groups:
         for seed, rs in g.by_seed.items():
             if len(rs) > 1:
                 dirs = ", ".join(str(r.get("run_dir", "?")) for r in rs)
                 warnings.append(f"{g.dataset} {g.backbone or '-'} {g.method} {g.shots} shots seed {seed}: {len(rs)} runs ({dirs}); averaged as one seed")
-    return list(groups.values())
+    return groups
 
 
 def _stat_cell(values: Sequence[float], paper: tuple[float, str] | None) -> Cell:
@@ -252,16 +216,19 @@ def _average_cell(cells: Mapping[str, Cell], expected: Sequence[str], lookup, us
     return cell
 
 
+def _base_method(row_id: str) -> str:
+    """The registry name of a row id: without `` (val-selected)`` or `` [config <id>]``."""
+    return row_id.removesuffix(VAL_SELECTED).split(CONFIG_MARK)[0]
+
+
 def _method_rows(methods: Iterable[str], paper: PaperResults) -> list[Row]:
-    """One row per method in the paper's order; a val-selected row right after its method's."""
+    """One row per method in the paper's order; rows of its several configurations, then its
+    val-selected row, right after its own."""
     methods = set(methods)
-    base = {m.removesuffix(VAL_SELECTED) for m in methods}
     rows = []
-    for m in _ordered(base, paper.order("methods")):
-        if m in methods:
-            rows.append(Row(m, paper.display("methods", m)))
-        if m + VAL_SELECTED in methods:
-            rows.append(Row(m + VAL_SELECTED, paper.display("methods", m) + VAL_SELECTED))
+    for base in _ordered({_base_method(m) for m in methods}, paper.order("methods")):
+        mine = sorted((m for m in methods if _base_method(m) == base), key=lambda m: (m.endswith(VAL_SELECTED), m))
+        rows += [Row(m, paper.display("methods", base) + m[len(base):]) for m in mine]
     return rows
 
 
@@ -285,7 +252,7 @@ def val_selected_records(records: Sequence[Mapping[str, Any]]) -> list[dict[str,
         if len({_freeze(r["params"]) for r in pool}) < 2:
             continue
         best = max(sorted(pool, key=lambda r: _freeze(r["params"])), key=lambda r: r["val_acc"])  # max keeps the first of ties
-        record = {k: v for k, v in best.items() if k != "params"}
+        record = {k: v for k, v in best.items() if k not in ("params", "config_id")}  # a choice among configurations
         record.update(method=best["method"] + VAL_SELECTED, selected_params=dict(best["params"]), grid_points=len(pool))
         chosen.append(record)
     return chosen
@@ -651,7 +618,8 @@ def _long_rows(table: Table) -> list[dict[str, Any]]:
 
 
 def build_report(records: Sequence[Mapping[str, Any]], paper: Mapping[str, Any] | None, *, selection: bool = False) -> Report:
-    """Group ``records`` by (dataset, backbone, method, shots, params), average over seeds, lay out tables.
+    """Group ``records`` by (dataset, backbone, method, shots, params) and configuration (``config_id``),
+    average over seeds, lay out tables.
 
     Args:
         records: run records (:func:`hgadapter.records.load_records`).
@@ -713,7 +681,8 @@ def format_cell(cell: Cell | None) -> str:
 
 
 def _escape(text: str) -> str:
-    return text.replace("|", "\\|")
+    # a line break inside a name would end the table row
+    return " ".join(text.replace("|", "\\|").splitlines())
 
 
 def format_markdown(report: Report, *, title: str = "Results report") -> str:
@@ -727,7 +696,7 @@ def format_markdown(report: Report, *, title: str = "Results report") -> str:
     if report.paper_file:
         lines.append(f"Paper values from `{report.paper_file}`.")
     for table in report.tables:
-        lines += ["", f"## {table.title}", "", table.paper_note, ""]
+        lines += ["", f"## {_escape(table.title)}", "", _escape(table.paper_note), ""]
         head = ["Method", *(label for _, label in table.columns)]
         lines.append("| " + " | ".join(_escape(h) for h in head) + " |")
         lines.append("|" + "|".join(["---"] + ["---:"] * len(table.columns)) + "|")
@@ -763,11 +732,12 @@ def write_report(runs_dir: str | Path, out_dir: str | Path | None = None, *, pap
     Raises:
         RecordError: ``runs_dir`` holds no run or a malformed metrics file.
         ReportError: the paper results file is missing or malformed.
+        OutputError: ``out_dir`` cannot be created or written (checked first).
     """
+    out = check_output_dir(out_dir if out_dir is not None else Path(runs_dir) / "report")
     records = load_records(runs_dir)
     paper = load_paper_results(paper_path) if use_paper else None
     report = build_report(records, paper)
-    out = Path(out_dir) if out_dir is not None else Path(runs_dir) / "report"
     atomic_write_text(out / f"{REPORT_STEM}.md", format_markdown(report))
     atomic_write_text(out / f"{REPORT_STEM}.csv", _csv_text(report.rows))
     payload = {
@@ -779,8 +749,6 @@ def write_report(runs_dir: str | Path, out_dir: str | Path | None = None, *, pap
         "warnings": report.warnings,
     }
     atomic_write_json(out / f"{REPORT_STEM}.json", payload)
-    from hgadapter.report_tex import format_latex  # it renders this module's tables
-
     atomic_write_text(out / f"{REPORT_STEM}.tex", format_latex(report))
     return out
 

@@ -1,7 +1,7 @@
 """The report's tables as LaTeX (booktabs), laid out as the paper's, for pasting into a paper.
 
 :func:`format_latex` renders the tables :func:`hgadapter.report.build_report` computed, the same
-:class:`~hgadapter.report.Table` data ``report.md`` is written from, so the two never disagree:
+:class:`~hgadapter.tables.Table` data ``report.md`` is written from, so the two never disagree:
 
 - one ``table`` environment per table, ``\\toprule`` / ``\\midrule`` / ``\\bottomrule`` rules
   (booktabs), methods as rows in the paper's order;
@@ -26,7 +26,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
 
-from hgadapter.report import FULL_SEEDS, SYNTHETIC_NOTE, VAL_SELECTED, Cell, Report, Table
+from hgadapter.tables import FULL_SEEDS, SYNTHETIC_NOTE, VAL_SELECTED, Cell, Report, Table
 
 __all__ = ["latex_escape", "rank_marks", "format_latex_table", "format_latex"]
 
@@ -65,9 +65,22 @@ _SPECIALS = {
 }
 
 
+def _control(ch: str) -> str | None:
+    """What a control character becomes: a line break or tab a space (a blank line would end a
+    tabular row or a caption), any other one (NUL, ESC, DEL, C1) its code, visibly and inertly."""
+    if ch in "\t\n\r\v\f\x1c\x1d\x1e\x85\u2028\u2029":
+        return " "
+    code = ord(ch)
+    if code < 0x20 or 0x7F <= code < 0xA0:
+        return rf"\textbackslash{{}}x{code:02x}"
+    return None
+
+
 def latex_escape(text: str) -> str:
     """``text`` with LaTeX's special characters escaped; ``--`` stays two hyphens (``-{}-``).
 
+    Line breaks and tabs become spaces and other control characters (NUL, ESC, ...) their code
+    (``\\x1b``), so a name from a run record can neither end a table row nor reach the output raw.
     Markdown code spans (`` `key` ``), which the report's titles use for config keys, become
     ``\\texttt{key}``.
     """
@@ -77,7 +90,7 @@ def latex_escape(text: str) -> str:
     out = []
     for i, part in enumerate(parts):
         # "-{}-": two hyphens in a name stay two hyphens, not an en dash
-        escaped = "".join("{}-" if ch == "-" and prev == "-" else _SPECIALS.get(ch, ch) for prev, ch in zip(" " + part, part))
+        escaped = "".join("{}-" if ch == "-" and prev == "-" else _SPECIALS.get(ch) or _control(ch) or ch for prev, ch in zip(" " + part, part))
         out.append(rf"\texttt{{{escaped}}}" if i % 2 else escaped)
     return "".join(out)
 

@@ -8,7 +8,10 @@ trained weights). Every method runs the same path: :meth:`hgadapter.methods.Meth
 selection data, then the test split; what only one method records travels in its ``Fitted``
 (``record`` keys, ``tensors``), so nothing here asks which method it runs. Every file is written
 atomically and ``metrics.json`` last, so a run directory with a ``metrics.json`` is a finished
-run. The test split is read once, after training and selection (:mod:`hgadapter.protocol`); a
+run. Before anything is fitted the folder is claimed (:mod:`hgadapter.rundir`): checked for
+writing, locked against other processes for the whole run, refused when it holds a finished run
+of another configuration (without ``overwrite``), and cleared of an older run's files. The test
+split is read once, after training and selection (:mod:`hgadapter.protocol`); a
 domain-generalisation target's test split is read once too, by the same fitted model. Trackers
 (:mod:`hgadapter.tracking`, off by default) watch a run from here: its resolved config, each
 training epoch (through the method's ``FitContext``) and its record, without changing either.
@@ -27,13 +30,15 @@ from typing import Any
 
 import yaml
 
-from hgadapter._io import atomic_save_tensors, atomic_write_json, atomic_write_text, json_safe, remove_stale_temp_files
+from hgadapter._io import atomic_save_tensors, atomic_write_json, atomic_write_text, json_safe
 from hgadapter.data.cache import FeatureCache, dataset_name, val_source
 from hgadapter.methods import Method, method_from_config
 from hgadapter.protocol import Fitted, score_on_target, score_on_test, selection_data
 from hgadapter.records import HEAD_FILE, HEAD_SPEC_FILE
 from hgadapter.records import CLASSES_FILE, CONFIG_FILE, HISTORY_FILE, LOG_FILE, METRICS_FILE, backbone_of_encoder, encoder_id
-from hgadapter.tracking import RunTracker, TrackingConfig
+from hgadapter.rundir import claim_run_folder
+from hgadapter.runspec import config_id, memory_fingerprint, method_digest
+from hgadapter.tracking import RunTracker, TrackingConfig, track_name_for
 
 __all__ = ["run_experiment", "run_method", "environment_info"]
 
@@ -73,6 +78,7 @@ def run_experiment(
     out_dir: str | Path | None = None,
     progress: bool = True,
     tracking: TrackingConfig | None = None,
+    overwrite: bool = False,
 ) -> dict[str, Any]:
     """:func:`run_method` for the registered method that the resolved config ``cfg`` configures.
 
@@ -80,7 +86,9 @@ def run_experiment(
     ``RunConfig``); see :func:`hgadapter.methods.method_from_config`. Returns the metrics record
     (also written to ``out_dir/metrics.json`` when given).
     """
-    return run_method(method_from_config(cfg), cache, shots=shots, seed=seed, out_dir=out_dir, progress=progress, tracking=tracking)
+    return run_method(
+        method_from_config(cfg), cache, shots=shots, seed=seed, out_dir=out_dir, progress=progress, tracking=tracking, overwrite=overwrite
+    )
 
 
 def run_method(
@@ -96,6 +104,7 @@ def run_method(
     progress: bool = True,
     tracking: TrackingConfig | None = None,
     track_name: str | None = None,
+    overwrite: bool = False,
 ) -> dict[str, Any]:
     """Fit ``method`` on ``cache``'s (shots, seed) training set, select on validation, test once.
 
@@ -114,18 +123,63 @@ def run_method(
         tracking: trackers that watch the run (:mod:`hgadapter.tracking`): its resolved config,
             every training epoch and the final record; ``None`` or no backends: off. It changes
             nothing in the results or the record.
-        track_name: the run's name there; default ``out_dir``'s folder name, else
-            ``<method>/<shots>shot-seed<seed>``.
+        track_name: a readable name of the run there (default ``out_dir``'s folder name, else
+            ``<method>/<shots>shot-seed<seed>``); a run with an ``out_dir`` is tracked as this name
+            plus a hash of the folder (:func:`hgadapter.tracking.track_name_for`), so that two runs
+            never share tracking files.
+        overwrite: replace a finished run of another configuration in ``out_dir``; without it such
+            a folder is refused (:func:`hgadapter.rundir.claim_run_folder`). The same run again
+            (same config and seed) always replaces the old one.
 
     Returns:
-        The metrics record (see :mod:`hgadapter.records`).
+        The metrics record (see :mod:`hgadapter.records`); it holds ``config_id``, the identity of
+        the run's configuration (:func:`hgadapter.runspec.config_id`).
+
+    Raises:
+        RunBusyError: another process is writing ``out_dir``.
+        RunFolderError: ``out_dir`` holds a finished run of another configuration.
+        OutputError: ``out_dir`` cannot be created or written (before any fitting).
     """
+    extra = dict(extra or {})
+    dataset = extra.get("dataset", dataset_name(cache.meta))
+    backbone = extra.get("backbone", backbone_of_encoder(encoder_id(cache.meta)))
+    params = extra.get("params") or {}
+    extra["config_id"] = config_id(  # what the run is, but its seed
+        config_digest=method_digest(method),
+        shots=shots,
+        dataset=dataset,
+        backbone=backbone,
+        params=params,
+        cache_fp=memory_fingerprint(cache),
+        target_fps={name: memory_fingerprint(target) for name, target in sorted((targets or {}).items())},
+    )
+    if out_dir is None:
+        return _tracked(method, cache, shots, seed, None, targets, extra, device, progress, tracking, track_name)
+    run = {"method": method.name, "shots": shots, "seed": seed, "dataset": dataset, "backbone": backbone, "params": params, "config_id": extra["config_id"]}
+    with claim_run_folder(out_dir, run, overwrite=overwrite):
+        return _tracked(method, cache, shots, seed, out_dir, targets, extra, device, progress, tracking, track_name)
+
+
+def _tracked(
+    method: Method,
+    cache: FeatureCache,
+    shots: int,
+    seed: int,
+    out_dir: str | Path | None,
+    targets: Mapping[str, FeatureCache] | None,
+    extra: Mapping[str, Any],
+    device: str | None,
+    progress: bool,
+    tracking: TrackingConfig | None,
+    track_name: str | None,
+) -> dict[str, Any]:
     if tracking is None or not tracking.enabled:
         return _run_method(method, cache, shots=shots, seed=seed, out_dir=out_dir, targets=targets, extra=extra, device=device, progress=progress, tracker=None)
     if track_name is None:
         track_name = Path(out_dir).name if out_dir is not None else f"{method.name}/{shots}shot-seed{seed}"
-    run_info = {"method": method.name, "shots": shots, "seed": seed, **dict(extra or {})}
-    with tracking.start(track_name, json_safe({**method.config_dict(), "run": run_info})) as tracker:
+    name = track_name_for(track_name, out_dir)
+    run_info = {"method": method.name, "shots": shots, "seed": seed, **dict(extra)}
+    with tracking.start(name, json_safe({**method.config_dict(), "run": run_info})) as tracker:
         record = _run_method(method, cache, shots=shots, seed=seed, out_dir=out_dir, targets=targets, extra=extra, device=device, progress=progress, tracker=tracker)
         tracker.log_final(record)
     return record
@@ -150,12 +204,7 @@ def _run_method(
         log_lines.append(f"{time.strftime('%H:%M:%S')} {message}")
 
     log(f"{method.name} shots {shots} seed {seed}")
-    if out_dir is not None:
-        # A directory with a metrics.json looks finished: a rerun into it removes the old one
-        # before anything else is rewritten, so a rerun killed half-way never looks finished
-        # with the previous result beside the new config.
-        (Path(out_dir) / METRICS_FILE).unlink(missing_ok=True)
-        remove_stale_temp_files(out_dir)  # left by a run killed while writing
+    # out_dir was claimed by run_method: locked, checked and cleared of an older run's files
     data = selection_data(cache, shots=shots, seed=seed)
     fitted = method.fit(data, seed=seed, device=device, progress=progress, log=log, tracker=tracker)
     used = fitted.device
@@ -207,7 +256,7 @@ def _write_run(out: Path, method: Method, record: dict, fitted: Fitted, cache: F
     out.mkdir(parents=True, exist_ok=True)
     # config.yaml minus its `run` and `environment` sections is the method's config: it reloads
     # as the method's config file (`hgadapter run --config` for a dotted RunConfig).
-    run_keys = ("method", "shots", "seed", "engine", "dataset", "backbone", "experiment", "params", "config_hash")
+    run_keys = ("method", "shots", "seed", "engine", "dataset", "backbone", "experiment", "params", "config_hash", "config_id")
     resolved = {
         **json_safe(method.config_dict()),
         "run": {k: record[k] for k in run_keys if k in record},

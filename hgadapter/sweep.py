@@ -2,9 +2,11 @@
 
 ``hgadapter sweep FILE [FILE ...]`` expands every experiment file's ``sweep`` section
 (:class:`~hgadapter.config.SweepConfig`: methods x shots x seeds x grid points) into runs
-(:class:`RunSpec`), skips the runs already finished and runs the rest, one after another, in
-parallel worker processes on this machine (``--jobs N``), or on a Ray cluster
-(``--backend ray``; ``pip install 'hgadapter[ray]'``).
+(:class:`~hgadapter.runspec.RunSpec`, :func:`~hgadapter.runspec.expand_experiment`), skips the
+runs already finished and runs the rest, one after another, in parallel worker processes on this
+machine (``--jobs N``), or on a Ray cluster (``--backend ray``; ``pip install 'hgadapter[ray]'``).
+Each run holds its folder's lock while it runs, so two sweeps into one ``--out`` share the runs
+(:func:`execute_run`).
 
 A run is identified by a hash of everything that determines its result: the method and its fully
 resolved config, shots, seed, dataset, backbone, grid point and a fingerprint of every feature
@@ -25,10 +27,8 @@ from __future__ import annotations
 import argparse
 import concurrent.futures
 import dataclasses
-import json
 import multiprocessing
 import os
-import string
 import sys
 import time
 from collections.abc import Callable, Iterable, Sequence
@@ -37,14 +37,17 @@ from pathlib import Path
 from typing import Any
 
 from hgadapter._cli import output_path
-from hgadapter._io import json_digest
-from hgadapter.config import ConfigError, ExperimentConfig, backbone_slug, load_experiment
-from hgadapter.records import METRICS_FILE, backbone_of_encoder, encoder_id
+from hgadapter._io import check_output_dir, json_digest, strict_json_loads
+from hgadapter.config import ConfigError
+from hgadapter._lock import FolderBusy, folder_lock
+from hgadapter.records import METRICS_FILE, backbone_of_encoder, encoder_id, format_accuracy
+from hgadapter.runspec import FEATURES_ENV, RunSpec, expand_experiment, memory_fingerprint, method_digest, run_hash, run_path
 from hgadapter.tracking import TrackingConfig, add_tracking_arguments, tracking_from_args
 
 __all__ = [
     "RunSpec",
     "SweepResult",
+    "RunLeft",
     "FEATURES_ENV",
     "expand_experiment",
     "run_path",
@@ -60,175 +63,38 @@ __all__ = [
     "run_sweep_command",
 ]
 
-FEATURES_ENV = "HGADAPTER_FEATURES"  # default root of the feature caches an experiment names
-HASH_VERSION = 1  # bump when what a run's hash covers changes
 BACKENDS = ("local", "ray")
-
-
-@dataclass(frozen=True)
-class RunSpec:
-    """One run of a sweep: everything a worker process needs, as plain data."""
-
-    experiment: str  # the sweep's name
-    method: str  # registry name (hegraphadapter, hegraphadapter:t, tip_adapter, ...)
-    dataset: str  # dataset id recorded with the run
-    backbone: str | None  # CLIP backbone recorded with the run
-    shots: int  # K, images per class
-    seed: int  # few-shot sampling seed, also the training seed
-    features: str  # feature cache folder
-    targets: dict[str, str]  # domain-generalisation dataset -> feature cache folder
-    config_file: str | None  # experiment file a HeGraphAdapter method resolves its RunConfig from
-    overrides: tuple[str, ...]  # key=value strings applied to the method's config
-    params: dict[str, Any]  # the grid point (dotted config key -> value); {} without a grid
-    out_dir: str  # the run directory
-    config_digest: str  # hash of the method's resolved config (the cache part is added by plan_runs)
-    config_hash: str = ""  # hash of everything that determines the result; set by plan_runs
-
-    def label(self) -> str:
-        point = " ".join(f"{k}={v}" for k, v in self.params.items())
-        return f"{self.experiment} {self.method} {self.shots}-shot seed {self.seed}" + (f" [{point}]" if point else "")
 
 
 @dataclass
 class SweepResult:
-    """What a sweep did: finished records, runs skipped as already done, and failures."""
+    """What a sweep did: finished records, runs skipped as already done (by an earlier sweep or,
+    meanwhile, by another process), runs left to another process that is running them, and failures."""
 
     finished: list[dict] = field(default_factory=list)
     skipped: list[RunSpec] = field(default_factory=list)
     failed: list[tuple[RunSpec, str]] = field(default_factory=list)
     interrupted: bool = False
+    left: list[tuple[RunSpec, str]] = field(default_factory=list)
 
 
-# --------------------------------------------------------------------------------------------
-# Expansion
+class RunLeft(Exception):
+    """:func:`execute_run` did not run its spec: another process holds the run folder (``finished``
+    is ``False``) or finished that run after this sweep planned it (``True``)."""
 
+    def __init__(self, message: str, finished: bool) -> None:
+        super().__init__(message, finished)
 
-def _fill(template: str, *, dataset: str, backbone: str | None, where: str) -> str:
-    fields = {"dataset": dataset, "backbone": backbone_slug(backbone)}
-    try:
-        names = [name for _, name, _, _ in string.Formatter().parse(template) if name is not None]
-    except ValueError as exc:
-        raise ConfigError(f"{where}: {template!r} is not a valid path template ({exc})") from None
-    unknown = [n for n in names if n not in fields]
-    if unknown:
-        raise ConfigError(f"{where}: unknown placeholder {{{unknown[0]}}} in {template!r}; use {{dataset}} or {{backbone}}")
-    return template.format(**fields)
+    @property
+    def message(self) -> str:
+        return str(self.args[0])
 
+    @property
+    def finished(self) -> bool:
+        return bool(self.args[1])
 
-def _resolve_path(path: str, features_root: Path) -> str:
-    p = Path(os.path.expanduser(path))
-    return str(p if p.is_absolute() else features_root / p)
-
-
-def _grid_points(grid: Sequence[dict[str, tuple[Any, ...]]]) -> list[dict[str, Any]]:
-    """A union of products: each mapping contributes every combination of its axes."""
-    if not grid:
-        return [{}]
-    points: list[dict[str, Any]] = []
-    for axes in grid:
-        combos: list[dict[str, Any]] = [{}]
-        for key, values in axes.items():
-            combos = [{**c, key: v} for c in combos for v in values]
-        points.extend(c for c in combos if c not in points)
-    return points
-
-
-def _override(key: str, value: Any) -> str:
-    return f"{key}={json.dumps(value)}"  # JSON is valid YAML: the config parser reads it back exactly
-
-
-def _slug(method: str) -> str:
-    return method.replace(":", "-")
-
-
-def _point_slug(point: dict[str, Any]) -> str:
-    return ",".join(f"{k}={v}" for k, v in point.items()).replace("/", "-")
-
-
-def run_path(root: str | os.PathLike, method: str, shots: int, seed: int, params: dict[str, Any] | None = None) -> Path:
-    """The directory of one run below ``root``: ``<method>/[<grid point>/]<shots>shot-seed<seed>``.
-
-    ``:`` in a method name becomes ``-`` (``hegraphadapter:t`` -> ``hegraphadapter-t``).
-    """
-    parts = [_slug(method)] + ([_point_slug(params)] if params else []) + [f"{shots}shot-seed{seed}"]
-    return Path(root, *parts)
-
-
-def method_digest(method: Any) -> str:
-    """Hash of a resolved method's name and config (:class:`hgadapter.methods.Method`)."""
-    return json_digest({"method": method.name, "config": method.config_dict()})
-
-
-def expand_experiment(
-    experiment: ExperimentConfig | str | os.PathLike,
-    *,
-    out_root: str | os.PathLike = "runs",
-    features_root: str | os.PathLike | None = None,
-) -> list[RunSpec]:
-    """The runs an experiment file describes, with every method config resolved and checked.
-
-    Nothing is read but YAML: caches need not exist yet (:func:`plan_runs` reads their sidecars).
-
-    Args:
-        experiment: an :class:`~hgadapter.config.ExperimentConfig` or the path of its file.
-        out_root: the folder run directories go under.
-        features_root: where relative feature cache folders start; default ``$HGADAPTER_FEATURES``
-            or ``features``.
-
-    Raises:
-        ConfigError: an unknown method, a grid given for a method without a dotted config, or any
-            invalid config value (the message names the file and key).
-    """
-    from hgadapter.methods import create_method, method_class
-
-    if not isinstance(experiment, ExperimentConfig):
-        experiment = load_experiment(experiment)
-    sweep = experiment.sweep
-    where = f"{experiment.path}: sweep"
-    root = Path(features_root if features_root is not None else os.environ.get(FEATURES_ENV, "features"))
-    features = _resolve_path(_fill(sweep.features, dataset=sweep.dataset, backbone=sweep.backbone, where=f"{where}.features"), root)
-    targets = {
-        name: _resolve_path(_fill(path, dataset=name, backbone=sweep.backbone, where=f"{where}.targets.{name}"), root)
-        for name, path in sweep.targets.items()
-    }
-    points = _grid_points(sweep.grid)
-    specs: dict[str, RunSpec] = {}
-    for method_name in sweep.methods:
-        # A method whose config is a run config (train/eval/graph sections) reads it from the
-        # experiment file itself; every other method reads its shipped method config.
-        config_file = experiment.path if method_class(method_name).reads_experiment_file else None
-        extra = sweep.method_overrides.get(method_name, ())
-        for point in points:
-            overrides = (*extra, *(_override(k, v) for k, v in point.items()))  # grid keys are keys of each method's config
-            try:
-                method = create_method(method_name, config_file=config_file, overrides=overrides)
-            except ConfigError as exc:
-                if not point:
-                    raise
-                raise ConfigError(f"{where}.grid {dict(point)}: method {method_name!r}: {exc} (grid keys apply to every method of the file; sweep other methods in their own file)") from None
-            digest = method_digest(method)
-            for shots in sweep.shots:
-                for seed in sweep.seeds:
-                    out_dir = str(run_path(Path(out_root, sweep.name), method.name, shots, seed, point))
-                    specs.setdefault(
-                        out_dir,
-                        RunSpec(
-                            experiment=sweep.name,
-                            method=method.name,
-                            dataset=sweep.dataset,
-                            backbone=sweep.backbone,
-                            shots=shots,
-                            seed=seed,
-                            features=features,
-                            targets=dict(targets),
-                            config_file=None if config_file is None else str(config_file),
-                            overrides=tuple(overrides),
-                            params=dict(point),
-                            out_dir=out_dir,
-                            config_digest=digest,
-                        ),
-                    )
-    return list(specs.values())
+    def __str__(self) -> str:
+        return self.message
 
 
 # --------------------------------------------------------------------------------------------
@@ -279,46 +145,14 @@ def plan_runs(specs: Iterable[RunSpec]) -> tuple[list[RunSpec], list[RunSpec]]:
     return pending, done
 
 
-def run_hash(spec: RunSpec, cache_fp: str, target_fps: dict[str, str]) -> str:
-    """The hash of everything that determines ``spec``'s result, given its caches' fingerprints."""
-    return json_digest(
-        {
-            "version": HASH_VERSION,
-            "config": spec.config_digest,
-            "shots": spec.shots,
-            "seed": spec.seed,
-            "dataset": spec.dataset,
-            "backbone": spec.backbone,
-            "params": spec.params,
-            "cache": cache_fp,
-            "targets": target_fps,
-        }
-    )
-
-
-def memory_fingerprint(cache: Any, train_key: tuple[int, int]) -> str:
-    """Fingerprint of a :class:`~hgadapter.data.cache.FeatureCache` held in memory, for one training set.
-
-    What a sidecar records for a cache on disk, as far as a cache in memory knows it: class
-    names, dimension, logit scale, the extraction's ``meta`` and the shape of the training set.
-    """
-    train = cache.train_set(*train_key)
-    return json_digest(
-        {
-            "memory": {"classnames": list(cache.classnames), "dim": cache.dim, "logit_scale": cache.logit_scale, "meta": cache.meta},
-            "train": {"shots": train_key[0], "seed": train_key[1], "shape": list(train.features.shape)},
-        }
-    )
-
-
 def is_finished(run_dir: str | os.PathLike, config_hash: str) -> bool:
     """Whether ``run_dir`` holds a finished run with this hash (its ``metrics.json``, written last)."""
     path = Path(run_dir) / METRICS_FILE
     if not path.is_file():
         return False
     try:
-        record = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, json.JSONDecodeError):
+        record = strict_json_loads(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, ValueError):  # unreadable, not JSON, or numbers too long to read
         return False
     return isinstance(record, dict) and record.get("config_hash") == config_hash
 
@@ -371,22 +205,36 @@ def execute_run(spec: RunSpec, *, cache: Any = None, device: str | None = None, 
     compare``); by default it is loaded from ``spec.features``. ``tracking``
     (:class:`hgadapter.tracking.TrackingConfig`) watches the run under the name
     ``<experiment>/`` + :func:`run_path`'s parts; it is not part of the run's hash.
+
+    The run folder is locked for the whole run (:func:`hgadapter._lock.folder_lock`): two sweeps
+    into one ``--out`` share the work instead of repeating it, and their files never mix. A run
+    of another config in the folder is replaced (a sweep re-runs what its config change touched).
+
+    Raises:
+        RunLeft: another process holds the run folder, or finished this run (same hash) since
+            the sweep planned it; nothing was run or written.
     """
     from hgadapter.methods import create_method
     from hgadapter.runner import run_method
 
-    method = create_method(spec.method, config_file=spec.config_file, overrides=spec.overrides)
-    if cache is None:
-        cache = _training_cache(spec.features, spec.shots, spec.seed)
-    targets = {name: _target_cache(path) for name, path in spec.targets.items()}
-    extra = {"experiment": spec.experiment, "dataset": spec.dataset, "params": spec.params, "config_hash": spec.config_hash}
-    if spec.backbone is not None:  # else the runner names it from the cache's encoder id, if it can
-        extra["backbone"] = spec.backbone
-    track_name = run_path(spec.experiment, spec.method, spec.shots, spec.seed, spec.params).as_posix()
-    return run_method(
-        method, cache, shots=spec.shots, seed=spec.seed, out_dir=spec.out_dir, targets=targets, extra=extra, device=device, progress=progress,
-        tracking=tracking, track_name=track_name,
-    )
+    try:
+        with folder_lock(spec.out_dir):
+            if spec.config_hash and is_finished(spec.out_dir, spec.config_hash):
+                raise RunLeft(f"{spec.out_dir}: finished by another process meanwhile", True)
+            method = create_method(spec.method, config_file=spec.config_file, overrides=spec.overrides)
+            if cache is None:
+                cache = _training_cache(spec.features, spec.shots, spec.seed)
+            targets = {name: _target_cache(path) for name, path in spec.targets.items()}
+            extra = {"experiment": spec.experiment, "dataset": spec.dataset, "params": spec.params, "config_hash": spec.config_hash}
+            if spec.backbone is not None:  # else the runner names it from the cache's encoder id, if it can
+                extra["backbone"] = spec.backbone
+            track_name = run_path(spec.experiment, spec.method, spec.shots, spec.seed, spec.params).as_posix()
+            return run_method(
+                method, cache, shots=spec.shots, seed=spec.seed, out_dir=spec.out_dir, targets=targets, extra=extra, device=device,
+                progress=progress, tracking=tracking, track_name=track_name, overwrite=True,
+            )
+    except FolderBusy as busy:
+        raise RunLeft(f"{busy}; left to it", False) from None
 
 
 def _die_with_parent(parent: int) -> None:
@@ -476,6 +324,7 @@ def run_sweep(
         (Ctrl-C) stops after the runs in flight, keeping every finished run.
     """
     log = log or (lambda line: None)
+    check_output_dir(out_root)  # before any planning or run: every run folder goes below it
     if backend not in BACKENDS:
         raise ConfigError(f"unknown backend {backend!r}; choose one of {list(BACKENDS)}")
     if isinstance(jobs, bool) or not isinstance(jobs, int) or jobs < 1:
@@ -504,16 +353,23 @@ def run_sweep(
         else:
             bar.write(line)  # above the progress bar, not through it
 
-    def finish(spec: RunSpec, record: dict | None, error: str | None) -> None:
+    def finish(spec: RunSpec, record: dict | None, error: str | BaseException | None) -> None:
         bar.update(1)
+        if isinstance(error, RunLeft):  # another process ran it or runs it: say so, count it apart
+            if error.finished:
+                result.skipped.append(spec)
+            else:
+                result.left.append((spec, error.message))
+            emit(f"  {spec.label()}: {error.message}")
+            return
         if error is not None:
-            result.failed.append((spec, error))
+            result.failed.append((spec, str(error)))
             emit(f"  FAILED {spec.label()}: {error}")
             return
         result.finished.append(record)
-        line = f"  {spec.label()}: val {record['val_acc']:6.2f}  test {record['test_acc']:6.2f}"
+        line = f"  {spec.label()}: val {format_accuracy(record['val_acc'], 6)}  test {format_accuracy(record['test_acc'], 6)}"
         if record.get("targets"):
-            line += "  " + " ".join(f"{k} {v:.2f}" for k, v in record["targets"].items())
+            line += "  " + " ".join(f"{k} {format_accuracy(v)}" for k, v in record["targets"].items())
         emit(line)
 
     try:
@@ -525,6 +381,8 @@ def run_sweep(
                     record = execute_run(spec, device=device, progress=progress, tracking=tracking)
                 except (KeyboardInterrupt, SystemExit):
                     raise
+                except RunLeft as left:
+                    finish(spec, None, left)
                 except Exception as exc:  # noqa: BLE001 - one failing run must not stop the sweep
                     finish(spec, None, _describe(exc))
                 else:
@@ -587,6 +445,8 @@ def _run_local_pool(pending: list[RunSpec], finish: Callable, *, jobs: int, devi
                 spec = futures[future]
                 try:
                     finish(spec, future.result(), None)
+                except RunLeft as left:
+                    finish(spec, None, left)
                 except concurrent.futures.process.BrokenProcessPool as exc:
                     finish(spec, None, f"worker process died ({exc})")
                 except Exception as exc:  # noqa: BLE001
@@ -625,7 +485,7 @@ def _run_ray(pending: list[RunSpec], finish: Callable, *, jobs: int, address: st
                     finish(spec, ray.get(ref), None)
                 except Exception as exc:  # noqa: BLE001 - Ray wraps the task's exception
                     cause = getattr(exc, "cause", None) or exc
-                    finish(spec, None, _describe(cause))
+                    finish(spec, None, cause if isinstance(cause, RunLeft) else _describe(cause))
     finally:
         if started:
             ray.shutdown()
@@ -678,7 +538,8 @@ def run_sweep_command(args: argparse.Namespace) -> int:
         progress=not args.quiet,
         tracking=tracking,
     )
-    print(f"sweep: {len(result.finished)} runs finished, {len(result.skipped)} already done, {len(result.failed)} failed -> {args.out}")
+    left = f", {len(result.left)} left to another process running them" if result.left else ""
+    print(f"sweep: {len(result.finished)} runs finished, {len(result.skipped)} already done{left}, {len(result.failed)} failed -> {args.out}")
     for spec, error in result.failed:
         print(f"  failed: {spec.out_dir}: {error}", file=sys.stderr)
     if result.interrupted:

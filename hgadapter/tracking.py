@@ -13,6 +13,11 @@ Tracking only observes: it draws no random numbers and changes no setting, resul
 with it on or off, and it is part of no run hash (a sweep rerun with tracking on skips the runs
 it finished without). Backends:
 
+Each run is tracked under its readable name (the run folder's name, or a sweep's
+``<experiment>/<method>/<shots>shot-seed<seed>``) plus ``-`` and 8 hex digits of its folder's
+absolute path (:func:`track_name_for`), so two runs never share a name even when two experiments'
+folders end alike (``expA/run``, ``expB/run``) and one ``--track-dir`` serves both.
+
 - ``tensorboard``: ``torch.utils.tensorboard`` event files in ``DIR/<run name>/``
   (``pip install 'hgadapter[tensorboard]'``; ``tensorboard --logdir DIR``);
 - ``wandb``: one W&B run per run, files under ``DIR/wandb/`` (``pip install 'hgadapter[wandb]'``;
@@ -27,6 +32,7 @@ See docs/tracking.md.
 from __future__ import annotations
 
 import argparse
+import hashlib
 import importlib
 import os
 import re
@@ -35,6 +41,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from hgadapter._cli import output_path
+from hgadapter._io import check_output_dir
 from hgadapter.errors import UserError
 
 __all__ = [
@@ -43,6 +51,7 @@ __all__ = [
     "RunTracker",
     "list_trackers",
     "parse_track",
+    "track_name_for",
     "final_metrics",
     "add_tracking_arguments",
     "tracking_from_args",
@@ -218,6 +227,8 @@ class TrackingConfig:
     def __post_init__(self) -> None:
         names = self.backends if isinstance(self.backends, str) else ",".join(self.backends)
         object.__setattr__(self, "backends", parse_track(names))
+        if not str(self.dir).strip():  # "" would put tracker files in the current directory
+            raise TrackingError("--track-dir: expected a folder path, got an empty string")
 
     @property
     def enabled(self) -> bool:
@@ -293,6 +304,16 @@ class RunTracker:
         self.close(failed=kind is not None)
 
 
+def track_name_for(label: str, run_dir: str | os.PathLike | None) -> str:
+    """The name a run is tracked under: ``label`` plus ``-`` and 8 hex digits of ``run_dir``'s
+    absolute path, so distinct run folders never collide (one folder always gets the same name,
+    and a rerun replaces its curves). Without a folder, ``label`` alone."""
+    if run_dir is None:
+        return label
+    digest = hashlib.sha256(str(Path(run_dir).resolve()).encode("utf-8", "surrogateescape")).hexdigest()[:8]
+    return f"{label}-{digest}"
+
+
 def _finite(value: Any) -> bool:
     return isinstance(value, (int, float)) and not isinstance(value, bool) and value == value and abs(value) != float("inf")
 
@@ -317,7 +338,7 @@ def add_tracking_arguments(parser: argparse.ArgumentParser) -> None:
         "--track", default=None, metavar="NAMES",
         help=f"send per-epoch loss, lr and val accuracy and final metrics to trackers, comma-separated: {','.join(list_trackers())} (default: off)",
     )
-    parser.add_argument("--track-dir", default=None, metavar="DIR", help=f"tracker files (TensorBoard logdir, ...); default: OUT/{DEFAULT_DIR_NAME}")
+    parser.add_argument("--track-dir", type=output_path, default=None, metavar="DIR", help=f"tracker files (TensorBoard logdir, ...); default: OUT/{DEFAULT_DIR_NAME}")
     parser.add_argument("--track-project", default=DEFAULT_PROJECT, metavar="NAME", help=f"W&B project / MLflow experiment (default: {DEFAULT_PROJECT})")
 
 
@@ -327,6 +348,7 @@ def tracking_from_args(args: argparse.Namespace, out: str | os.PathLike) -> Trac
     if not backends:
         return None
     directory = args.track_dir if args.track_dir is not None else str(Path(out) / DEFAULT_DIR_NAME)
+    check_output_dir(directory, what="--track-dir")
     config = TrackingConfig(backends=backends, dir=directory, project=args.track_project)
     config.check()
     return config

@@ -162,7 +162,8 @@ def test_json_schema(synthetic_dir, capsys):
     data = json.loads(capsys.readouterr().out)
     assert data["schema"] == SCHEMA and data["ok"] is True and data["synthetic"] is True
     assert set(data) == {"schema", "cache", "synthetic", "dataset", "backbone", "prompts", "splits", "zero_shot",
-                         "features", "leaks", "experiments", "findings", "warnings", "ok"}
+                         "features", "leaks", "experiments", "files", "findings", "warnings", "ok"}
+    assert data["files"] == {"checked": 15, "damaged": []}  # 5 shots x 3 seeds, every file read
     assert set(data["zero_shot"]) == {"val", "test", "published", "source", "gap"}
     assert {"norms", "matched_cosine", "unmatched_cosine", "modality_gap", "pos_neg_cosine"} <= set(data["features"])
     assert {"classes", "dim", "val", "test", "val_source", "train_sets"} <= set(data["splits"])
@@ -208,3 +209,71 @@ def test_published_values_are_filed_by_weights_not_only_architecture(model_id, k
     from hgadapter.check import published_backbone
 
     assert published_backbone(model_id) == key
+
+
+def _retensor(cache_dir: Path, file: str, edit) -> None:
+    """Rewrite one training-set file with edited tensors and record its new checksum, as a buggy
+    writer that keeps its sidecar consistent would: only the values are wrong."""
+    import safetensors.torch
+
+    from hgadapter.data.validate import file_checksum
+
+    tensors = safetensors.torch.load_file(cache_dir / file)
+    edit(tensors)
+    safetensors.torch.save_file(tensors, cache_dir / file)
+    sidecar = json.loads((cache_dir / "cache.json").read_text())
+    sidecar["checksums"][file] = file_checksum(cache_dir / file)
+    (cache_dir / "cache.json").write_text(json.dumps(sidecar))
+
+
+def test_every_training_set_file_is_read_and_checked(tmp_path, capsys):
+    """Issue 21 item 9: damaged training sets passed with "no warnings" and `run` then refused them."""
+    import pickle
+
+    import torch
+
+    cache_dir = tmp_path / "c"
+    _synthetic(cache_dir, shots=(1, 2), seeds=(1, 2, 3))
+    (cache_dir / "train_k1_s1.safetensors").write_bytes((cache_dir / "train_k1_s1.safetensors").read_bytes()[:100])  # truncated
+    (cache_dir / "train_k1_s2.safetensors").unlink()  # missing
+    (cache_dir / "train_k1_s3.safetensors").write_bytes(pickle.dumps({"features": [1.0]}))  # a pickle, not safetensors
+    _retensor(cache_dir, "train_k2_s1.safetensors", lambda t: t["features"].__setitem__((0, 0, 0), float("nan")))
+    _retensor(cache_dir, "train_k2_s2.safetensors", lambda t: t.__setitem__("labels", t["labels"] + 99))
+    report = check_cache(cache_dir, needs=[])
+    damaged = {tuple(d["train_set"]): d["error"] for d in report.files["damaged"]}
+    assert report.files["checked"] == 6 and set(damaged) == {(1, 1), (1, 2), (1, 3), (2, 1), (2, 2)}
+    assert "do not match the checksum" in damaged[(1, 1)] and "missing" in damaged[(1, 2)]
+    assert "non-finite" in damaged[(2, 1)] and "outside [0, 6)" in damaged[(2, 2)]
+    files_warnings = [w for w in report.warnings if w.startswith("files:")]
+    assert len(files_warnings) == 5 and any("(shots=2, seed=2)" in w for w in files_warnings)
+    assert main(["check", str(cache_dir), "--strict", "--experiments", str(SYNTH_FEWSHOT)]) == 1
+    out = capsys.readouterr().out
+    assert "6 training sets read and checked" in out and "5 cannot be used" in out and "no warnings" not in out
+    # the sweep's check verifies the sets its runs need, and names only those
+    exp = tmp_path / "exp.yaml"
+    exp.write_text(f"sweep: {{name: t, dataset: synthetic, features: {cache_dir}, methods: [zero_shot], shots: [2], seeds: [2, 3]}}\n")
+    lines = sweep_warnings(expand_experiment(exp, features_root=tmp_path))
+    assert [line for line in lines if "files:" in line] == [next(line for line in lines if "(shots=2, seed=2)" in line)]
+    assert torch.isfinite(load_cache_set(cache_dir, 2, 3)).all()  # an intact set still loads
+
+
+def load_cache_set(cache_dir: Path, shots: int, seed: int):
+    from hgadapter.data.io import load_cache
+
+    return load_cache(cache_dir, train_keys=[(shots, seed)]).train_set(shots, seed).features
+
+
+def test_an_integer_of_thousands_of_digits_in_the_sidecar_is_one_line(tmp_path, capsys):
+    """Issue 21 item 10: a 5,000-digit integer in cache.json was a ValueError traceback in run and check."""
+    cache_dir = tmp_path / "c"
+    _synthetic(cache_dir, shots=(1,), seeds=(1,))
+    text = (cache_dir / "cache.json").read_text()
+    for field, huge in (("dim", "9" * 5000), ("dim", "9" * 400), ("logit_scale", "9" * 400), ("logit_scale", "9" * 5000)):
+        sidecar = json.loads(text)
+        sidecar[field] = 0
+        (cache_dir / "cache.json").write_text(json.dumps(sidecar).replace(f'"{field}": 0', f'"{field}": {huge}'))
+        assert main(["check", str(cache_dir)]) == 2
+        err = capsys.readouterr().err
+        assert err.startswith("hgadapter check: error: ") and len(err.strip().splitlines()) == 1 and "cache.json" in err
+        assert main(["run", "--features", str(cache_dir), "--shots", "1", "--seed", "1", "--out", str(tmp_path / "r"), "--quiet"]) == 2
+        assert "hgadapter run: error: " in capsys.readouterr().err

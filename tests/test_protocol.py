@@ -77,7 +77,7 @@ def test_a_rerun_removes_the_old_metrics_before_anything_else(cache, tmp_path, m
 
     monkeypatch.setattr(type(method), "_fit", killed)
     with pytest.raises(KeyboardInterrupt):
-        run_method(method, cache, shots=2, seed=1, out_dir=tmp_path, progress=False)
+        run_method(method, cache, shots=2, seed=1, out_dir=tmp_path, progress=False, overwrite=True)
     assert not (tmp_path / "metrics.json").exists()
 
 

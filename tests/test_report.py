@@ -567,3 +567,26 @@ def test_tables_flag_runs_validated_on_test_images(tmp_path, paper):
     assert "† Validation drawn from the test images (CoOp's ImageNet protocol, `--val-source test`) for: imagenet." in markdown
     four = markdown.split("## Few-shot classification: RN50, 4-shot")[1].split("\n## ")[0]
     assert "†" not in four  # only oxford_pets runs at 4 shots
+
+
+def test_runs_of_different_configs_are_never_averaged_as_seeds(tmp_path, paper):
+    """Issue 21 item 14: five runs with different --set values showed as one n=1 cell."""
+    runs = tmp_path / "runs"
+    common = dict(method="tip_adapter", shots=16, dataset="imagenet", backbone="RN50")
+    for i, acc in enumerate((60.0, 61.0, 62.0, 63.0, 64.0)):  # five configurations, seed 1 each
+        write_run(runs, f"set{i}", seed=1, test_acc=acc, config_id=f"{i}" * 16, **common)
+    write_run(runs, "set0-seed2", seed=2, test_acc=58.0, config_id="0" * 16, **common)  # a second seed of the first
+    report = build_report(load_records(runs), paper)
+    (table,) = [t for t in report.tables if t.kind == "fewshot"]
+    rows = {row.id: row for row in table.rows}
+    assert set(rows) == {f"tip_adapter [config {i * 8}]" for i in "01234"}
+    first = rows["tip_adapter [config 00000000]"].cells["imagenet"]
+    assert (first.mean, first.n) == (59.0, 2)  # seeds of one config are averaged
+    assert [rows[f"tip_adapter [config {i * 8}]"].cells["imagenet"].mean for i in "1234"] == [61.0, 62.0, 63.0, 64.0]
+    assert all(row.label.startswith("Tip-Adapter [config ") for row in table.rows)
+    assert all(c.paper is None for row in table.rows for c in row.cells.values())  # no row claims the paper's config
+    (note,) = [w for w in report.warnings if "configurations" in w]
+    assert "tip_adapter 16 shots: runs of 5 different configurations" in note and "set0, set0-seed2" in note
+    # one configuration (or records from before config_id): one row, as before
+    single = build_report([r for r in load_records(runs) if r["config_id"].startswith("0")], paper)
+    assert [row.id for row in single.tables[0].rows] == ["tip_adapter"]

@@ -187,3 +187,24 @@ def test_report_tex_compiles_with_pdflatex(tmp_path, paper):
     errors = re.findall(r"^!.*$", done.stdout, flags=re.M)
     assert done.returncode == 0, errors or done.stdout[-2000:]
     assert (tmp_path / "report.pdf").stat().st_size > 0
+
+
+def test_line_breaks_and_control_characters_never_reach_the_tex_raw():
+    """Issue 21 item 17: a newline in a dataset or backbone name put a blank line inside a tabular
+    header or caption; NUL and ESC were written raw."""
+    assert latex_escape("a\nb\r\n\nc\td") == "a b   c d"
+    assert latex_escape("x\x00y\x1bz\x7f") == r"x\textbackslash{}x00y\textbackslash{}x1bz\textbackslash{}x7f"
+    assert latex_escape("`k\ney`") == r"\texttt{k ey}"
+    odd = "data\n\nset\x1b[31m\x00"
+    records = [record(m, odd, s, acc + s, backbone="RN\n\n50\x00") for m, acc in (("zero_shot", 40.0), ("tip_adapter", 50.0)) for s in (1, 2, 3)]
+    tex = format_latex(build_report(records, None))
+    assert not any(ch in tex for ch in "\x00\x1b\r\t")
+    body = tex[tex.index(r"\begin{document}"):]
+    assert "\n\n\\" in body  # blank lines only between environments ...
+    for env in body.split(r"\begin{table}")[1:]:  # ... never inside one
+        assert "\n\n" not in env.split(r"\end{table}")[0]
+    assert r"data  set\textbackslash{}x1b[31m\textbackslash{}x00" in tex
+    # the markdown keeps one heading and one table row per line as well
+    clean = [{**r, "dataset": "dataset", "backbone": "RN50"} for r in records]
+    lines = format_markdown(build_report(records, None)).splitlines()
+    assert len(lines) == len(format_markdown(build_report(clean, None)).splitlines())

@@ -15,7 +15,7 @@ from hgadapter.data.io import save_cache
 from hgadapter.methods import create_method
 from hgadapter.records import HISTORY_FILE, METRICS_FILE
 from hgadapter.runner import run_method
-from hgadapter.tracking import RunTracker, TrackingConfig, TrackingError, final_metrics, parse_track
+from hgadapter.tracking import RunTracker, TrackingConfig, TrackingError, final_metrics, parse_track, track_name_for
 
 from conftest import make_random_cache
 
@@ -38,7 +38,9 @@ def test_tensorboard_event_file_holds_every_epoch_and_the_final_metrics(tmp_path
 
     record = tiny_run(tmp_path / "run", TrackingConfig(backends=("tensorboard",), dir=str(tmp_path / "tb")))
     history = json.loads((tmp_path / "run" / HISTORY_FILE).read_text())
-    events = EventAccumulator(str(tmp_path / "tb" / "run"))  # named after the run directory
+    logdir = tmp_path / "tb" / track_name_for("run", tmp_path / "run")  # named after the run directory
+    assert logdir.name.startswith("run-")
+    events = EventAccumulator(str(logdir))
     events.Reload()
     scalars = set(events.Tags()["scalars"])
     assert {"train/loss", "train/lr", "val/acc", "final/test_acc", "final/val_acc", "final/epochs"} <= scalars
@@ -54,7 +56,7 @@ def test_tensorboard_event_file_holds_every_epoch_and_the_final_metrics(tmp_path
 
     # Run again into the same run: its curves are replaced, not drawn twice.
     tiny_run(tmp_path / "run", TrackingConfig(backends=("tensorboard",), dir=str(tmp_path / "tb")))
-    assert len(list((tmp_path / "tb" / "run").glob("events.out.tfevents.*"))) == 1
+    assert len(list(logdir.glob("events.out.tfevents.*"))) == 1
 
 
 def test_tracking_changes_no_result_and_off_writes_nothing(tmp_path):
@@ -90,7 +92,8 @@ def test_a_tracked_sweep_has_the_untracked_hashes_and_skips_their_runs(tmp_path,
         plain = json.loads((tmp_path / "plain" / run / METRICS_FILE).read_text())
         tracked = json.loads((tmp_path / "tracked" / run / METRICS_FILE).read_text())
         assert without_timings(tracked) == without_timings(plain)
-        assert list((tmp_path / "tracked" / "tracking" / run).glob("events.out.tfevents.*"))  # OUT/tracking/<run path>
+        logdir = tmp_path / "tracked" / "tracking" / track_name_for(run, tmp_path / "tracked" / run)  # OUT/tracking/<run path>-<hash>
+        assert list(logdir.glob("events.out.tfevents.*"))
 
 
 def test_unknown_or_missing_trackers_are_one_line_errors(tmp_path, monkeypatch, capsys):
@@ -166,3 +169,30 @@ def test_a_failing_run_closes_its_tracker_as_failed(tmp_path):
             tracker.log_epoch({"epoch": 1, "loss": 0.5, "lr": 1e-3, "val_acc": 50.0})
             raise RuntimeError("a fit that fails")
     assert backend.calls == [("scalars", 1, {"train/loss": 0.5, "train/lr": 1e-3, "val/acc": 50.0}), ("close", True)]
+
+
+def test_runs_of_two_folders_never_share_tracking_files(tmp_path):
+    """Issue 21 item 16: expA/run and expB/run sharing one --track-dir deleted each other's event files."""
+    pytest.importorskip("tensorboard", reason="needs the tensorboard package: pip install 'hgadapter[tensorboard]'")
+    tracking = TrackingConfig(backends=("tensorboard",), dir=str(tmp_path / "tb"))
+    tiny_run(tmp_path / "expA" / "run", tracking)
+    tiny_run(tmp_path / "expB" / "run", tracking)
+    logdirs = sorted(p for p in (tmp_path / "tb").iterdir())
+    assert len(logdirs) == 2 and all(p.name.startswith("run-") for p in logdirs)
+    assert all(len(list(p.glob("events.out.tfevents.*"))) == 1 for p in logdirs)
+    assert track_name_for("run", tmp_path / "expA" / "run") != track_name_for("run", tmp_path / "expB" / "run")
+    assert track_name_for("run", tmp_path / "expA" / "run") == track_name_for("run", tmp_path / "expA" / "x" / ".." / "run")
+    assert track_name_for("m/1shot-seed1", None) == "m/1shot-seed1"
+
+
+@pytest.mark.parametrize("command", ["run", "sweep", "compare"])
+def test_an_empty_track_dir_is_refused(command, tmp_path, capsys):
+    """Issue 21 item 16: --track-dir "" wrote event files into the current directory."""
+    argv = {"run": ["run", "--features", "f", "--shots", "1", "--seed", "1", "--out", str(tmp_path / "r")],
+            "sweep": ["sweep", "e.yaml", "--out", str(tmp_path / "r")],
+            "compare": ["compare", "--features", "f", "--out", str(tmp_path / "r")]}[command]
+    with pytest.raises(SystemExit) as exit_info:
+        main([*argv, "--track", "tensorboard", "--track-dir", ""])
+    assert exit_info.value.code == 2 and "--track-dir: expected a folder path, got an empty string" in capsys.readouterr().err
+    with pytest.raises(TrackingError, match="--track-dir: expected a folder path"):
+        TrackingConfig(backends=("tensorboard",), dir=" ")

@@ -24,6 +24,7 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from hgadapter._cli import output_path  # torch-free
 from hgadapter.records import HISTORY_FILE, METRICS_FILE, load_history, load_record, load_records, mean_std, seed_values
 from viz import style
 
@@ -520,7 +521,7 @@ def _slug(text: str) -> str:
 def add_figures_arguments(parser: argparse.ArgumentParser) -> None:
     """Options of ``hgadapter figures RUNS_DIR`` and ``python -m viz figures RUNS_DIR``."""
     parser.add_argument("runs_dir", metavar="RUNS_DIR", help="folder of run directories (each with metrics.json), searched recursively")
-    parser.add_argument("--out", default=None, metavar="DIR", help="folder for the figures (default: RUNS_DIR/figures)")
+    parser.add_argument("--out", type=output_path, default=None, metavar="DIR", help="folder for the figures (default: RUNS_DIR/figures)")
     parser.add_argument("--formats", nargs="+", default=list(style.DEFAULT_FORMATS), choices=style.FIGURE_FORMATS,
                         metavar="FMT", help="one file per format and figure (default: png pdf)")
     parser.add_argument("--paper", default=None, metavar="JSON",
@@ -535,7 +536,9 @@ def run_figures_command(args: argparse.Namespace) -> int:
     Returns 0. Bad input raises ``ValueError`` (or ``OSError``) with a one-line message, for the
     caller to print.
     """
-    out = Path(args.out) if args.out else Path(args.runs_dir) / "figures"
+    from hgadapter._io import check_output_dir  # torch-free
+
+    out = check_output_dir(args.out if args.out else Path(args.runs_dir) / "figures")
     paper = load_paper_values(args.paper) if args.paper else ({} if getattr(args, "no_paper", False) else None)
     for path in plot_figures(args.runs_dir, out, formats=args.formats, paper=paper, dpi=args.dpi):
         print(path)

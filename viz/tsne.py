@@ -29,6 +29,7 @@ from typing import TYPE_CHECKING, Any, Sequence
 
 import numpy as np
 
+from hgadapter._cli import output_path  # torch-free
 from hgadapter.records import CLASSES_FILE, METRICS_FILE, NODES_FILE  # imports no torch
 from viz import style
 
@@ -600,7 +601,7 @@ def add_tsne_arguments(parser: argparse.ArgumentParser, *, positional_run: bool 
         parser.add_argument("run", metavar="RUN", help=help_run)
     else:
         parser.add_argument("--run", required=True, metavar="DIR", help=help_run)
-    parser.add_argument("--out", default=None, metavar="FIG",
+    parser.add_argument("--out", type=output_path, default=None, metavar="FIG",
                         help="figure path, .png/.pdf/.svg (default: DIR/tsne_<ntypes>.png); coordinates go to <stem>.tsne.json")
     parser.add_argument("--formats", nargs="+", default=list(style.DEFAULT_FORMATS), choices=style.FIGURE_FORMATS,
                         metavar="FMT", help="also write these formats beside --out (default: png pdf)")
@@ -627,8 +628,10 @@ def run_tsne_command(args: argparse.Namespace) -> int:
     Returns 0. Bad input raises ``ValueError`` or ``FileNotFoundError`` with a one-line message,
     for the caller to print.
     """
+    from hgadapter._io import check_output_file  # torch-free
+
     run = Path(args.run)
-    out = Path(args.out) if args.out else run / f"tsne_{'_'.join(args.ntypes)}.png"
+    out = check_output_file(args.out if args.out else run / f"tsne_{'_'.join(args.ntypes)}.png", parents=True)
     families = None
     if args.families is not None:
         path = Path(args.families)

@@ -179,6 +179,42 @@ def load_cache(
     )
 
 
+def verify_train_sets(path: str | Path, keys: Iterable[tuple[int, int]] | None = None) -> dict[tuple[int, int], str | None]:
+    """Read and check the training sets of a cache one at a time, as :func:`load_cache` would.
+
+    Every check of the format runs (checksum, tensors and their dtypes and shapes against the
+    sidecar, finite unit-norm features, labels in range, ``shots`` images per class), but no set
+    is kept, so a cache of any size is verified in the memory of its largest set.
+
+    Args:
+        path: the cache directory.
+        keys: the ``(shots, seed)`` sets to verify; ``None``: every set the sidecar lists
+            (keys it does not list are left out).
+
+    Returns:
+        ``(shots, seed) -> None`` for a set that loads, else the one-line reason it does not.
+
+    Raises:
+        CacheError: the directory or its sidecar is missing or invalid.
+    """
+    directory = Path(path)
+    sidecar = read_sidecar(directory)
+    ctx = Context(classnames=sidecar["classnames"], dim=sidecar["dim"])
+    wanted = None if keys is None else {_as_train_key(k) for k in keys}
+    out: dict[tuple[int, int], str | None] = {}
+    for entry in sorted(sidecar["train_sets"], key=lambda e: (e["shots"], e["seed"])):
+        key = (entry["shots"], entry["seed"])
+        if wanted is not None and key not in wanted:
+            continue
+        try:
+            load_file(directory, sidecar, entry["file"], "train", train_context(ctx, entry))
+        except CacheError as exc:
+            out[key] = str(exc)
+        else:
+            out[key] = None
+    return out
+
+
 def load_sidecar(path: str | Path) -> dict[str, Any]:
     """The validated ``cache.json`` of a cache directory, without reading any tensor.
 

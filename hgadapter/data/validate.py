@@ -209,7 +209,7 @@ def check_head(raw: Any, where: str) -> None:
     if not is_int(raw["dim"]) or raw["dim"] < 1:
         raise CacheError(f"{where}: dim must be a positive integer, got {raw['dim']!r}")
     scale = raw["logit_scale"]
-    if not is_number(scale) or not math.isfinite(scale) or scale <= 0 or scale > MAX_LOGIT_SCALE:
+    if not is_number(scale) or scale <= 0 or scale > MAX_LOGIT_SCALE or not math.isfinite(scale):  # huge ints: compare before float()
         raise CacheError(
             f"{where}: logit_scale must be a positive number of at most {MAX_LOGIT_SCALE:g} (CLIP's is 100; "
             f"logits are float32), got {str(scale)[:40]}"

@@ -24,7 +24,7 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
-from hgadapter._io import remove_stale_temp_files
+from hgadapter._io import check_output_dir, remove_stale_temp_files
 from hgadapter.data.cache import SIDECAR_NAME, TEST_FILE, TEXT_FILE, VAL_FILE, CacheError, FeatureCache
 from hgadapter.data.io import list_train_sets, load_cache, load_sidecar, save_cache
 from hgadapter.extract.datasets import DataError, DatasetSplits, build_dataset, choose_validation
@@ -193,6 +193,7 @@ def _extract_base(
 def run_extract(args: argparse.Namespace) -> int:
     """Entry point behind ``hgadapter extract``; returns the exit status."""
     opts = options_from_args(args)
+    check_output_dir(opts.out)  # before any image is read
     cache = extract(opts)
     if cache is None:
         return 0
