@@ -380,5 +380,5 @@ def create_encoder(
     if model_id.startswith("open_clip:"):
         from hgadapter.extract.openclip_backend import load_open_clip
 
-        return load_open_clip(model_id, dev, prec)
+        return Encoder(**load_open_clip(model_id, dev), precision=prec)
     return _load_hf(model_id, revision, dev, prec)

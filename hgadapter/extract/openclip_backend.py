@@ -114,14 +114,14 @@ def _preprocess_cfg(open_clip: Any, model: Any) -> dict[str, Any]:
             "std": getattr(visual, "image_std", None)}
 
 
-def load_open_clip(spec: str, device: torch.device, precision: str):
-    """Load an open_clip model as an :class:`~hgadapter.extract.encoders.Encoder`.
+def load_open_clip(spec: str, device: torch.device) -> dict[str, Any]:
+    """Load an open_clip model; returns the keyword fields of an
+    :class:`~hgadapter.extract.encoders.Encoder` (all but ``precision``), which that module builds,
+    so that imports run one way (encoders -> this backend).
 
     Raises:
         EncoderError: a malformed id, open_clip not installed, or the model not loadable here.
     """
-    from hgadapter.extract.encoders import Encoder
-
     oid = parse_open_clip_id(spec)
     try:
         import open_clip  # optional extra: pip install 'hgadapter[open_clip]'
@@ -149,7 +149,7 @@ def load_open_clip(spec: str, device: torch.device, precision: str):
         digest.update(name.encode())
         digest.update(tensor.detach().float().cpu().numpy().tobytes()[:4096])
     bias = getattr(model, "logit_bias", None)
-    return Encoder(
+    return dict(
         id=spec,
         revision=f"{oid.pretrained or oid.name}:open_clip-{getattr(open_clip, '__version__', '?')}:sha256-prefix:{digest.hexdigest()[:16]}",
         backend="open_clip",
@@ -161,7 +161,6 @@ def load_open_clip(spec: str, device: torch.device, precision: str):
         text=None,
         context_length=context_length,
         device=device,
-        precision=precision,
         _model=model,
         _tokenizer=tokenizer,
     )
