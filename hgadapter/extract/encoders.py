@@ -85,6 +85,22 @@ class Encoder:
     _model: Any = None
     _tokenizer: Any = None
 
+    @property
+    def model(self) -> Any:
+        """The frozen model itself (an HF ``CLIPModel`` or an open_clip model), for methods that
+        run part of it at fit time (CoOp's prompts through the text encoder)."""
+        return self._model
+
+    @property
+    def tokenizer(self) -> Any:
+        """The model's tokenizer."""
+        return self._tokenizer
+
+    @property
+    def family(self) -> str:
+        """The model family: ``"clip"`` for a Hugging Face CLIPModel, ``"open_clip"`` otherwise."""
+        return "clip" if self.backend == "hf" else self.backend
+
     # -- inference ----------------------------------------------------------------------------
     def _autocast(self):
         if self.device.type == "cuda" and self.precision in ("fp16", "bf16"):
