@@ -175,7 +175,11 @@ def test_another_revision_or_family_is_refused(world, monkeypatch):
     meta = {**world["cache"].meta, "encoder": {**world["cache"].meta["encoder"], "revision": "sha256:0000"}}
     with pytest.raises(CoOpError, match="revision sha256:0000"):
         load_cache_encoder(meta, device=torch.device("cpu"))
-    other = dataclasses.replace(world["encoder"], backend="open_clip")
+    open_clip_meta = {**world["cache"].meta, "encoder": {"id": "open_clip:RN50/openai", "revision": "openai", "backend": "open_clip"}}
+    open_clip_data = dataclasses.replace(world["data"], meta=open_clip_meta)
+    with pytest.raises(UnmetNeedError, match="supports CLIP-family text encoders .* for now; .* open_clip backend"):
+        create_method("coop").fit(open_clip_data, seed=SEED, device="cpu")
+    other = dataclasses.replace(world["encoder"], backend="open_clip")  # a family the recorded backend did not announce
     monkeypatch.setattr(coop_module, "load_cache_encoder", lambda meta, device: other)
     with pytest.raises(CoOpError, match="CoOp supports CLIP-family text encoders for now"):
         create_method("coop", overrides=QUICK).fit(world["data"], seed=SEED, device="cpu")

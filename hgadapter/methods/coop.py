@@ -321,6 +321,17 @@ class CoOp(TrainedMethod):
     config_cls = CoOpConfig
     needs_encoder = True
 
+    def unmet_need(self, meta: Mapping[str, Any]) -> str | None:
+        """Besides an encoder (:meth:`Method.unmet_need`), a CLIP-family one: a Hugging Face ``CLIPModel``."""
+        reason = super().unmet_need(meta)
+        backend = meta["encoder"].get("backend") if reason is None and isinstance(meta.get("encoder"), Mapping) else None
+        if reason is None and backend not in (None, "hf"):
+            return (
+                f"{self.name} supports CLIP-family text encoders (a Hugging Face CLIPModel) for now; this cache's encoder "
+                f"{meta['encoder'].get('id')!r} is the {backend} backend"
+            )
+        return reason
+
     def build(self, data: SelectionData, text: torch.Tensor, device: torch.device):
         cfg: CoOpConfig = self.config
         encoder = load_cache_encoder(data.meta, device=device)
