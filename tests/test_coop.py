@@ -209,3 +209,28 @@ def test_compare_runs_coop_on_an_extracted_cache_and_skips_it_on_a_synthetic_one
     skipped = [line for line in lines if "skipped:" in line]
     assert len(skipped) == 1 and skipped[0].split()[0] == "coop" and "synthetic" in skipped[0]
     assert (tmp_path / "synthetic" / "results.md").is_file()
+
+
+def test_report_sets_the_papers_coop_row_beside_ours(tmp_path):
+    """Table 2 layout: a CoOp row in the paper's order with the paper's values (73.42 on average at 16 shots)."""
+    import json
+
+    from hgadapter.paper_results import load_paper_results
+    from hgadapter.records import load_records
+    from hgadapter.report import build_report
+
+    paper = load_paper_results()
+    coop_row = paper["tables"]["table2_fewshot16"]["values"]["coop"]
+    assert coop_row["average"] == 73.42 and coop_row["imagenet"] == 62.95
+    for dataset in paper["datasets"]:
+        for method, acc in (("coop", coop_row[dataset] - 1.0), ("linear_probe", 50.0), ("taskres", 60.0)):
+            run = tmp_path / dataset / method
+            run.mkdir(parents=True)
+            record = {"method": method, "shots": 16, "seed": 1, "test_acc": acc, "val_acc": 50.0, "dataset": dataset, "backbone": "RN50", "params": {}, "synthetic": False}
+            (run / "metrics.json").write_text(json.dumps(record), encoding="utf-8")
+    table = build_report(load_records(tmp_path), paper).tables[0]
+    assert [row.id for row in table.rows] == ["linear_probe", "coop", "taskres"]  # the paper's order
+    row = next(r for r in table.rows if r.id == "coop")
+    assert row.label == "CoOp"
+    assert (row.cells["imagenet"].paper, row.cells["average"].paper) == (62.95, 73.42)
+    assert row.cells["average"].diff == pytest.approx(-1.0, abs=0.01)  # the paper rounds its average
