@@ -234,3 +234,17 @@ def test_report_sets_the_papers_coop_row_beside_ours(tmp_path):
     assert row.label == "CoOp"
     assert (row.cells["imagenet"].paper, row.cells["average"].paper) == (62.95, 73.42)
     assert row.cells["average"].diff == pytest.approx(-1.0, abs=0.01)  # the paper rounds its average
+
+
+def test_synthetic_sweep_runs_every_feature_only_method_of_the_paper_sweeps():
+    """experiments/synthetic/fewshot.yaml lists the paper sweeps' methods minus those needing an encoder."""
+    from pathlib import Path
+
+    from hgadapter.methods import method_class
+    from hgadapter.config import load_experiment
+
+    repo = Path(__file__).resolve().parents[1]
+    paper = load_experiment(repo / "experiments" / "fewshot" / "dtd.yaml").sweep.methods
+    synthetic = load_experiment(repo / "experiments" / "synthetic" / "fewshot.yaml").sweep.methods
+    assert "coop" in paper
+    assert list(synthetic) == [m for m in paper if not method_class(m).needs_encoder]
