@@ -30,11 +30,14 @@ def _variant_method(variant: str) -> str:
 
 
 def demo_methods(*, baselines: bool = True) -> list[str]:
-    """The methods the demo compares: the variants of :data:`DEMO_VARIANTS`, then the baselines."""
+    """The methods the demo compares: the variants of :data:`DEMO_VARIANTS`, then the baselines
+    that run on cached features alone (not CoOp: the synthetic task has no encoder to run)."""
     from hgadapter.compare import DEFAULT_METHODS
+    from hgadapter.methods import method_class
 
     variants = [_variant_method(v) for v in DEMO_VARIANTS]
-    return variants + ([m for m in DEFAULT_METHODS if m not in variants] if baselines else [])
+    others = [m for m in DEFAULT_METHODS if m not in variants and not method_class(m).needs_encoder]
+    return variants + (others if baselines else [])
 
 
 def run_demo(out_dir: str | Path, *, engine: str | None = None, progress: bool = True, baselines: bool = True) -> Path:
