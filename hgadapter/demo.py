@@ -1,7 +1,7 @@
 """``hgadapter demo``: the paper's Table 2 variants and every baseline on the synthetic task.
 
 Base, T-N, T-P, T and full HeGraphAdapter (paper Table 2) and the baselines of
-:data:`hgadapter.compare.DEFAULT_METHODS`, 16 shots, seeds 1-3, on the synthetic CLIP-like task
+:data:`hgadapter.compare.DEFAULT_METHODS` that run on cached features (all but CoOp), 16 shots, seeds 1-3, on the synthetic CLIP-like task
 (docs/synthetic.md). The demo is one comparison (:func:`hgadapter.compare.compare`, itself a sweep
 over one cache): ``OUT`` receives the task as a feature cache (``OUT/cache``), one run directory
 per (method, seed) (``OUT/<method>/16shot-seed<seed>``), ``results.md`` and the bar chart, the
