@@ -162,7 +162,8 @@ class Method:
         """
         if not self.needs_encoder:
             return None
-        encoder = meta.get("encoder") if isinstance(meta, Mapping) else None
+        meta = meta if isinstance(meta, Mapping) else {}
+        encoder = meta.get("encoder")
         model_id = encoder.get("id") if isinstance(encoder, Mapping) else None
         if meta.get("synthetic", False):
             return (
