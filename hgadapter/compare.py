@@ -62,6 +62,7 @@ DEFAULT_METHODS: tuple[str, ...] = (
     "taskres",
     "clip_adapter",
     "graphadapter",
+    "coop",  # runs the cache's CLIP text encoder: skipped, with a line, on a cache without one (the synthetic demo)
     "hegraphadapter",
 )
 # Keys every record of a comparison has (those of hgadapter.runner's record plus the sweep's);
@@ -141,10 +142,13 @@ def compare(
         log: called with one line per run (``None`` for silence).
         tracking: a :class:`hgadapter.tracking.TrackingConfig` that watches every run executed.
 
+    A method that needs what the cache lacks (:meth:`~hgadapter.methods.Method.unmet_need`:
+    CoOp needs the CLIP encoder that a synthetic cache has not) is skipped with one logged line.
+
     Returns:
         The records of the requested (method, shots, seed) grid, in that order, as their
-        ``metrics.json`` files hold them; a run that another process is running into the same
-        folder is left to it (logged) and missing here.
+        ``metrics.json`` files hold them (none for a skipped method); a run that another
+        process is running into the same folder is left to it (logged) and missing here.
 
     Raises:
         ConfigError: an unknown method, or a bad method config (before anything runs).
@@ -159,6 +163,10 @@ def compare(
     out = check_output_dir(out_dir)
     grid: list[dict] = []
     for requested, method in zip(methods, resolved):
+        unmet = method.unmet_need(cache.meta)
+        if unmet is not None:  # e.g. CoOp on a synthetic cache: the other methods still run
+            log(f"  {method.name:22s} skipped: {unmet}")
+            continue
         spec = RunSpec(
             experiment=EXPERIMENT,
             method=method.name,

@@ -1,7 +1,7 @@
 """``hgadapter demo``: the paper's Table 2 variants and every baseline on the synthetic task.
 
 Base, T-N, T-P, T and full HeGraphAdapter (paper Table 2) and the baselines of
-:data:`hgadapter.compare.DEFAULT_METHODS`, 16 shots, seeds 1-3, on the synthetic CLIP-like task
+:data:`hgadapter.compare.DEFAULT_METHODS` that run on cached features (all but CoOp), 16 shots, seeds 1-3, on the synthetic CLIP-like task
 (docs/synthetic.md). The demo is one comparison (:func:`hgadapter.compare.compare`, itself a sweep
 over one cache): ``OUT`` receives the task as a feature cache (``OUT/cache``), one run directory
 per (method, seed) (``OUT/<method>/16shot-seed<seed>``), ``results.md`` and the bar chart, the
@@ -31,11 +31,14 @@ def _variant_method(variant: str) -> str:
 
 
 def demo_methods(*, baselines: bool = True) -> list[str]:
-    """The methods the demo compares: the variants of :data:`DEMO_VARIANTS`, then the baselines."""
+    """The methods the demo compares: the variants of :data:`DEMO_VARIANTS`, then the baselines
+    that run on cached features alone (not CoOp: the synthetic task has no encoder to run)."""
     from hgadapter.compare import DEFAULT_METHODS
+    from hgadapter.methods import method_class
 
     variants = [_variant_method(v) for v in DEMO_VARIANTS]
-    return variants + ([m for m in DEFAULT_METHODS if m not in variants] if baselines else [])
+    others = [m for m in DEFAULT_METHODS if m not in variants and not method_class(m).needs_encoder]
+    return variants + (others if baselines else [])
 
 
 def run_demo(out_dir: str | Path, *, engine: str | None = None, progress: bool = True, baselines: bool = True) -> Path:

@@ -7,7 +7,7 @@ import functools
 
 import pytest
 
-from hgadapter.methods import list_methods
+from hgadapter.methods import list_methods, method_class
 from hgadapter.compare import RECORD_KEYS, add_compare_arguments, compare, format_table, run_compare
 from hgadapter.config import ConfigError
 from hgadapter.data.cache import CacheError
@@ -79,10 +79,13 @@ def test_selection_never_reads_the_test_split(tmp_path, monkeypatch):
 
     monkeypatch.setattr(runner_module, "score_on_test", score_with_guard_open)
     methods = list_methods()
-    records = compare(guarded, methods, [2], [1], tmp_path, progress=False, device="cpu", overrides=quick(methods), log=None)
-    assert [r["method"] for r in records] == [m for m in methods]
-    assert len(scored) == len(methods)
-    assert guarded.test_reads == 2 * len(methods)  # test_features and test_labels, once per run
+    lines = []
+    records = compare(guarded, methods, [2], [1], tmp_path, progress=False, device="cpu", overrides=quick(methods), log=lines.append)
+    ran = [m for m in methods if not method_class(m).needs_encoder]  # CoOp needs a CLIP encoder: skipped here
+    assert [r["method"] for r in records] == ran
+    assert len(scored) == len(ran)
+    assert guarded.test_reads == 2 * len(ran)  # test_features and test_labels, once per run
+    assert [line.split()[0] for line in lines if "skipped:" in line] == [m for m in methods if m not in ran]
 
 
 def on_disk(out_dir):

@@ -26,7 +26,7 @@ from hgadapter.report import (
 )
 
 REPO = Path(__file__).resolve().parents[1]
-PAPER_ONLY_METHODS = {"coop", "proto_clip_f_q"}  # in the paper's tables, not implemented here
+PAPER_ONLY_METHODS = {"proto_clip_f_q"}  # in the paper's tables, not implemented here
 
 
 @pytest.fixture(scope="module")

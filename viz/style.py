@@ -125,6 +125,7 @@ _METHOD_STYLES: dict[str, tuple[str, str, str]] = {
     "lp_plus_plus": (OKABE_ITO["sky_blue"], "h", "--"),
     "clap": (OKABE_ITO["yellow"], "p", "--"),
     "proker": (OKABE_ITO["yellow"], "d", ":"),
+    "coop": (OKABE_ITO["blue"], "v", ":"),
 }
 _METHOD_LABELS: dict[str, str] = {
     "hegraphadapter": "HeGraphAdapter",
@@ -143,6 +144,7 @@ _METHOD_LABELS: dict[str, str] = {
     "lp_plus_plus": "LP++",
     "clap": "CLAP",
     "proker": "ProKeR",
+    "coop": "CoOp",
 }
 
 

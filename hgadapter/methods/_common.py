@@ -115,6 +115,10 @@ class TrainedMethod(Method):
         """After training: ``(head, val_acc, hparams)``, the trained model frozen as a :class:`~hgadapter.heads.Head`."""
         raise NotImplementedError
 
+    def tensors(self, module: nn.Module) -> dict[str, dict[str, torch.Tensor]]:
+        """Trained tensors to save in the run directory (``Fitted.tensors``); none by default."""
+        return {}
+
     def _fit(self, data: SelectionData, ctx: FitContext) -> Fitted:
         cfg = self.config
         text = prompt_ensemble(data.pos_text).to(ctx.device)  # (C, d)
@@ -138,4 +142,5 @@ class TrainedMethod(Method):
             train_seconds=result.seconds,
             select_seconds=time.perf_counter() - start,
             trainable_params=result.trainable_params,
+            tensors=self.tensors(module),
         )

@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import os
 import time
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any, ClassVar
 
@@ -29,10 +29,12 @@ import torch
 from hgadapter._resources import resource_path
 from hgadapter.config import RECORD_KEYS, SWEEP_KEY, ConfigError, ConfigParser, ConfigTree, echo, field_names, hparam, parse_override, to_plain
 from hgadapter.device import intra_op_threads, resolve_device
+from hgadapter.errors import UserError
 from hgadapter.protocol import FitContext, Fitted, SelectionData
 
 __all__ = [
     "Method",
+    "UnmetNeedError",
     "hparam",  # hgadapter.config's, re-exported: methods/*.py declare their config fields with it
     "register_method",
     "list_methods",
@@ -94,6 +96,11 @@ def load_method_config(
 # Methods
 
 
+class UnmetNeedError(UserError):
+    """A method needs something the cache does not have (the CLIP encoder of a synthetic cache)."""
+
+
+
 class Method:
     """A comparable few-shot method with its hyper-parameters resolved.
 
@@ -116,6 +123,9 @@ class Method:
     # Whether the method's config is a run config read from an experiment file (its train / eval
     # / graph sections, as HeGraphAdapter's is); other methods read their shipped method config.
     reads_experiment_file: ClassVar[bool] = False
+    # Whether the method runs the frozen CLIP encoder recorded in the cache at fit time (CoOp's
+    # prompts go through the text encoder); such a method cannot fit on a synthetic cache.
+    needs_encoder: ClassVar[bool] = False
 
     def __init__(self, *, name: str, config: Any) -> None:
         self.name = name
@@ -143,6 +153,29 @@ class Method:
     def config_dict(self) -> dict[str, Any]:
         """The resolved config as plain JSON/YAML types (recorded beside every result)."""
         return to_plain(self.config)
+
+    def unmet_need(self, meta: Mapping[str, Any]) -> str | None:
+        """Why this method cannot fit on a cache whose sidecar is ``meta`` (one line), or ``None``.
+
+        ``hgadapter compare`` skips such a method with this line; :meth:`fit` raises it as an
+        :class:`UnmetNeedError`.
+        """
+        if not self.needs_encoder:
+            return None
+        meta = meta if isinstance(meta, Mapping) else {}
+        encoder = meta.get("encoder")
+        model_id = encoder.get("id") if isinstance(encoder, Mapping) else None
+        if meta.get("synthetic", False):
+            return (
+                f"{self.name} runs the cache's CLIP encoder at fit time, and this cache is synthetic (no encoder made its "
+                "features); extract a cache from images (`hgadapter extract`)"
+            )
+        if not isinstance(model_id, str) or not model_id:
+            return (
+                f"{self.name} runs the cache's CLIP encoder at fit time, and this cache records none (meta['encoder']['id'] "
+                "and its revision); extract the cache with `hgadapter extract`, which records them"
+            )
+        return None
 
     def default_device(self) -> str:
         """The device :meth:`fit` uses when given none (``auto``: CUDA if present)."""
@@ -172,6 +205,9 @@ class Method:
             log: receives progress lines for the run's ``log.txt``.
             tracker: a :class:`hgadapter.tracking.RunTracker` the training loop sends each epoch to.
         """
+        reason = self.unmet_need(data.meta)
+        if reason is not None:
+            raise UnmetNeedError(reason)
         dev = resolve_device(self.default_device() if device is None else device)
         start = time.perf_counter()
         with intra_op_threads(self.threads if dev.type == "cpu" else None) as threads:
