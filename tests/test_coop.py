@@ -177,9 +177,12 @@ def test_another_revision_or_family_is_refused(world, monkeypatch):
         load_cache_encoder(meta, device=torch.device("cpu"))
     open_clip_meta = {**world["cache"].meta, "encoder": {"id": "open_clip:RN50/openai", "revision": "openai", "backend": "open_clip"}}
     open_clip_data = dataclasses.replace(world["data"], meta=open_clip_meta)
-    with pytest.raises(UnmetNeedError, match="supports CLIP-family text encoders .* for now; .* open_clip backend"):
+    with pytest.raises(UnmetNeedError, match="supports CLIP-family text encoders .* for now; .* 'open_clip' family"):
         create_method("coop").fit(open_clip_data, seed=SEED, device="cpu")
-    other = dataclasses.replace(world["encoder"], backend="open_clip")  # a family the recorded backend did not announce
+    siglip_meta = {**world["cache"].meta, "encoder": {**world["cache"].meta["encoder"], "family": "siglip"}}
+    with pytest.raises(UnmetNeedError, match="'siglip' family"):
+        create_method("coop").fit(dataclasses.replace(world["data"], meta=siglip_meta), seed=SEED, device="cpu")
+    other = dataclasses.replace(world["encoder"], family="siglip")  # a family the recorded meta did not announce
     monkeypatch.setattr(coop_module, "load_cache_encoder", lambda meta, device: other)
     with pytest.raises(CoOpError, match="CoOp supports CLIP-family text encoders for now"):
         create_method("coop", overrides=QUICK).fit(world["data"], seed=SEED, device="cpu")
