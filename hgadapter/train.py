@@ -137,6 +137,9 @@ def train_loop(
     batch_size: int,
     checkpoint: str = "last",
     drop_last: bool = False,
+    samples: tuple[torch.Tensor, torch.Tensor] | None = None,
+    after_step: Callable[[int], None] | None = None,
+    ties: str = "first",
     desc: str = "train",
 ) -> TrainResult:
     """Minimise ``loss_fn`` on ``data``'s few-shot set, one random view per image per epoch.
@@ -159,6 +162,14 @@ def train_loop(
         drop_last: skip each epoch's last batch when it is partial (Dassl's training loader
             does, ``drop_last=True``, when there are at least ``batch_size`` images); the
             default uses every image every epoch.
+        samples: fixed training samples ``(features (M, d), labels (M,))`` that replace the
+            per-epoch view draws: every epoch steps over them in their given order, in batches of
+            ``batch_size``, with no random draw (a full-batch method such as LP++ passes
+            ``batch_size=M``).
+        after_step: called with the 0-based global step after every optimiser step (LP++'s
+            block-coordinate step on its text multipliers).
+        ties: which epoch ``checkpoint="best_val"`` keeps among equal validation accuracies:
+            the ``"first"`` or the ``"last"`` (LP++'s source keeps the later one).
         desc: the progress bar's label.
     """
     if loss_fn is None:
@@ -166,6 +177,8 @@ def train_loop(
         def loss_fn(query: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
             return F.cross_entropy(logits_fn(query), target)
 
+    if ties not in ("first", "last"):
+        raise ValueError(f"ties must be 'first' or 'last', got {ties!r}")
     if checkpoint == "best_val":
         require_validation(data.val_labels, "checkpoint best_val (the epoch with the best validation accuracy)", "keep the last epoch (checkpoint: last; train.checkpoint=last for HeGraphAdapter)")
     device = ctx.device
@@ -174,6 +187,10 @@ def train_loop(
     labels = data.train_set.labels.to(device)  # (N,)
     val_x, val_y = data.val_features.float().to(device), data.val_labels.to(device)
     num_images, num_views = views.shape[0], views.shape[1]
+    if samples is not None:
+        fixed_x = samples[0].float().to(device)  # (M, d)
+        labels = samples[1].to(device)  # (M,)
+        num_images, drop_last = fixed_x.shape[0], False
     # Dassl drops the partial batch only when a full one exists (its loader keeps a lone short batch)
     dropping = drop_last and num_images > batch_size and num_images % batch_size != 0
     steps_per_epoch = num_images // batch_size if dropping else math.ceil(num_images / batch_size)
@@ -195,19 +212,24 @@ def train_loop(
     bar = tqdm(range(epochs), desc=desc, unit="epoch", disable=None if ctx.progress else True, leave=False)  # None: no bar off a terminal
     for epoch in bar:
         module.train()
-        order = torch.randperm(num_images, generator=generator).to(device)
-        view_idx = torch.randint(num_views, (num_images,), generator=generator).to(device)
+        if samples is None:
+            order = torch.randperm(num_images, generator=generator).to(device)
+            view_idx = torch.randint(num_views, (num_images,), generator=generator).to(device)
+        else:  # fixed samples, in their order: no draws
+            order = torch.arange(num_images, device=device)
         total = 0.0
         for begin in range(0, images_per_epoch, batch_size):
             lr = schedule(step, steps_per_epoch)
             for group in optimizer.param_groups:
                 group["lr"] = lr
             idx = order[begin : begin + batch_size]
-            query = views[idx, view_idx[idx]]  # (B, d): one augmented view per image
+            query = views[idx, view_idx[idx]] if samples is None else fixed_x[idx]  # (B, d): one augmented view per image
             loss = loss_fn(query, labels[idx])
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             optimizer.step()
+            if after_step is not None:
+                after_step(step)
             total += loss.item() * idx.numel()
             step += 1
         val_acc = val_accuracy()
@@ -216,7 +238,7 @@ def train_loop(
         bar.set_postfix(loss=f"{record['loss']:.3f}", val=f"{val_acc:.1f}")
         ctx.note(f"epoch {epoch + 1}/{epochs} loss {record['loss']:.4f} lr {lr:.2e} val_acc {val_acc:.2f}")
         ctx.track_epoch(record)
-        if checkpoint == "best_val" and val_acc > best_acc:
+        if checkpoint == "best_val" and (val_acc > best_acc or (ties == "last" and val_acc == best_acc)):
             best_acc, best_state, result.epoch = val_acc, copy.deepcopy(module.state_dict()), epoch + 1
     if checkpoint == "best_val" and best_state is not None:
         module.load_state_dict(best_state)
