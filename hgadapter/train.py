@@ -26,6 +26,7 @@ from hgadapter.protocol import FitContext, SelectionData, accuracy, require_vali
 
 __all__ = [
     "CHECKPOINTS",
+    "SAMPLINGS",
     "Schedule",
     "TrainResult",
     "train_loop",
@@ -36,6 +37,11 @@ __all__ = [
     "step_cosine_lr",
     "step_cosine",
 ]
+
+# How an epoch's batches are drawn from the few-shot set's (N, V) views: each image once with one
+# random view ("image"), or the pool of every (image, view) pair shuffled and cut into the epoch's
+# batches, an image possibly twice in a batch (CLAP's 20 pooled augmented passes).
+SAMPLINGS: tuple[str, ...] = ("image", "pool")
 
 # Which trained weights a method keeps: the last epoch's (Dassl's default), or the epoch with the
 # best validation accuracy (Tip-Adapter-F keeps its best epoch; we judge it on val, not test).
@@ -138,6 +144,7 @@ def train_loop(
     checkpoint: str = "last",
     drop_last: bool = False,
     samples: tuple[torch.Tensor, torch.Tensor] | None = None,
+    sampling: str = "image",
     after_step: Callable[[int], None] | None = None,
     ties: str = "first",
     desc: str = "train",
@@ -166,6 +173,10 @@ def train_loop(
             per-epoch view draws: every epoch steps over them in their given order, in batches of
             ``batch_size``, with no random draw (a full-batch method such as LP++ passes
             ``batch_size=M``).
+        sampling: ``"image"`` (each image once per epoch, one random view) or ``"pool"``: every
+            epoch shuffles all N V (image, view) pairs and takes as many batches of
+            ``batch_size`` from them as the image loader would have (``drop_last`` included),
+            each batch full (CLAP's source pools 20 augmented passes and batches it so).
         after_step: called with the 0-based global step after every optimiser step (LP++'s
             block-coordinate step on its text multipliers).
         ties: which epoch ``checkpoint="best_val"`` keeps among equal validation accuracies:
@@ -177,6 +188,8 @@ def train_loop(
         def loss_fn(query: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
             return F.cross_entropy(logits_fn(query), target)
 
+    if sampling not in SAMPLINGS:
+        raise ValueError(f"sampling must be one of {SAMPLINGS}, got {sampling!r}")
     if ties not in ("first", "last"):
         raise ValueError(f"ties must be 'first' or 'last', got {ties!r}")
     if checkpoint == "best_val":
@@ -195,6 +208,10 @@ def train_loop(
     dropping = drop_last and num_images > batch_size and num_images % batch_size != 0
     steps_per_epoch = num_images // batch_size if dropping else math.ceil(num_images / batch_size)
     images_per_epoch = steps_per_epoch * batch_size if dropping else num_images
+    pooled = samples is None and sampling == "pool"
+    if pooled:  # every batch full, from the pool of N V (image, view) pairs
+        views, labels = views.reshape(num_images * num_views, 1, -1), labels.repeat_interleave(num_views)  # (N V, 1, d), (N V,)
+        pool_size = num_images * num_views
 
     def val_accuracy() -> float:
         module.eval()
@@ -212,13 +229,17 @@ def train_loop(
     bar = tqdm(range(epochs), desc=desc, unit="epoch", disable=None if ctx.progress else True, leave=False)  # None: no bar off a terminal
     for epoch in bar:
         module.train()
-        if samples is None:
+        if pooled:  # one draw: the pool's order; view index 0 of each (image, view) row
+            order = torch.randperm(pool_size, generator=generator).to(device)
+            view_idx = torch.zeros(pool_size, dtype=torch.long, device=device)
+        elif samples is None:
             order = torch.randperm(num_images, generator=generator).to(device)
             view_idx = torch.randint(num_views, (num_images,), generator=generator).to(device)
         else:  # fixed samples, in their order: no draws
             order = torch.arange(num_images, device=device)
-        total = 0.0
-        for begin in range(0, images_per_epoch, batch_size):
+        total, seen = 0.0, 0
+        starts = range(0, steps_per_epoch * batch_size, batch_size) if pooled else range(0, images_per_epoch, batch_size)
+        for begin in starts:
             lr = schedule(step, steps_per_epoch)
             for group in optimizer.param_groups:
                 group["lr"] = lr
@@ -231,9 +252,10 @@ def train_loop(
             if after_step is not None:
                 after_step(step)
             total += loss.item() * idx.numel()
+            seen += idx.numel()
             step += 1
         val_acc = val_accuracy()
-        record = {"epoch": epoch + 1, "loss": total / images_per_epoch, "lr": lr, "val_acc": val_acc}
+        record = {"epoch": epoch + 1, "loss": total / seen, "lr": lr, "val_acc": val_acc}
         result.history.append(record)
         bar.set_postfix(loss=f"{record['loss']:.3f}", val=f"{val_acc:.1f}")
         ctx.note(f"epoch {epoch + 1}/{epochs} loss {record['loss']:.4f} lr {lr:.2e} val_acc {val_acc:.2f}")

@@ -108,9 +108,15 @@ class Encoder:
         return F.normalize(out.float(), dim=-1).cpu()
 
     @torch.inference_mode()
-    def encode_texts(self, texts: list[str], *, batch_size: int = 256) -> torch.Tensor:
-        """Normalised text features of ``texts``: ``(len(texts), d)`` float32 (CPU)."""
-        chunks = []
+    def encode_texts(
+        self, texts: list[str], *, batch_size: int = 256, return_norms: bool = False
+    ) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
+        """Normalised text features of ``texts``: ``(len(texts), d)`` float32 (CPU).
+
+        With ``return_norms`` also each feature's raw L2 norm before normalisation, ``(len(texts),)``
+        (the scale CLAP's prototypes start at; docs/feature-cache.md): ``(features, norms)``.
+        """
+        chunks, norms = [], []
         for start in range(0, len(texts), batch_size):
             part = texts[start : start + batch_size]
             with self._autocast():
@@ -128,9 +134,11 @@ class Encoder:
                 else:
                     out = self._model.encode_text(self._tokenizer(part).to(self.device))
             chunks.append(F.normalize(out.float(), dim=-1).cpu())
-        if not chunks:
-            return torch.zeros(0, self.dim)
-        return torch.cat(chunks)  # (n, d)
+            norms.append(out.float().norm(dim=-1).cpu())
+        features = torch.cat(chunks) if chunks else torch.zeros(0, self.dim)  # (n, d)
+        if return_norms:
+            return features, (torch.cat(norms) if norms else torch.zeros(0))  # (n, d), (n,)
+        return features
 
     def meta(self) -> dict[str, Any]:
         """What the sidecar records about the encoder (everything that determines features)."""
