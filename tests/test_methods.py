@@ -357,7 +357,7 @@ def test_lp_plus_plus_untrained_head_is_the_initialisation(data):
     from hgadapter.methods._common import view_samples
     from hgadapter.methods.lp_plus_plus import lp_plus_plus_steps
 
-    fitted = create_method("lp_plus_plus", overrides=["epochs=0"]).fit(data, seed=5, device="cpu")
+    fitted = create_method("lp_plus_plus", overrides=["epochs=0", "views=all"]).fit(data, seed=5, device="cpu")
     x, y = view_samples(data.train_set, "all")
     text = F.normalize(prompt_ensemble(data.pos_text), dim=-1)
     alpha0 = lp_plus_plus_steps(x, y, text)[2]

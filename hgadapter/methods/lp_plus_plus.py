@@ -56,7 +56,7 @@ class LPPlusPlusConfig:
     alpha_init_scale: float = hparam(250.0, low=0.0)  # alpha_0 = scale * mean true-class text cosine
     momentum: float = hparam(0.9, low=0.0)  # SGD momentum on W and b
     checkpoint: str = hparam("best_val", choices=CHECKPOINTS)  # the source keeps the best validation epoch
-    views: str = hparam("all", choices=LP_VIEWS)  # training samples: one view per image (drawn once), each image's view mean, or every view
+    views: str = hparam("one", choices=LP_VIEWS)  # training samples: one view per image (drawn once), each image's view mean, or every view
 
 
 def lp_plus_plus_steps(
