@@ -134,20 +134,20 @@ class Clap(TrainedMethod):
                 labels = data.train_set.labels.to(device).repeat_interleave(views.shape[1])  # (N V,)
                 logits = zero_shot_logits(views.reshape(-1, views.shape[-1]), text, data.logit_scale)  # (N V, C)
                 multipliers = zero_shot_multipliers(logits, labels, data.num_classes)
-        self._text_norm = self._text_norms(data)
-        prototypes = text if self._text_norm is None else text * self._text_norm.to(device)[:, None]  # (C, d)
+        norms, source = self._text_norms(data)
+        prototypes = text if norms is None else text * norms.to(device)[:, None]  # (C, d): r_c t_c
         module = ConstrainedPrototypes(prototypes, multipliers).to(device)
+        module.text_norm_source = source  # recorded by select()
         return module, lambda x: zero_shot_logits(x, module.weight, data.logit_scale)
 
-    def _text_norms(self, data: SelectionData) -> torch.Tensor | None:
-        """r_c ``(C,)`` for ``text_scale: raw`` (the cache's, else the fallback); ``None`` for ``unit``."""
+    def _text_norms(self, data: SelectionData) -> tuple[torch.Tensor | None, str]:
+        """``(r_c (C,), where it came from)``: the cache's raw norms or the fallback for
+        ``text_scale: raw``; ``(None, "unit")`` for ``unit``."""
         cfg: ClapConfig = self.config
-        self._norm_source = cfg.text_scale
         if cfg.text_scale == "unit":
-            return None
+            return None, "unit"
         if data.pos_text_norm is not None:
-            self._norm_source = "cache"
-            return raw_prototype_norms(data.pos_text, data.pos_text_norm)
+            return raw_prototype_norms(data.pos_text, data.pos_text_norm), "cache"
         global _warned_fallback
         if not _warned_fallback:
             _warned_fallback = True
@@ -157,8 +157,7 @@ class Clap(TrainedMethod):
                 "encoder's own; extract the cache again to record them (docs/baselines.md, clap)",
                 stacklevel=2,
             )
-        self._norm_source = "fallback"
-        return torch.full((data.num_classes,), cfg.fallback_text_norm)
+        return torch.full((data.num_classes,), cfg.fallback_text_norm), "fallback"
 
     def loss(self, module, logits_fn):
         def loss_fn(query: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
@@ -175,7 +174,6 @@ class Clap(TrainedMethod):
 
     def select(self, module, logits_fn, result, data, *, device):
         hparams = {} if module.multipliers is None else {"multiplier_mean": float(module.multipliers.mean())}
-        hparams["text_norm_source"] = self._norm_source
-        if self._text_norm is not None:
-            hparams["text_norm_mean"] = float(self._text_norm.mean())
+        hparams["text_norm_source"] = module.text_norm_source
+        hparams["text_norm_mean"] = float(module.text.norm(dim=-1).mean())  # r_c, 1 for unit
         return text_predictor(module.weight.detach(), data.logit_scale, device), result.val_acc, hparams

@@ -20,10 +20,17 @@ so no learning rate is tuned (official code github.com/FereshteShakeri/FewShot-C
 validation accuracy (later epochs win ties) and so do we (``checkpoint: best_val``); nothing
 else is searched.
 
-Changes: every augmented view is a sample (``views: all``; the source extracts one augmented
-pass of the training images); the alpha step uses the current gradient, as the paper's
-block-coordinate update does (the source never zeroes alpha's gradient, so its step applies the
-sum of every gradient since the start).
+Samples (``views: one``): the source extracts one augmented pass of the training images, N
+unit-norm samples that stay fixed for all epochs (the step sizes are the inverse Lipschitz
+constants of the loss over that fixed matrix), and W_0 sums K of them per class; here one cached
+view per image, drawn once from the fit's seed. ``mean`` (each image's view mean) keeps N fixed
+samples too; ``all`` (every view) starts W V times larger at nearly the same steps
+(docs/baselines.md). Training runs through :func:`hgadapter.train.train_loop` with the fixed
+samples as one full batch and the alpha step as its step hook.
+
+Changes: the alpha step uses the current gradient, as the paper's block-coordinate update does
+(the source never zeroes alpha's gradient, so its step applies the sum of every gradient since
+the start).
 """
 
 from __future__ import annotations
