@@ -211,3 +211,12 @@ def test_gda_alpha_grid_is_the_sources_decades_plus_their_half_decades():
     assert set(source) <= set(grid) and len(grid) == 13
     halves = sorted(set(grid) - set(source))
     assert halves == pytest.approx([10 ** (e + 0.5) for e in range(-4, 2)], rel=1e-2)
+
+
+def test_files_based_on_imagenet_drop_its_proker_grid_and_keep_the_rest():
+    """`method: null` in method_overrides drops an inherited recipe (ProKeR runs in no backbone or
+    domain-generalisation file), while TaskRes keeps its ImageNet learning rate."""
+    for file in sorted((ROOT / "experiments").glob("*/*.yaml")):
+        if file.parent.name in ("backbones", "dg"):
+            overrides = load_experiment(file).sweep.method_overrides
+            assert "proker" not in overrides and "lr=0.0002" in overrides["taskres"], file
