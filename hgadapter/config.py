@@ -833,6 +833,8 @@ def _parse_sweep(parser: ConfigParser, raw: Any, path: Path) -> SweepConfig:
         kwargs["targets"] = {str(k): parser.string(v, (*at, "targets", str(k))) for k, v in targets.items()}
     if raw.get("method_overrides") is not None:
         given = raw["method_overrides"]
+        if isinstance(given, dict):  # `method: null` drops a recipe inherited from a _base_ file
+            given = {k: v for k, v in given.items() if v is not None}
         allowed = kwargs.get("methods", SweepConfig.methods)
         given = parser.mapping(given, (*at, "method_overrides"), allowed)
         out = {}

@@ -54,6 +54,8 @@ class SelectionData(ClassTextShapes):
         val_features / val_labels: ``(N_val, d)`` / ``(N_val,)``.
         logit_scale: CLIP's logit scale.
         meta: the cache's sidecar metadata.
+        pos_text_norm / neg_text_norm: raw per-prompt text norms ``(C, P)`` / ``(C, Q)``, or
+            ``None`` for a cache written before they were recorded.
     """
 
     classnames: list[str]
@@ -64,6 +66,8 @@ class SelectionData(ClassTextShapes):
     val_labels: torch.Tensor
     logit_scale: float
     meta: dict[str, Any] = field(default_factory=dict)
+    pos_text_norm: torch.Tensor | None = None
+    neg_text_norm: torch.Tensor | None = None
 
 
 def selection_data(cache: FeatureCache, *, shots: int, seed: int) -> SelectionData:
@@ -77,6 +81,8 @@ def selection_data(cache: FeatureCache, *, shots: int, seed: int) -> SelectionDa
         val_labels=cache.val_labels,
         logit_scale=cache.logit_scale,
         meta=cache.meta,
+        pos_text_norm=cache.pos_text_norm,
+        neg_text_norm=cache.neg_text_norm,
     )
 
 

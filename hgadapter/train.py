@@ -26,6 +26,7 @@ from hgadapter.protocol import FitContext, SelectionData, accuracy, require_vali
 
 __all__ = [
     "CHECKPOINTS",
+    "SAMPLINGS",
     "Schedule",
     "TrainResult",
     "train_loop",
@@ -36,6 +37,11 @@ __all__ = [
     "step_cosine_lr",
     "step_cosine",
 ]
+
+# How an epoch's batches are drawn from the few-shot set's (N, V) views: each image once with one
+# random view ("image"), or the pool of every (image, view) pair shuffled and cut into the epoch's
+# batches, an image possibly twice in a batch (CLAP's 20 pooled augmented passes).
+SAMPLINGS: tuple[str, ...] = ("image", "pool")
 
 # Which trained weights a method keeps: the last epoch's (Dassl's default), or the epoch with the
 # best validation accuracy (Tip-Adapter-F keeps its best epoch; we judge it on val, not test).
@@ -137,6 +143,10 @@ def train_loop(
     batch_size: int,
     checkpoint: str = "last",
     drop_last: bool = False,
+    samples: tuple[torch.Tensor, torch.Tensor] | None = None,
+    sampling: str = "image",
+    after_step: Callable[[int], None] | None = None,
+    ties: str = "first",
     desc: str = "train",
 ) -> TrainResult:
     """Minimise ``loss_fn`` on ``data``'s few-shot set, one random view per image per epoch.
@@ -159,6 +169,18 @@ def train_loop(
         drop_last: skip each epoch's last batch when it is partial (Dassl's training loader
             does, ``drop_last=True``, when there are at least ``batch_size`` images); the
             default uses every image every epoch.
+        samples: fixed training samples ``(features (M, d), labels (M,))`` that replace the
+            per-epoch view draws: every epoch steps over them in their given order, in batches of
+            ``batch_size``, with no random draw (a full-batch method such as LP++ passes
+            ``batch_size=M``).
+        sampling: ``"image"`` (each image once per epoch, one random view) or ``"pool"``: every
+            epoch shuffles all N V (image, view) pairs and takes as many batches of
+            ``batch_size`` from them as the image loader would have (``drop_last`` included),
+            each batch full (CLAP's source pools 20 augmented passes and batches it so).
+        after_step: called with the 0-based global step after every optimiser step (LP++'s
+            block-coordinate step on its text multipliers).
+        ties: which epoch ``checkpoint="best_val"`` keeps among equal validation accuracies:
+            the ``"first"`` or the ``"last"`` (LP++'s source keeps the later one).
         desc: the progress bar's label.
     """
     if loss_fn is None:
@@ -166,6 +188,10 @@ def train_loop(
         def loss_fn(query: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
             return F.cross_entropy(logits_fn(query), target)
 
+    if sampling not in SAMPLINGS:
+        raise ValueError(f"sampling must be one of {SAMPLINGS}, got {sampling!r}")
+    if ties not in ("first", "last"):
+        raise ValueError(f"ties must be 'first' or 'last', got {ties!r}")
     if checkpoint == "best_val":
         require_validation(data.val_labels, "checkpoint best_val (the epoch with the best validation accuracy)", "keep the last epoch (checkpoint: last; train.checkpoint=last for HeGraphAdapter)")
     device = ctx.device
@@ -174,10 +200,18 @@ def train_loop(
     labels = data.train_set.labels.to(device)  # (N,)
     val_x, val_y = data.val_features.float().to(device), data.val_labels.to(device)
     num_images, num_views = views.shape[0], views.shape[1]
+    if samples is not None:
+        fixed_x = samples[0].float().to(device)  # (M, d)
+        labels = samples[1].to(device)  # (M,)
+        num_images, drop_last = fixed_x.shape[0], False
     # Dassl drops the partial batch only when a full one exists (its loader keeps a lone short batch)
     dropping = drop_last and num_images > batch_size and num_images % batch_size != 0
     steps_per_epoch = num_images // batch_size if dropping else math.ceil(num_images / batch_size)
     images_per_epoch = steps_per_epoch * batch_size if dropping else num_images
+    pooled = samples is None and sampling == "pool"
+    if pooled:  # every batch full, from the pool of N V (image, view) pairs
+        views, labels = views.reshape(num_images * num_views, 1, -1), labels.repeat_interleave(num_views)  # (N V, 1, d), (N V,)
+        pool_size = num_images * num_views
 
     def val_accuracy() -> float:
         module.eval()
@@ -195,28 +229,38 @@ def train_loop(
     bar = tqdm(range(epochs), desc=desc, unit="epoch", disable=None if ctx.progress else True, leave=False)  # None: no bar off a terminal
     for epoch in bar:
         module.train()
-        order = torch.randperm(num_images, generator=generator).to(device)
-        view_idx = torch.randint(num_views, (num_images,), generator=generator).to(device)
-        total = 0.0
-        for begin in range(0, images_per_epoch, batch_size):
+        if pooled:  # one draw: the pool's order; view index 0 of each (image, view) row
+            order = torch.randperm(pool_size, generator=generator).to(device)
+            view_idx = torch.zeros(pool_size, dtype=torch.long, device=device)
+        elif samples is None:
+            order = torch.randperm(num_images, generator=generator).to(device)
+            view_idx = torch.randint(num_views, (num_images,), generator=generator).to(device)
+        else:  # fixed samples, in their order: no draws
+            order = torch.arange(num_images, device=device)
+        total, seen = 0.0, 0
+        starts = range(0, steps_per_epoch * batch_size, batch_size) if pooled else range(0, images_per_epoch, batch_size)
+        for begin in starts:
             lr = schedule(step, steps_per_epoch)
             for group in optimizer.param_groups:
                 group["lr"] = lr
             idx = order[begin : begin + batch_size]
-            query = views[idx, view_idx[idx]]  # (B, d): one augmented view per image
+            query = views[idx, view_idx[idx]] if samples is None else fixed_x[idx]  # (B, d): one augmented view per image
             loss = loss_fn(query, labels[idx])
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             optimizer.step()
+            if after_step is not None:
+                after_step(step)
             total += loss.item() * idx.numel()
+            seen += idx.numel()
             step += 1
         val_acc = val_accuracy()
-        record = {"epoch": epoch + 1, "loss": total / images_per_epoch, "lr": lr, "val_acc": val_acc}
+        record = {"epoch": epoch + 1, "loss": total / seen, "lr": lr, "val_acc": val_acc}
         result.history.append(record)
         bar.set_postfix(loss=f"{record['loss']:.3f}", val=f"{val_acc:.1f}")
         ctx.note(f"epoch {epoch + 1}/{epochs} loss {record['loss']:.4f} lr {lr:.2e} val_acc {val_acc:.2f}")
         ctx.track_epoch(record)
-        if checkpoint == "best_val" and val_acc > best_acc:
+        if checkpoint == "best_val" and (val_acc > best_acc or (ties == "last" and val_acc == best_acc)):
             best_acc, best_state, result.epoch = val_acc, copy.deepcopy(module.state_dict()), epoch + 1
     if checkpoint == "best_val" and best_state is not None:
         module.load_state_dict(best_state)

@@ -325,15 +325,20 @@ def test_clap_constraint_holds_the_prototypes_near_the_text(data):
     """The penalty pulls each w_c back to t_c: the constrained prototypes end closer to zero-shot
     than the unconstrained probe's (ZS-LP), and 0 epochs is zero-shot CLIP exactly."""
     from hgadapter.graph import prompt_ensemble
+    from hgadapter.methods.clap import raw_prototype_norms
 
-    text = prompt_ensemble(data.pos_text)
+    r = raw_prototype_norms(data.pos_text, data.pos_text_norm)[:, None]  # (C, 1): the source's scale
+    start = prompt_ensemble(data.pos_text) * r  # (C, d): the initial (and target) prototypes
     moved = {}
     for constraint in ("l2", "none"):
         head = create_method("clap", overrides=["epochs=20", "lr=1.0", f"constraint={constraint}"]).fit(data, seed=1, device="cpu").head
-        moved[constraint] = (head.text - text).norm(dim=-1).mean()
+        moved[constraint] = ((head.text - start).norm(dim=-1) / r[:, 0]).mean()
     assert 0 < moved["l2"] < 0.9 * moved["none"]
     zero = create_method("clap", overrides=["epochs=0"]).fit(data, seed=1, device="cpu")
-    assert torch.equal(zero.head(small_task().test_features), zero_shot_logits(data))
+    # the prototypes start at r_c t_c, which the logits normalise back to t_c (up to rounding)
+    torch.testing.assert_close(zero.head(small_task().test_features), zero_shot_logits(data), atol=1e-4, rtol=1e-5)
+    unit = create_method("clap", overrides=["epochs=0", "text_scale=unit"]).fit(data, seed=1, device="cpu")
+    assert torch.equal(unit.head(small_task().test_features), zero_shot_logits(data))
 
 
 def test_lp_plus_plus_step_sizes_by_hand():
@@ -356,7 +361,7 @@ def test_lp_plus_plus_untrained_head_is_the_initialisation(data):
     from hgadapter.methods._common import view_samples
     from hgadapter.methods.lp_plus_plus import lp_plus_plus_steps
 
-    fitted = create_method("lp_plus_plus", overrides=["epochs=0"]).fit(data, seed=5, device="cpu")
+    fitted = create_method("lp_plus_plus", overrides=["epochs=0", "views=all"]).fit(data, seed=5, device="cpu")
     x, y = view_samples(data.train_set, "all")
     text = F.normalize(prompt_ensemble(data.pos_text), dim=-1)
     alpha0 = lp_plus_plus_steps(x, y, text)[2]

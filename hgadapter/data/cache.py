@@ -10,7 +10,8 @@ only interface between feature extraction (real CLIP or the synthetic task) and 
 anyone can write one from their own features with :func:`hgadapter.data.io.save_cache`::
 
     cache.json                           sidecar: version, classnames, dim, file table, meta
-    text.safetensors                     pos_text (C, P, d), neg_text (C, Q, d)
+    text.safetensors                     pos_text (C, P, d), neg_text (C, Q, d); optionally
+                                         pos_text_norm (C, P), neg_text_norm (C, Q)
     val.safetensors                      features (N_val, d), labels (N_val,)
     test.safetensors                     features (N_test, d), labels (N_test,)
     train_k{shots}_s{seed}.safetensors   features (N, V, d), labels (N,); one per few-shot set
@@ -51,6 +52,22 @@ FILE_KINDS: dict[str, dict[str, tuple[str, int, str]]] = {
         "labels": ("labels", 1, "(N,)"),
     },
 }
+
+
+# Tensors a file may hold beside FILE_KINDS' (caches written before them load without them):
+# the raw L2 norm of each prompt's text feature before normalisation, which CLAP starts from.
+# key -> (role, rank, shape as documented, the features tensor whose first two dims it matches).
+OPTIONAL_KINDS: dict[str, dict[str, tuple[str, int, str, str]]] = {
+    "text": {
+        "pos_text_norm": ("norms", 2, "(C, P)", "pos_text"),
+        "neg_text_norm": ("norms", 2, "(C, Q)", "neg_text"),
+    },
+}
+
+
+def file_keys(kind: str, present) -> tuple[str, ...]:
+    """The tensors a file of ``kind`` holds: every required one, then the optional ones in ``present``."""
+    return (*FILE_KINDS[kind], *(k for k in OPTIONAL_KINDS.get(kind, {}) if k in present))
 
 
 class CacheError(UserError):
@@ -114,6 +131,9 @@ class FeatureCache(ClassTextShapes):
         logit_scale: CLIP's logit scale s (100 for OpenAI CLIP).
         meta: sidecar metadata recording everything that determined the features (encoder id and
             revision, prompt sets, dataset and split source, augmentation, synthetic flag, ...).
+        pos_text_norm / neg_text_norm: the raw L2 norm of each prompt's text feature before
+            normalisation, ``(C, P)`` / ``(C, Q)``, finite and positive; ``None`` in caches written
+            before they were recorded (both or neither).
     """
 
     classnames: list[str]
@@ -126,6 +146,8 @@ class FeatureCache(ClassTextShapes):
     train_sets: dict[tuple[int, int], FewShotSet] = field(default_factory=dict)
     logit_scale: float = 100.0
     meta: dict[str, Any] = field(default_factory=dict)
+    pos_text_norm: torch.Tensor | None = None
+    neg_text_norm: torch.Tensor | None = None
 
     def train_set(self, shots: int, seed: int) -> FewShotSet:
         """The training set for ``(shots, seed)``; a :class:`CacheError` lists the ones present."""

@@ -176,6 +176,8 @@ def load_cache(
         train_sets=train_sets,
         logit_scale=float(sidecar["logit_scale"]),
         meta=sidecar["meta"],
+        pos_text_norm=text.get("pos_text_norm"),
+        neg_text_norm=text.get("neg_text_norm"),
     )
 
 
@@ -246,7 +248,11 @@ def _build(cache: FeatureCache, where: str) -> tuple[dict[str, Any], Files]:
     neg_text = _to_storage(cache.neg_text, "features", where, "neg_text")
     if neg_text.untyped_storage().data_ptr() == pos_text.untyped_storage().data_ptr():
         neg_text = neg_text.clone()  # safetensors refuses tensors that share memory in one file
-    files: Files = {TEXT_FILE: ("text", {"pos_text": pos_text, "neg_text": neg_text})}
+    text = {"pos_text": pos_text, "neg_text": neg_text}
+    for key in ("pos_text_norm", "neg_text_norm"):  # optional: written when the cache has them
+        if getattr(cache, key) is not None:
+            text[key] = _to_storage(getattr(cache, key), "norms", where, key)
+    files: Files = {TEXT_FILE: ("text", text)}
     for file, split, features, labels in (
         (VAL_FILE, "val", cache.val_features, cache.val_labels),
         (TEST_FILE, "test", cache.test_features, cache.test_labels),
@@ -326,7 +332,7 @@ def _validate_build(sidecar: dict[str, Any], files: Files, where: str) -> None:
     entries = {e["file"]: e for e in sidecar["train_sets"]}
     for file, (kind, tensors) in files.items():
         if kind == "text":
-            subject = {"pos_text": "pos_text", "neg_text": "neg_text"}
+            subject = {k: k for k in ("pos_text", "neg_text", "pos_text_norm", "neg_text_norm")}
             file_ctx = ctx
         elif kind == "split":
             split = "val" if file == VAL_FILE else "test"
@@ -352,6 +358,8 @@ def _to_storage(t: Any, role: str, where: str, subject: str) -> torch.Tensor:
     t = t.detach().cpu()
     if role == "features" and t.dtype.is_floating_point and t.dtype != torch.float16:
         t = t.to(torch.float32)
+    elif role == "norms" and t.dtype.is_floating_point:
+        t = t.to(torch.float32)  # raw norms of ~10 lose ~1e-2 in float16; they are C x P numbers
     elif role == "labels" and is_integer(t.dtype):
         t = t.to(torch.int64)
     return t.contiguous()  # safetensors writes contiguous buffers only

@@ -82,6 +82,7 @@ class SyntheticTaskConfig:
     negation: float = 0.7  # norm of the displacement of a negative prompt along the negation axis
     negation_suppression: float = 0.1  # how much of its class's text semantics a negation removes
     negation_noise: float = 0.1  # norm of a negative prompt's own noise
+    text_norm: float = 10.0  # mean raw (pre-normalisation) L2 norm of a prompt's text feature, as CLIP's encode_text returns it
 
     def __post_init__(self) -> None:
         def need(ok: bool, name: str, valid: str) -> None:
@@ -136,6 +137,7 @@ class SyntheticTaskConfig:
                      "view_noise", "template_shift", "prompt_noise", "negation", "negation_noise"):
             need(number(name) and 0.0 <= getattr(self, name) <= 10.0, name, "a number in [0, 10]")
         need(number("cone_cos") and -1.0 <= self.cone_cos <= 1.0, "cone_cos", "a number in [-1, 1]")
+        need(number("text_norm") and 0.0 < self.text_norm <= 1e4, "text_norm", "a number in (0, 1e4]")
 
 
     @property
@@ -233,6 +235,8 @@ class _Structure:
     family_basis: torch.Tensor  # (F, r, d) orthonormal rows: each family's shared noise subspace
     pos_text: torch.Tensor  # (C, P, d) normalised positive prompt features
     neg_text: torch.Tensor  # (C, Q, d) normalised negative prompt features
+    pos_text_norm: torch.Tensor  # (C, P) raw norm of each positive prompt's feature
+    neg_text_norm: torch.Tensor  # (C, Q) raw norm of each negative prompt's feature
 
 
 def _build_structure(cfg: SyntheticTaskConfig) -> _Structure:
@@ -279,6 +283,9 @@ def _build_structure(cfg: SyntheticTaskConfig) -> _Structure:
     # Each family's nuisance subspace (pose, background, ... shared by look-alike classes).
     family_coords = torch.linalg.qr(torch.randn(cfg.num_families, m, cfg.rank_r, generator=g))[0]  # (F, m, r)
     family_basis = torch.einsum("fmr,md->frd", family_coords, semantic_basis)  # (F, r, d)
+    # Raw text norms: the unnormalised prompt vectors' lengths, rescaled so that the positive
+    # prompts' mean is text_norm (no random draw, so every other tensor is unchanged).
+    to_raw = cfg.text_norm / pos_raw.norm(dim=-1).mean()
     return _Structure(
         family_of=family_of,
         visual_centre=visual_centre,
@@ -286,6 +293,8 @@ def _build_structure(cfg: SyntheticTaskConfig) -> _Structure:
         family_basis=family_basis,
         pos_text=F.normalize(pos_raw, dim=-1),
         neg_text=F.normalize(neg_raw, dim=-1),
+        pos_text_norm=pos_raw.norm(dim=-1) * to_raw,
+        neg_text_norm=neg_raw.norm(dim=-1) * to_raw,
     )
 
 
@@ -402,6 +411,8 @@ def _build_task(cfg: SyntheticTaskConfig) -> FeatureCache:
         classnames=_classnames(cfg),
         pos_text=s.pos_text,
         neg_text=s.neg_text,
+        pos_text_norm=s.pos_text_norm,
+        neg_text_norm=s.neg_text_norm,
         val_features=val.reshape(-1, cfg.dim),  # (C * val_per_class, d)
         val_labels=torch.arange(cfg.num_classes).repeat_interleave(cfg.val_per_class),
         test_features=test.reshape(-1, cfg.dim),  # (C * test_per_class, d)

@@ -22,7 +22,7 @@ import safetensors.torch
 import torch
 
 from hgadapter._io import NotJSONError, strict_json_loads
-from hgadapter.data.cache import FILE_KINDS, FORMAT_VERSION, SIDECAR_NAME, TEST_FILE, TEXT_FILE, VAL_FILE, CacheError
+from hgadapter.data.cache import FILE_KINDS, FORMAT_VERSION, OPTIONAL_KINDS, SIDECAR_NAME, TEST_FILE, TEXT_FILE, VAL_FILE, CacheError, file_keys
 
 # logits s * cos are float32: a scale past this overflows them (CLIP learns s <= 100)
 MAX_LOGIT_SCALE = 1e6
@@ -100,6 +100,21 @@ def check_layout(
                 f"{ctx.dim}"
             )
 
+    optional = {k: v for k, v in OPTIONAL_KINDS.get(kind, {}).items() if k in layout}
+    if optional and len(optional) != len(OPTIONAL_KINDS[kind]):
+        have, need = quote(optional), quote(OPTIONAL_KINDS[kind])
+        raise CacheError(f"{where}: holds {have} without the rest of {need}; write all of them or none")
+    for key, (_, rank, doc_shape, of) in optional.items():
+        dtype_name, shape = layout[key]
+        dtype = _torch_dtype(dtype_name)
+        if dtype is None or not dtype.is_floating_point:
+            raise CacheError(f"{where}: {subject[key]} has dtype {dtype_name}; norms must be floating point (float32)")
+        if len(shape) != rank or shape != layout[of][1][:2]:
+            raise CacheError(
+                f"{where}: {subject[key]} has shape {format_shape(shape)}; expected {doc_shape}, "
+                f"one raw norm per prompt of {subject[of]} {format_shape(layout[of][1][:2])}"
+            )
+
     num_classes = len(ctx.classnames)
     if kind == "text":
         for key in ("pos_text", "neg_text"):
@@ -166,6 +181,17 @@ def check_values(
                     f"{where}: {subject[key]} has values outside [0, {num_classes}) "
                     f"(min {low}, max {high})"
                 )
+
+    for key in OPTIONAL_KINDS.get(kind, {}):
+        t = tensors.get(key)
+        if t is None:
+            continue
+        num_bad = int((~torch.isfinite(t) | (t <= 0)).sum())
+        if num_bad:
+            raise CacheError(
+                f"{where}: {subject[key]} has {num_bad} value(s) that are not finite positive norms "
+                "(the raw L2 norm of each prompt's feature before normalisation)"
+            )
 
     if kind == "train":
         counts = torch.bincount(tensors["labels"], minlength=num_classes)
@@ -288,9 +314,10 @@ def check_table(raw: dict[str, Any], where: str) -> None:
 
 def parse_records(records: Any, kind: str, at: str) -> Layout:
     """The layout a sidecar file-table entry records; a CacheError unless it maps exactly this kind's tensors."""
-    keys = tuple(FILE_KINDS[kind])
+    keys = file_keys(kind, records) if isinstance(records, dict) else tuple(FILE_KINDS[kind])
     if not isinstance(records, dict) or set(records) != set(keys):
-        raise CacheError(f"{at} must map exactly the tensors {quote(keys)} to dtype and shape")
+        optional = f" (optionally also {quote(OPTIONAL_KINDS[kind])})" if kind in OPTIONAL_KINDS else ""
+        raise CacheError(f"{at} must map exactly the tensors {quote(FILE_KINDS[kind])}{optional} to dtype and shape")
     layout: Layout = {}
     for key in keys:
         record = records[key]
@@ -388,7 +415,7 @@ def load_file(
     except (safetensors.SafetensorError, OSError, ValueError) as e:
         raise CacheError(f"{where}: not a readable safetensors file ({one_line(e)})") from None
 
-    keys = tuple(FILE_KINDS[kind])
+    keys = file_keys(kind, raw)
     _require_exactly(
         sorted(raw),
         keys,
@@ -401,6 +428,8 @@ def load_file(
     check_layout(kind, layout, ctx, where, subject)
     # The sidecar's table lets readers check shapes without loading; it must tell the truth.
     recorded = parse_records(sidecar["files"][file], kind, f"{SIDECAR_NAME} files[{file!r}]")
+    if set(recorded) != set(keys):
+        raise CacheError(f"{where}: holds {quote(keys)} but {SIDECAR_NAME} records {quote(recorded)}")
     for key in keys:
         if layout[key] != recorded[key]:
             raise CacheError(
@@ -432,6 +461,9 @@ def to_memory(tensors: dict[str, torch.Tensor], kind: str) -> dict[str, torch.Te
     for key, (role, _, _) in FILE_KINDS[kind].items():
         t = tensors[key]
         out[key] = t.to(torch.float32) if role == "features" else t.to(torch.int64)
+    for key in OPTIONAL_KINDS.get(kind, {}):
+        if key in tensors:
+            out[key] = tensors[key].to(torch.float32)
     return out
 
 

@@ -149,8 +149,10 @@ def _extract_base(
     """Text, validation and test features: the part of a cache shared by all training sets."""
     C = len(splits.classnames)
     t0 = time.perf_counter()
-    pos_text = encoder.encode_texts([p for ps in pos.prompts for p in ps]).view(C, pos.num_prompts, -1)  # (C, P, d)
-    neg_text = encoder.encode_texts([p for ps in neg.prompts for p in ps]).view(C, neg.num_prompts, -1)  # (C, Q, d)
+    pos_text, pos_norm = encoder.encode_texts([p for ps in pos.prompts for p in ps], return_norms=True)
+    neg_text, neg_norm = encoder.encode_texts([p for ps in neg.prompts for p in ps], return_norms=True)
+    pos_text, pos_norm = pos_text.view(C, pos.num_prompts, -1), pos_norm.view(C, pos.num_prompts)  # (C, P, d), (C, P)
+    neg_text, neg_norm = neg_text.view(C, neg.num_prompts, -1), neg_norm.view(C, neg.num_prompts)  # (C, Q, d), (C, Q)
     opts.log(f"encoded {C} classes x ({pos.num_prompts} + {neg.num_prompts}) prompts in {time.perf_counter() - t0:.1f}s")
 
     val_idx = val_indices(opts, splits)
@@ -180,6 +182,8 @@ def _extract_base(
         classnames=list(splits.classnames),
         pos_text=pos_text,
         neg_text=neg_text,
+        pos_text_norm=pos_norm,
+        neg_text_norm=neg_norm,
         val_features=val_f.reshape(-1, encoder.dim),
         val_labels=val_y,
         test_features=test_f.reshape(-1, encoder.dim),

@@ -104,6 +104,10 @@ class TrainedMethod(Method):
         """Epochs to train on ``data``: the config's ``epochs`` (a source that trains longer at more shots overrides this)."""
         return self.config.epochs
 
+    def sampling(self) -> str:
+        """How :func:`~hgadapter.train.train_loop` draws each epoch's batches (``"image"``; CLAP: ``"pool"``)."""
+        return "image"
+
     def schedule(self, epochs: int) -> Schedule:
         """Dassl's cosine schedule over ``epochs`` after a constant warmup, from the config."""
         cfg = self.config
@@ -129,7 +133,7 @@ class TrainedMethod(Method):
         result = train_loop(
             module, self.optimizer(module), self.schedule(epochs), data, ctx,
             logits_fn=logits_fn, loss_fn=self.loss(module, logits_fn), epochs=epochs, batch_size=cfg.batch_size,
-            checkpoint=cfg.checkpoint, drop_last=cfg.drop_last, desc=self.name,
+            checkpoint=cfg.checkpoint, drop_last=cfg.drop_last, sampling=self.sampling(), desc=self.name,
         )
         start = time.perf_counter()
         head, val_acc, hparams = self.select(module, logits_fn, result, data, device=ctx.device)

@@ -20,27 +20,38 @@ so no learning rate is tuned (official code github.com/FereshteShakeri/FewShot-C
 validation accuracy (later epochs win ties) and so do we (``checkpoint: best_val``); nothing
 else is searched.
 
-Changes: every augmented view is a sample (``views: all``; the source extracts one augmented
-pass of the training images); the alpha step uses the current gradient, as the paper's
-block-coordinate update does (the source never zeroes alpha's gradient, so its step applies the
-sum of every gradient since the start).
+Samples (``views: one``): the source extracts one augmented pass of the training images, N
+unit-norm samples that stay fixed for all epochs (the step sizes are the inverse Lipschitz
+constants of the loss over that fixed matrix), and W_0 sums K of them per class; here one cached
+view per image, drawn once from the fit's seed. ``mean`` (each image's view mean) keeps N fixed
+samples too; ``all`` (every view) starts W V times larger at nearly the same steps
+(docs/baselines.md). Training runs through :func:`hgadapter.train.train_loop` with the fixed
+samples as one full batch and the alpha step as its step hook.
+
+Changes: the alpha step uses the current gradient, as the paper's block-coordinate update does
+(the source never zeroes alpha's gradient, so its step applies the sum of every gradient since
+the start).
 """
 
 from __future__ import annotations
 
 import math
-import time
 from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
+from torch import nn
 
 from hgadapter.heads import LinearHead
+from hgadapter.data.cache import FewShotSet
 from hgadapter.methods._common import CHECKPOINTS, VIEWS, prompt_ensemble, view_samples
 from hgadapter.methods._registry import Method, hparam, register_method
-from hgadapter.protocol import FitContext, Fitted, SelectionData, accuracy, require_validation
+from hgadapter.protocol import FitContext, Fitted, SelectionData
+from hgadapter.train import train_loop
 
-__all__ = ["LPPlusPlusConfig", "LPPlusPlus", "lp_plus_plus_steps"]
+__all__ = ["LPPlusPlusConfig", "LPPlusPlus", "lp_plus_plus_steps", "lp_plus_plus_samples", "LP_VIEWS"]
+
+LP_VIEWS: tuple[str, ...] = ("one", *VIEWS)  # LP++'s training samples: one view per image, the view mean, every view
 
 
 @dataclass(frozen=True)
@@ -52,7 +63,7 @@ class LPPlusPlusConfig:
     alpha_init_scale: float = hparam(250.0, low=0.0)  # alpha_0 = scale * mean true-class text cosine
     momentum: float = hparam(0.9, low=0.0)  # SGD momentum on W and b
     checkpoint: str = hparam("best_val", choices=CHECKPOINTS)  # the source keeps the best validation epoch
-    views: str = hparam("all", choices=VIEWS)  # training samples: every augmented view, or each image's view mean
+    views: str = hparam("one", choices=LP_VIEWS)  # training samples: one view per image (drawn once), each image's view mean, or every view
 
 
 def lp_plus_plus_steps(
@@ -78,6 +89,36 @@ def lp_plus_plus_steps(
     return float(4.0 * n / top_eig), float(lr_alpha), float(alpha0)
 
 
+def lp_plus_plus_samples(train_set: FewShotSet, views: str, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """LP++'s fixed training samples: one augmented view per image drawn once from ``seed``
+    (``one``: the source's single augmented pass), each image's view mean (``mean``) or every view
+    (``all``).
+
+    Returns:
+        features ``(N, d)`` (``(N V, d)`` for ``all``), unit norm, and their labels.
+    """
+    if views != "one":
+        return view_samples(train_set, views)
+    x = F.normalize(train_set.features.float(), dim=-1)  # (N, V, d)
+    pick = torch.randint(x.shape[1], (x.shape[0],), generator=torch.Generator().manual_seed(seed))  # (N,)
+    return x[torch.arange(x.shape[0]), pick], train_set.labels  # (N, d), (N,)
+
+
+class _LPPlusPlusModule(nn.Module):
+    """W ``(C, d)`` (class sums of the samples), b ``(C,)`` and the text multipliers alpha ``(C,)``."""
+
+    def __init__(self, weight: torch.Tensor, bias: torch.Tensor, alpha: torch.Tensor, text: torch.Tensor) -> None:
+        super().__init__()
+        self.weight = nn.Parameter(weight)
+        self.bias = nn.Parameter(bias)
+        self.alpha = nn.Parameter(alpha)
+        self.register_buffer("text", text)  # (C, d)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """``x W^T + b + alpha ⊙ (x T^T)`` of unit-norm samples ``(B, d)`` -> ``(B, C)``."""
+        return x @ self.weight.T + self.bias + self.alpha * (x @ self.text.T)
+
+
 @register_method("lp_plus_plus")
 class LPPlusPlus(Method):
     """Linear probe plus class-wise scaled text logits, full-batch, step sizes from Lipschitz constants."""
@@ -87,55 +128,40 @@ class LPPlusPlus(Method):
     def _fit(self, data: SelectionData, ctx: FitContext) -> Fitted:
         cfg: LPPlusPlusConfig = self.config
         dev = ctx.device
-        if cfg.checkpoint == "best_val":
-            require_validation(data.val_labels, "checkpoint best_val (LP++'s best validation epoch)", "keep the last epoch (checkpoint: last)")
-        x, y = (t.to(dev) for t in view_samples(data.train_set, cfg.views))  # (N, d), (N,)
+        x, y = (t.to(dev) for t in lp_plus_plus_samples(data.train_set, cfg.views, ctx.seed))  # (N, d), (N,)
         text = F.normalize(prompt_ensemble(data.pos_text).float(), dim=-1).to(dev)  # (C, d)
-        val_x, val_y = F.normalize(data.val_features.float(), dim=-1).to(dev), data.val_labels.to(dev)
         num_classes, dim = text.shape
         lr_w, lr_alpha, alpha0 = lp_plus_plus_steps(x.cpu(), y.cpu(), text.cpu(), alpha_init_scale=cfg.alpha_init_scale)
 
-        weight = torch.zeros(num_classes, dim, device=dev).index_add_(0, y, x).requires_grad_()  # (C, d): class sums
+        weight = torch.zeros(num_classes, dim, device=dev).index_add_(0, y, x)  # (C, d): class sums
         bound = 1.0 / math.sqrt(dim)  # nn.Linear's default bias initialisation, from the fit's seed
-        bias = ((torch.rand(num_classes, generator=torch.Generator().manual_seed(ctx.seed)) * 2 - 1) * bound).to(dev).requires_grad_()
-        alpha = torch.full((num_classes,), alpha0, device=dev, requires_grad=True)  # (C,)
-        optimizer = torch.optim.SGD([weight, bias], lr=lr_w, momentum=cfg.momentum)
-        text_x, text_val = x @ text.T, val_x @ text.T  # (N, C), (B, C): the text term's cosines
+        bias = ((torch.rand(num_classes, generator=torch.Generator().manual_seed(ctx.seed)) * 2 - 1) * bound).to(dev)
+        module = _LPPlusPlusModule(weight, bias, torch.full((num_classes,), alpha0, device=dev), text)
+        optimizer = torch.optim.SGD([module.weight, module.bias], lr=lr_w, momentum=cfg.momentum)
 
-        def state() -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-            return weight.detach().clone(), bias.detach().clone(), alpha.detach().clone()
-
-        start = time.perf_counter()
-        history: list[dict] = []
-        best = (-1.0, 0, state())
-        for epoch in range(cfg.epochs):
-            loss = F.cross_entropy(x @ weight.T + bias + alpha * text_x, y)
-            optimizer.zero_grad(set_to_none=True)
-            alpha.grad = None
-            loss.backward()
-            optimizer.step()
-            if (epoch + 1) % cfg.alpha_every == 0:  # the block-coordinate step on alpha
+        def alpha_step(step: int) -> None:  # the block-coordinate step on alpha, with the current gradient
+            alpha = module.alpha
+            if (step + 1) % cfg.alpha_every == 0:
                 with torch.no_grad():
                     alpha -= lr_alpha * alpha.grad
-            with torch.no_grad():
-                val_acc = accuracy(val_x @ weight.T + bias + alpha * text_val, val_y)
-            history.append({"epoch": epoch + 1, "loss": loss.item(), "lr": lr_w, "val_acc": val_acc})
-            ctx.note(f"epoch {epoch + 1}/{cfg.epochs} loss {loss.item():.4f} val_acc {val_acc:.2f}")
-            if cfg.checkpoint == "last" or val_acc >= best[0]:  # the source: later epochs win ties
-                best = (val_acc, epoch + 1, state())
-        train_seconds = time.perf_counter() - start
-        val_acc, kept, (w, b, a) = best
-        if kept == 0:  # no epoch ran
-            with torch.no_grad():
-                val_acc = accuracy(val_x @ w.T + b + a * text_val, val_y) if val_y.numel() else float("nan")
+            alpha.grad = None  # the optimiser zeroes W and b only
+
+        result = train_loop(
+            module, optimizer, lambda step, steps_per_epoch: lr_w, data, ctx,
+            logits_fn=lambda f: module(F.normalize(f, dim=-1)),
+            loss_fn=lambda query, target: F.cross_entropy(module(query), target),
+            epochs=cfg.epochs, batch_size=x.shape[0], checkpoint=cfg.checkpoint,
+            samples=(x, y), after_step=alpha_step, ties="last", desc=self.name,
+        )
+        w, b, a = (t.detach() for t in (module.weight, module.bias, module.alpha))
         # f W^T + b + alpha ⊙ (f T^T) is one linear layer on the normalised feature
         head = LinearHead(weight=w + a[:, None] * text, bias=b, normalize=True)  # (C, d), (C,)
         return Fitted(
             head=head,
-            val_acc=val_acc,
-            hparams={"lr_w": lr_w, "lr_alpha": lr_alpha, "alpha_init": alpha0, "alpha_mean": float(a.mean()), "checkpoint_epoch": kept},
+            val_acc=result.val_acc,
+            hparams={"lr_w": lr_w, "lr_alpha": lr_alpha, "alpha_init": alpha0, "alpha_mean": float(a.mean()), "checkpoint_epoch": result.epoch},
             epochs=cfg.epochs,
-            history=history,
-            train_seconds=train_seconds,
-            trainable_params=weight.numel() + bias.numel() + alpha.numel(),
+            history=result.history,
+            train_seconds=result.seconds,
+            trainable_params=result.trainable_params,
         )

@@ -551,3 +551,56 @@ def test_adding_a_training_set_keeps_every_checksum_true(tmp_path: Path) -> None
     assert all(after[f] == before[f] for f in before)  # untouched files: untouched checksums
     assert all(v == file_checksum(tmp_path / f) for f, v in after.items())
     assert sorted(load_cache(tmp_path).train_sets) == [(1, 1), (2, 1)]
+
+
+# ------------------------------------------------------------------------------------------
+# Optional raw text norms (pos_text_norm, neg_text_norm)
+# ------------------------------------------------------------------------------------------
+
+
+def _norms(seed: int = 9) -> dict[str, torch.Tensor]:
+    g = torch.Generator().manual_seed(seed)
+    return {"pos_text_norm": 8 + 4 * torch.rand(C, 3, generator=g), "neg_text_norm": 8 + 4 * torch.rand(C, 2, generator=g)}
+
+
+def test_raw_text_norms_round_trip_and_old_caches_load_without_them(tmp_path: Path, saved: Path) -> None:
+    norms = _norms()
+    path = save_cache(tmp_path / "with_norms", _cache(**norms))
+    loaded = load_cache(path)
+    for key, value in norms.items():
+        assert torch.equal(getattr(loaded, key), value)
+    table = json.loads((path / "cache.json").read_text())["files"]["text.safetensors"]
+    assert table["pos_text_norm"] == {"dtype": "float32", "shape": [C, 3]}
+    old = load_cache(saved)  # written without them: loads as before
+    assert old.pos_text_norm is None and old.neg_text_norm is None
+
+
+@pytest.mark.parametrize(
+    ("changes", "match"),
+    [
+        ({"pos_text_norm": torch.ones(C, 3)}, r"holds 'pos_text_norm' without the rest of 'pos_text_norm', 'neg_text_norm'"),
+        ({**_norms(), "neg_text_norm": torch.ones(C, 3)}, r"neg_text_norm has shape \(4, 3\); expected \(C, Q\), one raw norm per prompt of neg_text \(4, 2\)"),
+        ({**_norms(), "pos_text_norm": torch.ones(C, 3, dtype=torch.int64)}, r"pos_text_norm has dtype int64; norms must be floating point"),
+        ({**_norms(), "pos_text_norm": torch.zeros(C, 3)}, r"pos_text_norm has 12 value\(s\) that are not finite positive norms"),
+    ],
+)
+def test_save_rejects_bad_raw_text_norms(tmp_path: Path, changes, match) -> None:
+    with pytest.raises(CacheError, match=match):
+        save_cache(tmp_path / "bad", _cache(**changes))
+    assert not (tmp_path / "bad" / "cache.json").exists()
+
+
+@pytest.mark.parametrize("value", [float("nan"), float("inf"), -3.0, 0.0])
+def test_corrupt_raw_text_norm_on_disk(tmp_path: Path, value: float) -> None:
+    path = save_cache(tmp_path / "cache", _cache(**_norms()))
+    norms = safetensors.torch.load_file(path / "text.safetensors")["neg_text_norm"]
+    norms[1, 0] = value
+    _rewrite(path / "text.safetensors", neg_text_norm=norms)
+    with pytest.raises(CacheError, match=r"text.safetensors: 'neg_text_norm' has 1 value\(s\) that are not finite positive norms"):
+        load_cache(path)
+
+
+def test_raw_text_norms_the_sidecar_does_not_record(saved: Path) -> None:
+    _rewrite(saved / "text.safetensors", **_norms())
+    with pytest.raises(CacheError, match=r"text.safetensors: holds .*'pos_text_norm', 'neg_text_norm' but cache.json records 'pos_text', 'neg_text'"):
+        load_cache(saved)

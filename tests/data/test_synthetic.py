@@ -190,6 +190,7 @@ def test_one_shot_text_plus_visual_mean_does_not_hurt(default_task: FeatureCache
         ({"view_noise": "big"}, r"view_noise='big'"),
         ({"cone_cos": 1.5}, r"cone_cos=1.5 .*\[-1, 1\]"),
         ({"negation_suppression": 1.0}, r"negation_suppression"),
+        ({"text_norm": 0.0}, r"text_norm=0.0 .*\(0, 1e4\]"),
     ],
 )
 def test_config_validation(overrides: dict, match: str) -> None:
@@ -214,6 +215,20 @@ def test_lists_are_accepted_as_tuples() -> None:
     assert SyntheticTaskConfig(shots=[1, 2], seeds=[3]) == SyntheticTaskConfig(shots=(1, 2), seeds=(3,))
 
 
+def test_raw_text_norms_have_the_stated_mean_and_change_nothing_else() -> None:
+    """The raw norms are the unnormalised prompt vectors' lengths scaled to mean text_norm; the
+    setting draws nothing, so every feature is bit-identical whatever its value."""
+    a, b = build_synthetic_task(**SMALL), build_synthetic_task(**{**SMALL, "text_norm": 25.0})
+    assert a.pos_text_norm.shape == a.pos_text.shape[:2] and a.neg_text_norm.shape == a.neg_text.shape[:2]
+    assert float(a.pos_text_norm.mean()) == pytest.approx(SyntheticTaskConfig().text_norm, rel=1e-5)
+    assert bool((a.pos_text_norm > 0).all()) and float(a.pos_text_norm.std()) > 0  # they vary per prompt
+    torch.testing.assert_close(b.pos_text_norm, a.pos_text_norm * 2.5)
+    torch.testing.assert_close(b.neg_text_norm, a.neg_text_norm * 2.5)
+    ta, tb = _tensors(a), _tensors(b)
+    for name in ta:
+        assert torch.equal(ta[name], tb[name]), name
+
+
 # --- writing ------------------------------------------------------------------------------------
 
 
@@ -227,6 +242,7 @@ def test_write_and_load_round_trip(tmp_path: Path) -> None:
     assert a.keys() == b.keys()
     for name in a:
         assert torch.equal(a[name], b[name]), name
+    assert torch.equal(loaded.pos_text_norm, built.pos_text_norm) and torch.equal(loaded.neg_text_norm, built.neg_text_norm)
 
 
 def test_every_suite_preset_builds_a_valid_config():

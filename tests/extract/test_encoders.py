@@ -61,6 +61,11 @@ def test_text_features_match_the_model(encoder):
         ref = encoder._model.get_text_features(**tok).pooler_output
     torch.testing.assert_close(ours, torch.nn.functional.normalize(ref, dim=-1), atol=1e-5, rtol=0)
     assert encoder.encode_texts([]).shape == (0, 24)
+    # return_norms: the same features and each prompt's raw norm before normalisation
+    features, norms = encoder.encode_texts(texts, batch_size=2, return_norms=True)
+    assert torch.equal(features, ours)
+    torch.testing.assert_close(norms, ref.norm(dim=-1), atol=1e-5, rtol=1e-5)
+    assert encoder.encode_texts([], return_norms=True)[1].shape == (0,)
 
 
 def test_unknown_hub_id_offline_says_how_to_download(monkeypatch):

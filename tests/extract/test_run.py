@@ -67,9 +67,13 @@ def test_cache_contents(first_cache):
 def test_text_features_are_the_prompts_encoded(first_cache, model_dir):
     cache = load_cache(first_cache, train_keys=[])
     enc = create_encoder(str(model_dir), device="cpu")
-    ref = enc.encode_texts(["a photo of a blue stripes.", "itap of a red square."])
+    ref, norms = enc.encode_texts(["a photo of a blue stripes.", "itap of a red square."], return_norms=True)
     torch.testing.assert_close(cache.pos_text[0, 0], ref[0], atol=1e-5, rtol=0)
     torch.testing.assert_close(cache.pos_text[2, 1], ref[1], atol=1e-5, rtol=0)
+    # the raw norms before normalisation are recorded beside them, one per prompt
+    assert cache.pos_text_norm.shape == cache.pos_text.shape[:2] and cache.neg_text_norm.shape == cache.neg_text.shape[:2]
+    torch.testing.assert_close(cache.pos_text_norm[0, 0], norms[0], atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(cache.pos_text_norm[2, 1], norms[1], atol=1e-5, rtol=1e-5)
 
 
 def test_batched_equals_one_image_at_a_time(model_dir, folder):
