@@ -32,7 +32,6 @@ import yaml
 
 from hgadapter._resources import resource_path
 from hgadapter.errors import UserError
-from hgadapter.train import CHECKPOINTS
 from hgadapter.metapaths import (
     ACTIVATIONS,
     CANONICAL_ETYPES,
@@ -83,6 +82,10 @@ RECORD_KEYS: tuple[str, ...] = ("run", "environment")
 SWEEP_KEY = "sweep"
 # Names the files a YAML file inherits from (merged before it).
 BASE_KEY = "_base_"
+# Which trained weights a method keeps: the last epoch's (Dassl's default), or the epoch with the
+# best validation accuracy (Tip-Adapter-F keeps its best epoch; we judge it on val, not test).
+# Defined here, not in hgadapter.train, so that reading a config imports no torch.
+CHECKPOINTS: tuple[str, ...] = ("last", "best_val")
 
 
 class ConfigError(UserError):

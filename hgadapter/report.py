@@ -57,6 +57,8 @@ __all__ = [
     "build_report",
     "format_cell",
     "format_markdown",
+    "format_csv",
+    "report_payload",
     "write_report",
     "add_report_arguments",
     "run_report",
@@ -748,6 +750,23 @@ def _csv_text(rows: Sequence[Mapping[str, Any]]) -> str:
     return buffer.getvalue()
 
 
+def format_csv(report: Report) -> str:
+    """One line per table cell (:data:`CSV_COLUMNS`), as ``report.csv`` holds it."""
+    return _csv_text(report.rows)
+
+
+def report_payload(report: Report) -> dict[str, Any]:
+    """The machine-readable report, as ``report.json`` holds it: rows, tables, warnings."""
+    return {
+        "runs": report.runs,
+        "paper_file": report.paper_file,
+        "columns": list(CSV_COLUMNS),
+        "rows": report.rows,
+        "tables": [asdict(t) for t in report.tables],
+        "warnings": report.warnings,
+    }
+
+
 def write_report(runs_dir: str | Path, out_dir: str | Path | None = None, *, paper_path: str | Path | None = None, use_paper: bool = True) -> Path:
     """Read the runs below ``runs_dir`` and write ``report.md``, ``report.csv``, ``report.json`` and ``report.tex``.
 
@@ -769,16 +788,8 @@ def write_report(runs_dir: str | Path, out_dir: str | Path | None = None, *, pap
     report = build_report(records, paper)
     out = Path(out_dir) if out_dir is not None else Path(runs_dir) / "report"
     atomic_write_text(out / f"{REPORT_STEM}.md", format_markdown(report))
-    atomic_write_text(out / f"{REPORT_STEM}.csv", _csv_text(report.rows))
-    payload = {
-        "runs": report.runs,
-        "paper_file": report.paper_file,
-        "columns": list(CSV_COLUMNS),
-        "rows": report.rows,
-        "tables": [asdict(t) for t in report.tables],
-        "warnings": report.warnings,
-    }
-    atomic_write_json(out / f"{REPORT_STEM}.json", payload)
+    atomic_write_text(out / f"{REPORT_STEM}.csv", format_csv(report))
+    atomic_write_json(out / f"{REPORT_STEM}.json", report_payload(report))
     from hgadapter.report_tex import format_latex  # it renders this module's tables
 
     atomic_write_text(out / f"{REPORT_STEM}.tex", format_latex(report))
