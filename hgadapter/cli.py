@@ -150,6 +150,8 @@ def _cmd_run(args: argparse.Namespace) -> int:
     overrides = list(args.overrides)
     config_file = _run_config_file(args.config, method or _HEGRAPHADAPTER if variant is None else f"{_HEGRAPHADAPTER}:{variant}")
     if args.engine is not None:
+        if family != _HEGRAPHADAPTER:
+            raise ConfigError(f"--engine {args.engine}: only HeGraphAdapter passes messages on a graph; {method!r} has no engine")
         overrides.append(f"engine={args.engine}")
     tracking = tracking_from_args(args, args.out)
     if family == _HEGRAPHADAPTER:
