@@ -24,9 +24,9 @@ def test_demo_writes_tables_report_and_tsne(tmp_path, monkeypatch, capsys):
     runs = {r["run_dir"] for r in load_records(tmp_path)}
     assert runs == {f"{m.replace(':', '-')}/2shot-seed{s}" for m in demo.demo_methods() for s in (1, 2)}  # sweep-style run directories
     report = (tmp_path / "report" / "report.md").read_text()
-    for row in ("| Base |", "| HeGraphAdapter(T-N) |", "| HeGraphAdapter |", "| Tip-Adapter |", "| ProKeR |", "| LP++ |", "| GDA |"):
+    for row in ("| Base |", "| HeGraphAdapter(T-N) |", "| HeGraphAdapter |", "| Tip-Adapter |", "| LP++ |", "| GDA |"):
         assert row in report, row
-    assert "| Zero-shot CLIP |" not in report and "| Tip-Adapter-F |" not in report  # --all runs them
+    assert "| Zero-shot CLIP |" not in report and "| ProKeR |" not in report  # --all runs them
     assert (tmp_path / "results.json").is_file() and (tmp_path / "results.csv").is_file()
     assert "synthetic task: says nothing about real CLIP" in report
     assert (tmp_path / "tsne_pos_full_seed1.png").stat().st_size > 0 and (tmp_path / "tsne_pos_full_seed1.pdf").is_file()
