@@ -148,7 +148,7 @@ def _cmd_run(args: argparse.Namespace) -> int:
     if family == _HEGRAPHADAPTER and variant is None:
         variant = named_variant or None  # `--method hegraphadapter:t` is `--variant t`
     overrides = list(args.overrides)
-    config_file = _run_config_file(args.config, method or _HEGRAPHADAPTER if variant is None else f"{_HEGRAPHADAPTER}:{variant}")
+    config_file = _run_config_file(args.config, (method or _HEGRAPHADAPTER) if variant is None else f"{_HEGRAPHADAPTER}:{variant}")
     if args.engine is not None:
         if family != _HEGRAPHADAPTER:
             raise ConfigError(f"--engine {args.engine}: only HeGraphAdapter passes messages on a graph; {method!r} has no engine")
