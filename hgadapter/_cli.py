@@ -60,11 +60,6 @@ def fill_all(parser: argparse.ArgumentParser) -> dict[str, argparse.ArgumentPars
     return out
 
 
-# Arguments given as a positional or as an option (``check CACHE`` = ``check --features CACHE``)
-# that neither spelling gave: run_command_line reports them as argparse would a missing one.
-_EITHER_ATTR = "_positional_or_option"
-
-
 class _Once(argparse.Action):
     """Store the value; a second, different value for the same destination is an error."""
 
@@ -83,8 +78,15 @@ def add_positional_or_option(parser: argparse.ArgumentParser, dest: str, option:
     """
     parser.add_argument(dest, nargs="?", default=argparse.SUPPRESS, metavar=metavar, action=_Once, help=f"{help} (or {option} {metavar})")
     parser.add_argument(option, dest=dest, default=None, metavar=metavar, action=_Once, help=f"the same as the positional {metavar}")
-    either = [*(parser.get_default(_EITHER_ATTR) or []), (dest, f"{metavar} (or {option} {metavar})", parser)]
-    parser.set_defaults(**{_EITHER_ATTR: either})
+    parse_known_args = parser.parse_known_args  # argparse cannot require "one of a positional and an option" itself
+
+    def parse_requiring_one(args=None, namespace=None):
+        namespace, extras = parse_known_args(args, namespace)
+        if getattr(namespace, dest, None) is None:
+            parser.error(f"the following arguments are required: {metavar} (or {option} {metavar})")
+        return namespace, extras
+
+    parser.parse_known_args = parse_requiring_one
 
 
 def output_path(text: str) -> str:
@@ -111,9 +113,6 @@ def run_command_line(
     propagates with its traceback.
     """
     args = parser.parse_args(argv)
-    for dest, spelling, subparser in getattr(args, _EITHER_ATTR, None) or ():
-        if getattr(args, dest, None) is None:
-            subparser.error(f"the following arguments are required: {spelling}")
     if not getattr(args, "func", None):
         parser.print_help()
         return 2
