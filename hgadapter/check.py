@@ -648,7 +648,9 @@ def sweep_warnings(specs: Sequence[RunSpec]) -> list[str]:
 
 def add_check_arguments(parser: argparse.ArgumentParser) -> None:
     """Arguments of ``hgadapter check``."""
-    parser.add_argument("cache", metavar="CACHE", help="feature cache directory")
+    from hgadapter._cli import add_positional_or_option
+
+    add_positional_or_option(parser, "cache", "--features", metavar="CACHE", help="feature cache directory")
     parser.add_argument("--experiments", nargs="+", default=None, metavar="FILE",
                         help="experiment files to check the cache against (default: the shipped ones for its dataset and backbone)")
     parser.add_argument("--features-root", default=None, help="where the experiments' cache folders are (default: the cache's parent folder)")

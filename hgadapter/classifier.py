@@ -38,7 +38,7 @@ from torch import nn
 from hgadapter._io import atomic_save_tensors, atomic_write_json, atomic_write_text, strict_json_loads
 from hgadapter.errors import UserError
 from hgadapter.heads import Head, build_head
-from hgadapter.records import CLASSES_FILE, HEAD_FILE, HEAD_SPEC_FILE, load_record
+from hgadapter.records import CLASSES_FILE, HEAD_FILE, HEAD_SPEC_FILE, METRICS_FILE, load_record
 
 __all__ = [
     "Classifier",
@@ -564,6 +564,17 @@ def export_run(run_dir: str | Path, out_dir: str | Path) -> Classifier:
     run_dir, out_dir = Path(run_dir), Path(out_dir)
     if not run_dir.is_dir():
         raise ClassifierError(f"run directory {run_dir} does not exist")
+    if not (run_dir / METRICS_FILE).exists():  # say what the folder is, rather than "metrics.json: cannot read"
+        from hgadapter.data.cache import SIDECAR_NAME
+
+        if (run_dir / SIDECAR_NAME).is_file():
+            raise ClassifierError(
+                f"{run_dir} is a feature cache, not a run: train on it first (`hgadapter run --features {run_dir} ...`), "
+                "then export the run directory"
+            )
+        inner = next((p.parent for p in sorted(run_dir.rglob(METRICS_FILE))), None)
+        if inner is not None:
+            raise ClassifierError(f"{run_dir} is a folder of runs, not a run: export one of them, e.g. {inner}")
     record = load_record(run_dir)  # a finished run (metrics.json is written last)
     saved = _read_json(run_dir / HEAD_SPEC_FILE, "the head's spec")
     classnames = _read_json(run_dir / CLASSES_FILE, "the class names")

@@ -1,4 +1,13 @@
-"""Command line: ``hgadapter {synth,run,variants,demo,compare,sweep,report,figures,tsne,extract,check,export,predict}``.
+"""Command line: ``hgadapter {synth,run,variants,methods,demo,compare,sweep,report,figures,tsne,extract,check,export,predict}``.
+
+One grammar across commands: ``--features CACHE`` (``check`` also takes it positionally),
+``--method``/``--methods`` with a registry id (``hegraphadapter:t``; ``run --variant t`` is the
+same), ``--shots``, ``--seeds`` (``run --seed`` still works), ``--config [METHOD=]FILE`` and
+``--set [METHOD.]KEY=VALUE``, ``--out``.
+
+Start-up is cheap: this module imports no torch. Each command's arguments are added only when
+the command line names it (:class:`hgadapter._cli.LazySubParsers`), so ``hgadapter --help`` and
+argparse errors import neither the command modules nor torch, transformers, dgl or matplotlib.
 
 User errors (a :class:`~hgadapter.errors.UserError`: bad config, bad cache, unknown names; or an
 ``OSError``: a missing or unwritable file) end with a one-line message and exit code 2; set
@@ -15,9 +24,9 @@ import sys
 from pathlib import Path
 from typing import Sequence
 
-from hgadapter._cli import USER_ERRORS_ATTR, output_path, run_command_line
+from hgadapter import __version__
+from hgadapter._cli import USER_ERRORS_ATTR, LazySubParsers, output_path, run_command_line
 from hgadapter.config import ConfigError, echo, list_variants, load_config, load_variant, parse_override
-from hgadapter.data.cache import CacheError
 from hgadapter.errors import UserError
 from hgadapter.tracking import add_tracking_arguments, tracking_from_args
 
@@ -30,8 +39,7 @@ USER_ERRORS: tuple[type[BaseException], ...] = (UserError, OSError)
 # ---------------------------------------------------------------------------------------------
 
 
-def _add_synth(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("synth", help="write the synthetic CLIP-like task as a feature cache")
+def _add_synth(p: argparse.ArgumentParser) -> None:
     p.add_argument("--out", type=output_path, required=True, help="cache directory to write (with --preset all: one sub-folder per task)")
     p.add_argument("--preset", default=None, metavar="NAME",
                    help="a development-suite task of experiments/suite/tasks.yaml, or 'all' for every one; "
@@ -40,8 +48,8 @@ def _add_synth(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--classes", type=int, default=None, help="number of classes C")
     p.add_argument("--dim", type=int, default=None, help="feature dimension d")
     p.add_argument("--families", type=int, default=None, help="number of confusable class families")
-    p.add_argument("--shots", type=int, nargs="+", default=None, help="few-shot sizes K to write")
-    p.add_argument("--seeds", type=int, nargs="+", default=None, help="sampling seeds to write")
+    p.add_argument("--shots", type=int, nargs="+", default=None, help="few-shot sizes K to write (default: 1 2 4 8 16, or the preset's)")
+    p.add_argument("--seeds", type=int, nargs="+", default=None, help="sampling seeds to write (default: 1 2 3, or the preset's)")
     p.add_argument("--set", dest="sets", action="append", default=[], metavar="FIELD=VALUE",
                    help="any other generator field (docs/synthetic.md), e.g. image_noise=2.6; repeatable")
     p.add_argument("--overwrite", action="store_true", help="replace an existing, different cache")
@@ -95,44 +103,82 @@ def _cmd_synth(args: argparse.Namespace) -> int:
 # ---------------------------------------------------------------------------------------------
 
 
-def _add_run(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("run", help="train and evaluate one meta-path variant on one (cache, shots, seed)")
+_ENGINES = ("auto", "dgl", "torch")
+_HEGRAPHADAPTER = "hegraphadapter"  # the registry id whose variants `run --variant` names
+
+
+def _add_run(p: argparse.ArgumentParser) -> None:
     p.add_argument("--features", required=True, help="feature cache directory (docs/feature-cache.md)")
-    p.add_argument("--variant", default=None, help=f"variant name {list_variants()} or a YAML path (default: full)")
-    p.add_argument("--shots", type=int, required=True, help="K, images per class")
-    p.add_argument("--seed", type=int, required=True, help="few-shot sampling seed (also seeds training)")
-    p.add_argument("--engine", choices=["auto", "dgl", "torch"], default=None, help="message-passing engine")
-    p.add_argument("--device", default=None, help="auto | cpu | cuda | cuda:N")
-    p.add_argument("--config", default=None, help="experiment YAML (train/eval/engine/... sections)")
+    which = p.add_mutually_exclusive_group()
+    which.add_argument("--method", default=None, metavar="METHOD",
+                       help="a method id of `hgadapter methods`, e.g. tip_adapter or hegraphadapter:t (default: hegraphadapter, the full variant)")
+    which.add_argument("--variant", default=None,
+                       help=f"a HeGraphAdapter variant {list_variants()} or a variant YAML path; --variant t is --method hegraphadapter:t (default: full)")
+    p.add_argument("--shots", type=int, required=True, help="K, images per class (required)")
+    p.add_argument("--seeds", "--seed", dest="seed", type=int, nargs="+", required=True, metavar="SEED",
+                   help="few-shot sampling seed, also seeding training (required; one: a run is one seed, `compare` runs several)")
+    p.add_argument("--engine", choices=_ENGINES, default=None, help="HeGraphAdapter's message-passing engine (default: the config's, auto)")
+    p.add_argument("--device", default=None, help="auto | cpu | cuda | cuda:N (default: the config's, auto = CUDA when available)")
+    p.add_argument("--config", default=None, metavar="[METHOD=]FILE",
+                   help="YAML over the method's config: for HeGraphAdapter an experiment file (train/eval/engine/... sections)")
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE", help="override a config key, e.g. train.lr=0.01 (repeatable)")
     p.add_argument("--out", type=output_path, required=True, help="run directory to write (created with its parents; it holds one run)")
     p.add_argument("--overwrite", action="store_true", help="replace a finished run of another config or seed in --out (refused without)")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     add_tracking_arguments(p)
-    p.set_defaults(func=_cmd_run)
+
+
+def _run_config_file(text: str | None, method: str) -> str | None:
+    """``--config FILE`` or ``--config METHOD=FILE`` (compare's spelling) with METHOD the run's method."""
+    if text is None or Path(text).is_file() or "=" not in text:
+        return text
+    name, _, path = text.partition("=")
+    if name != method:
+        raise ConfigError(f"--config {echo(text, bare=True)}: this run's method is {method!r}; give --config FILE or --config {method}=FILE")
+    return path
 
 
 def _cmd_run(args: argparse.Namespace) -> int:
     from hgadapter._io import check_output_dir
     from hgadapter.data.io import load_cache
     from hgadapter.records import format_accuracy
-    from hgadapter.runner import run_experiment
+    from hgadapter.runner import run_experiment, run_method
 
     check_output_dir(args.out)  # before any work
+    if len(args.seed) != 1:
+        raise ConfigError(f"--seeds {' '.join(map(str, args.seed))}: a run is one seed; for several use "
+                          f"`hgadapter compare --methods METHOD --seeds {' '.join(map(str, args.seed))}`")
+    seed = args.seed[0]
+    method, variant = args.method, args.variant
+    family, _, named_variant = (method or _HEGRAPHADAPTER).partition(":")
+    if family == _HEGRAPHADAPTER and variant is None:
+        variant = named_variant or None  # `--method hegraphadapter:t` is `--variant t`
     overrides = list(args.overrides)
+    config_file = _run_config_file(args.config, (method or _HEGRAPHADAPTER) if variant is None else f"{_HEGRAPHADAPTER}:{variant}")
     if args.engine is not None:
+        if family != _HEGRAPHADAPTER:
+            raise ConfigError(f"--engine {args.engine}: only HeGraphAdapter passes messages on a graph; {method!r} has no engine")
         overrides.append(f"engine={args.engine}")
-    if args.device is not None:
-        overrides.append(f"device={args.device}")
-    cfg = load_config(args.variant, config_file=args.config, overrides=overrides)
     tracking = tracking_from_args(args, args.out)
-    cache = load_cache(args.features, train_keys=[(args.shots, args.seed)])
-    metrics = run_experiment(
-        cfg, cache, shots=args.shots, seed=args.seed, out_dir=args.out, progress=not args.quiet, tracking=tracking, overwrite=args.overwrite
-    )
+    if family == _HEGRAPHADAPTER:
+        if args.device is not None:
+            overrides.append(f"device={args.device}")
+        cfg = load_config(variant, config_file=config_file, overrides=overrides)
+        cache = load_cache(args.features, train_keys=[(args.shots, seed)])
+        metrics = run_experiment(
+            cfg, cache, shots=args.shots, seed=seed, out_dir=args.out, progress=not args.quiet, tracking=tracking, overwrite=args.overwrite
+        )
+    else:  # any other registered method, through the same fit -> select on validation -> test once path
+        from hgadapter.methods import create_method
+
+        fitter = create_method(method, config_file=config_file, overrides=overrides)
+        cache = load_cache(args.features, train_keys=[(args.shots, seed)])
+        metrics = run_method(fitter, cache, shots=args.shots, seed=seed, out_dir=args.out, device=args.device,
+                             progress=not args.quiet, tracking=tracking, overwrite=args.overwrite)
     tag = " (synthetic task)" if metrics["synthetic"] else ""
+    engine = f" engine={metrics['engine']}" if "engine" in metrics else ""
     print(
-        f"{metrics['variant']} shots={metrics['shots']} seed={metrics['seed']} engine={metrics['engine']}: "
+        f"{metrics.get('variant', metrics['method'])} shots={metrics['shots']} seed={metrics['seed']}{engine}: "
         f"val {format_accuracy(metrics['val_acc'])}%  test {format_accuracy(metrics['test_acc'])}%{tag} -> {args.out}"
     )
     return 0
@@ -141,9 +187,8 @@ def _cmd_run(args: argparse.Namespace) -> int:
 # ---------------------------------------------------------------------------------------------
 
 
-def _add_variants(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("variants", help="list the shipped meta-path variants")
-    p.set_defaults(func=_cmd_variants)
+def _add_variants(p: argparse.ArgumentParser) -> None:
+    pass  # no options
 
 
 def _cmd_variants(args: argparse.Namespace) -> int:
@@ -159,10 +204,42 @@ def _cmd_variants(args: argparse.Namespace) -> int:
 # ---------------------------------------------------------------------------------------------
 
 
-def _add_demo(sub: argparse._SubParsersAction) -> None:
-    from hgadapter.demo import add_demo_arguments, run_demo_command  # the body lives in hgadapter/demo.py
+def _add_methods(p: argparse.ArgumentParser) -> None:
+    pass  # no options
 
-    p = sub.add_parser("demo", help="Base, T-N, T-P, T and full HeGraphAdapter and the baselines on the synthetic task, seeds 1-3")
+
+def _cmd_methods(args: argparse.Namespace) -> int:
+    """Every method id that --method/--methods take, its display name, what it is, and where it runs by default."""
+    from hgadapter.compare import DEFAULT_METHODS
+    from hgadapter.demo import demo_methods
+    from hgadapter.methods import list_methods, method_class
+    from hgadapter.paper_results import PaperResults, ReportError, load_paper_results
+
+    try:
+        names = PaperResults(load_paper_results())
+    except ReportError:  # display names are a nicety; the ids still work
+        names = PaperResults(None)
+    demo = set(demo_methods())
+    rows = []
+    for method in list_methods():
+        family, _, variant = method.partition(":")
+        if family == _HEGRAPHADAPTER:
+            what = load_variant(variant or "full").description
+        else:
+            doc = (sys.modules[method_class(method).__module__].__doc__ or "").strip()
+            what = doc.splitlines()[0] if doc else ""
+        where = ", ".join(w for w, on in (("demo", method in demo), ("compare", method in DEFAULT_METHODS)) if on) or "-"
+        rows.append((method, names.display("methods", method), where, what))
+    widths = [max(len(r[i]) for r in rows + [("METHOD", "NAME", "DEFAULT IN", "")]) for i in range(3)]
+    print(f"{'METHOD':{widths[0]}}  {'NAME':{widths[1]}}  {'DEFAULT IN':{widths[2]}}  DESCRIPTION")
+    for row in rows:
+        print(f"{row[0]:{widths[0]}}  {row[1]:{widths[1]}}  {row[2]:{widths[2]}}  {row[3]}")
+    return 0
+
+
+def _add_demo(p: argparse.ArgumentParser) -> None:
+    from hgadapter.demo import add_demo_arguments, run_demo_command  # the body lives in hgadapter/demo.py (no torch at import)
+
     add_demo_arguments(p)
     p.set_defaults(func=run_demo_command)
 
@@ -188,26 +265,45 @@ _DELEGATED: tuple[tuple[str, str, str, str, str, tuple[type[BaseException], ...]
 )
 
 
-def _add_delegated(
-    sub: argparse._SubParsersAction, name: str, help: str, module: str, add: str, run: str, errors: tuple[type[BaseException], ...]
-) -> None:
-    # No try/except ImportError: every dependency is required, so a module that fails to import
-    # is a bug, and its traceback beats the command vanishing as "invalid choice".
-    mod = importlib.import_module(module)
-    p = sub.add_parser(name, help=help)
-    getattr(mod, add)(p)
-    p.set_defaults(func=getattr(mod, run), **{USER_ERRORS_ATTR: errors})
+def _delegated_filler(module: str, add: str, run: str, errors: tuple[type[BaseException], ...]):
+    def fill(p: argparse.ArgumentParser) -> None:
+        # No try/except ImportError: every dependency is required, so a module that fails to import
+        # is a bug, and its traceback beats the command vanishing as "invalid choice".
+        mod = importlib.import_module(module)
+        getattr(mod, add)(p)
+        p.set_defaults(func=getattr(mod, run), **{USER_ERRORS_ATTR: errors})
+
+    return fill
+
+
+def _local_filler(add, run):
+    def fill(p: argparse.ArgumentParser) -> None:
+        add(p)
+        p.set_defaults(func=run)
+
+    return fill
 
 
 def build_parser() -> argparse.ArgumentParser:
+    """The ``hgadapter`` parser; each command's arguments are added when the command is parsed
+    (:func:`hgadapter._cli.fill_all` adds them all)."""
     parser = argparse.ArgumentParser(prog="hgadapter", description="Few-shot CLIP adaptation with heterogeneous graph adapters.")
-    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
-    _add_synth(sub)
-    _add_run(sub)
-    _add_variants(sub)
-    _add_demo(sub)
-    for command in _DELEGATED:
-        _add_delegated(sub, *command)
+    parser.add_argument("--version", action="version", version=f"hgadapter {__version__}")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", action=LazySubParsers)
+    local = (
+        ("synth", "write the synthetic CLIP-like task as a feature cache", _add_synth, _cmd_synth),
+        ("run", "train and evaluate one method (default: HeGraphAdapter) on one (cache, shots, seed)", _add_run, _cmd_run),
+        ("variants", "list the shipped meta-path variants", _add_variants, _cmd_variants),
+        ("methods", "list the method ids that --method / --methods take, with display names", _add_methods, _cmd_methods),
+    )
+    for name, help, add, run in local:
+        sub.add_lazy_parser(name, help=help, fill=_local_filler(add, run))
+    sub.add_lazy_parser(
+        "demo", fill=_add_demo,
+        help="the ablation (Base, T-N, T-P, T, full) and the strongest baselines on the synthetic task, seeds 1-3 (--all: every method)",
+    )
+    for name, help, module, add, run, errors in _DELEGATED:
+        sub.add_lazy_parser(name, help=help, fill=_delegated_filler(module, add, run, errors))
     return parser
 
 

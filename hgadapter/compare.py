@@ -13,6 +13,9 @@ A comparison is a sweep over one cache held in memory (:mod:`hgadapter.sweep`): 
 - ``results.md``: :mod:`hgadapter.report`'s tables of every run in ``out_dir`` (mean ± sample
   standard deviation over seeds), with a table of validation accuracy and time per run.
 - ``results.tex``: the same tables in LaTeX (booktabs, :mod:`hgadapter.report_tex`).
+- ``results.json`` / ``results.csv``: the same tables, machine-readable (one row per cell:
+  method, shots, mean, std, n, ...; the layout of ``hgadapter report``'s ``report.json``/``.csv``),
+  and in ``results.json`` also one entry per run (method, shots, seed, val/test accuracy, seconds).
 - ``results.png`` / ``results.pdf``: grouped bars of test accuracy with ± std error bars
   (:func:`viz.bars.plot_accuracy_bars`).
 
@@ -30,7 +33,7 @@ from pathlib import Path
 from typing import Any
 
 from hgadapter._cli import output_path
-from hgadapter._io import atomic_write_text, check_output_dir
+from hgadapter._io import atomic_write_json, atomic_write_text, check_output_dir
 from hgadapter.config import ConfigError
 from hgadapter.data.cache import FeatureCache, dataset_name
 from hgadapter.methods import Method, create_method, list_methods
@@ -87,6 +90,10 @@ RECORD_KEYS: tuple[str, ...] = (
 EXPERIMENT = "compare"  # the `experiment` key of a comparison's records
 RESULTS_MD = "results.md"
 RESULTS_TEX = "results.tex"
+RESULTS_JSON = "results.json"
+RESULTS_CSV = "results.csv"
+# A run's entry in results.json: what identifies it and what it measured.
+_RUN_KEYS: tuple[str, ...] = ("method", "dataset", "backbone", "shots", "seed", "val_acc", "test_acc", "train_seconds", "run_dir")
 CHART_STEM = "results"
 
 
@@ -225,7 +232,7 @@ def format_table(records: Sequence[dict], *, title: str | None = None, paper: Ma
 
 
 def write_outputs(out_dir: str | Path) -> list[Path]:
-    """Write ``results.md``, ``results.tex`` and the bar chart of every run below ``out_dir``; returns their paths."""
+    """Write ``results.md``, ``results.tex``, ``results.json``, ``results.csv`` and the bar chart of every run below ``out_dir``; returns their paths."""
     from hgadapter.paper_results import ReportError, load_paper_results
     from viz.bars import plot_accuracy_bars
 
@@ -238,14 +245,17 @@ def write_outputs(out_dir: str | Path) -> list[Path]:
     title = f"Comparison: {out.name}"
     if not records:
         written = [atomic_write_text(out / RESULTS_MD, format_table(records, title=title, paper=paper))]
-    else:  # one report, two renderings: markdown and LaTeX (booktabs; docs/reports.md)
-        from hgadapter.report import build_report, format_markdown
+    else:  # one report, four renderings: markdown, LaTeX (booktabs; docs/reports.md), JSON and CSV
+        from hgadapter.report import build_report, format_csv, format_markdown, report_payload
         from hgadapter.report_tex import format_latex
 
         report = build_report(records, paper, selection=True)
+        runs = [{k: r.get(k) for k in _RUN_KEYS} for r in records]
         written = [
             atomic_write_text(out / RESULTS_MD, format_markdown(report, title=title)),
             atomic_write_text(out / RESULTS_TEX, format_latex(report, title=title)),
+            atomic_write_json(out / RESULTS_JSON, {**report_payload(report), "run_records": runs}),
+            atomic_write_text(out / RESULTS_CSV, format_csv(report)),
         ]
     plot_accuracy_bars(records, out / CHART_STEM, formats=("png", "pdf"))
     return [*written, out / f"{CHART_STEM}.png", out / f"{CHART_STEM}.pdf"]
@@ -259,20 +269,21 @@ def add_compare_arguments(parser: argparse.ArgumentParser) -> None:
     """Add ``hgadapter compare``'s arguments to ``parser``."""
     parser.add_argument("--features", required=True, help="feature cache directory (docs/feature-cache.md)")
     parser.add_argument(
-        "--methods", nargs="+", default=list(DEFAULT_METHODS), metavar="METHOD",
+        "--methods", "--method", dest="methods", nargs="+", default=list(DEFAULT_METHODS), metavar="METHOD",
         help=f"methods to compare (default: {' '.join(DEFAULT_METHODS)}); available: {' '.join(list_methods())}",
     )
     parser.add_argument("--shots", type=int, nargs="+", default=None, help="K values (default: every K the cache holds for the seeds)")
     parser.add_argument("--seeds", type=int, nargs="+", default=[1, 2, 3], help="few-shot sampling seeds (default: 1 2 3)")
     parser.add_argument("--out", type=output_path, required=True, help="output directory (one run directory per method, shots and seed; results.md, results.png/.pdf)")
-    parser.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N")
+    parser.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N (default: auto, CUDA when available)")
     parser.add_argument(
-        "--config", dest="method_configs", action="append", default=[], metavar="METHOD=YAML",
-        help="a YAML file overriding METHOD's experiments/methods config (repeatable)",
+        "--config", dest="method_configs", action="append", default=[], metavar="[METHOD=]YAML",
+        help="a YAML file overriding METHOD's experiments/methods config (repeatable; METHOD= may be left out when one method is compared)",
     )
     parser.add_argument(
-        "--set", dest="method_overrides", action="append", default=[], metavar="METHOD.KEY=VALUE",
-        help="override one method's config key, e.g. taskres.epochs=100 or hegraphadapter:t.train.lr=0.01 (repeatable)",
+        "--set", dest="method_overrides", action="append", default=[], metavar="[METHOD.]KEY=VALUE",
+        help="override one method's config key, e.g. taskres.epochs=100 or hegraphadapter:t.train.lr=0.01 "
+             "(repeatable; METHOD. may be left out when one method is compared)",
     )
     parser.add_argument("--quiet", action="store_true", help="no progress bars")
     add_tracking_arguments(parser)
@@ -284,6 +295,9 @@ def _split_overrides(items: Sequence[str], methods: Sequence[str]) -> dict[str, 
     for item in items:
         target, sep, _ = item.partition("=")
         matches = [m for m in methods if target.startswith(m + ".")]
+        if sep and not matches and len(methods) == 1:  # one method: `--set KEY=VALUE`, as `run` takes it
+            out.setdefault(methods[0], []).append(item)
+            continue
         if not sep or not matches:
             raise ConfigError(f"--set {item!r}: expected METHOD.KEY=VALUE with METHOD one of the compared methods {list(methods)}")
         method = max(matches, key=len)
@@ -291,9 +305,12 @@ def _split_overrides(items: Sequence[str], methods: Sequence[str]) -> dict[str, 
     return out
 
 
-def _split_configs(items: Sequence[str]) -> dict[str, str]:
+def _split_configs(items: Sequence[str], methods: Sequence[str]) -> dict[str, str]:
     out: dict[str, str] = {}
     for item in items:
+        if len(methods) == 1 and (Path(item).is_file() or "=" not in item):  # one method: `--config FILE`, as `run` takes it
+            out[methods[0]] = item
+            continue
         method, sep, path = item.partition("=")
         if not sep or not method or not path:
             raise ConfigError(f"--config {item!r}: expected METHOD=PATH, e.g. taskres=my_taskres.yaml")
@@ -308,7 +325,7 @@ def run_compare(args: argparse.Namespace) -> int:
 
     methods = list(dict.fromkeys(args.methods))
     overrides = _split_overrides(args.method_overrides, methods)
-    configs = _split_configs(args.method_configs)
+    configs = _split_configs(args.method_configs, methods)
     seeds = list(dict.fromkeys(args.seeds))
     if args.shots is None:
         present = list_train_sets(args.features)
@@ -329,5 +346,5 @@ def run_compare(args: argparse.Namespace) -> int:
     out = Path(args.out)
     print()
     print((out / RESULTS_MD).read_text(encoding="utf-8"))
-    print(f"{time.perf_counter() - start:.0f} s; wrote run directories under {out}, {out / RESULTS_MD}, {out / CHART_STEM}.png/.pdf")
+    print(f"{time.perf_counter() - start:.0f} s; wrote run directories under {out}, {out / RESULTS_MD} (.json, .csv, .tex), {out / CHART_STEM}.png/.pdf")
     return 0

@@ -26,13 +26,13 @@ import typing
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import NoneType, UnionType
+from collections.abc import Mapping
 from typing import Any
 
 import yaml
 
 from hgadapter._resources import resource_path
 from hgadapter.errors import UserError
-from hgadapter.train import CHECKPOINTS
 from hgadapter.metapaths import (
     ACTIVATIONS,
     CANONICAL_ETYPES,
@@ -83,6 +83,10 @@ RECORD_KEYS: tuple[str, ...] = ("run", "environment")
 SWEEP_KEY = "sweep"
 # Names the files a YAML file inherits from (merged before it).
 BASE_KEY = "_base_"
+# Which trained weights a method keeps: the last epoch's (Dassl's default), or the epoch with the
+# best validation accuracy (Tip-Adapter-F keeps its best epoch; we judge it on val, not test).
+# Defined here, not in hgadapter.train, so that reading a config imports no torch.
+CHECKPOINTS: tuple[str, ...] = ("last", "best_val")
 
 
 class ConfigError(UserError):
@@ -247,6 +251,11 @@ def list_variants() -> list[str]:
     return sorted(p.stem for p in root.glob("*.yaml"))
 
 
+def _shipped_variants() -> dict[str, Path]:
+    """Variant name -> its shipped file: what ``_base_: full`` in a variant file means."""
+    return {name: metapaths_dir() / f"{name}.yaml" for name in list_variants()}
+
+
 def variant_path(name_or_path: str | os.PathLike) -> Path:
     """Resolve a variant name (``full``) or a YAML path to a file; unknown names list the choices."""
     text = str(name_or_path)
@@ -328,12 +337,17 @@ def _read_yaml(path: Path) -> dict[str, Any]:
     return data
 
 
-def read_config_layers(path: str | os.PathLike, _chain: tuple[Path, ...] = ()) -> list[tuple[dict[str, Any], str]]:
+def read_config_layers(
+    path: str | os.PathLike, _chain: tuple[Path, ...] = (), *, shipped: Mapping[str, Path] | None = None
+) -> list[tuple[dict[str, Any], str]]:
     """A YAML file and the files it inherits from, as ``(data, source)`` layers, bases first.
 
     ``_base_: FILE`` (or a list of files) names bases relative to the file's own folder; bases
     may have bases of their own. Merging the layers in order gives the file's content. Every
     kind of file the project reads (variants, experiments, method configs) goes through here.
+    ``shipped`` maps the names of the shipped files of this kind (variant names for a variant
+    file: ``_base_: full``) to their paths; a base that is no file next to ``path`` but such a
+    name is that shipped file.
 
     Raises:
         ConfigError: an unreadable or invalid file, a missing base, a cycle of bases or a
@@ -359,9 +373,12 @@ def read_config_layers(path: str | os.PathLike, _chain: tuple[Path, ...] = ()) -
     layers: list[tuple[dict[str, Any], str]] = []
     for base in bases:
         base_path = Path(base) if Path(base).is_absolute() else path.parent / base
+        if not base_path.is_file() and shipped and base in shipped:
+            base_path = shipped[base]
         if not base_path.is_file():
-            raise ConfigError(f"{path}: {BASE_KEY}: {echo(base, bare=True)} does not exist (relative paths start at {path.parent})")
-        layers.extend(read_config_layers(base_path, (*_chain, resolved)))
+            names = f"; or a shipped name: {sorted(shipped)}" if shipped else ""
+            raise ConfigError(f"{path}: {BASE_KEY}: {echo(base, bare=True)} does not exist (relative paths start at {path.parent}{names})")
+        layers.extend(read_config_layers(base_path, (*_chain, resolved), shipped=shipped))
     layers.append((data, str(path)))
     return layers
 
@@ -402,13 +419,17 @@ class ConfigTree:
         """Merge one layer over the tree: mappings key by key, anything else (lists too) replaced."""
         self._merge(self.data, layer, source, ())
 
-    def merge_file(self, path: str | os.PathLike, *, skip: tuple[str, ...] = ()) -> list[tuple[dict[str, Any], str]]:
+    def merge_file(
+        self, path: str | os.PathLike, *, skip: tuple[str, ...] = (), shipped: Mapping[str, Path] | None = None
+    ) -> list[tuple[dict[str, Any], str]]:
         """Merge a YAML file over the tree, its ``_base_`` files first; top-level keys in ``skip`` are left out.
+
+        ``shipped``: names a ``_base_`` may use for the shipped files of this kind (:func:`read_config_layers`).
 
         Returns:
             the file's layers as :func:`read_config_layers` gives them (``skip`` keys included).
         """
-        layers = read_config_layers(path)
+        layers = read_config_layers(path, shipped=shipped)
         for data, source in layers:
             self.merge({k: v for k, v in data.items() if k not in skip}, source)
         return layers
@@ -712,7 +733,7 @@ def load_variant(name_or_path: str | os.PathLike) -> VariantConfig:
     """Load and validate one meta-path variant file (a registry name or a path; ``_base_`` files merged)."""
     path = variant_path(name_or_path)
     tree = ConfigTree()
-    tree.merge_file(path)
+    tree.merge_file(path, shipped=_shipped_variants())
     return _parse_variant(ConfigParser(tree), tree.data, path.stem)
 
 
@@ -743,7 +764,7 @@ def load_config(
                     raise ConfigError(f"{source}: variant: expected a variant name or path, got {echo(variant)}")
     vpath = variant_path(variant)
     tree = ConfigTree()
-    tree.merge_file(vpath)
+    tree.merge_file(vpath, shipped=_shipped_variants())
     parser = ConfigParser(tree)
     parser.mapping(tree.data, (), VARIANT_KEYS)
     skipped = ("variant", SWEEP_KEY, *RECORD_KEYS)

@@ -17,7 +17,7 @@ from typing import Any
 
 from hgadapter._cli import output_path
 
-__all__ = ["add_export_arguments", "run_export", "add_predict_arguments", "run_predict", "write_predictions"]
+__all__ = ["add_export_arguments", "run_export", "add_predict_arguments", "run_predict", "format_predictions", "write_predictions"]
 
 _FORMATS = (".csv", ".json")
 
@@ -57,28 +57,28 @@ def add_predict_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("inputs", nargs="+", metavar="IMAGE_OR_FOLDER", help="image files, or folders searched recursively for images")
     p.add_argument("--classifier", required=True, metavar="DIR", help="a folder written by `hgadapter export` (or a hub repo id)")
     p.add_argument("--model", default=None, metavar="MODEL", help="where to find CLIP instead of the recorded id (e.g. a local copy)")
-    p.add_argument("--device", default=None, help="auto | cpu | cuda | cuda:N (default: CUDA when available)")
-    p.add_argument("--batch-size", type=_positive, default=64, metavar="N", help="images per forward pass")
-    p.add_argument("--workers", type=int, default=4, metavar="N", help="image-loading threads (0: load in the main thread)")
-    p.add_argument("--top-k", type=_positive, default=1, metavar="K", help="also write the K most probable classes")
-    p.add_argument("--out", type=output_path, required=True, metavar="FILE", help="FILE.csv or FILE.json to write (its folder must exist)")
+    p.add_argument("--device", default=None, help="auto | cpu | cuda | cuda:N (default: auto, CUDA when available)")
+    p.add_argument("--batch-size", type=_positive, default=64, metavar="N", help="images per forward pass (default: 64)")
+    p.add_argument("--workers", type=int, default=4, metavar="N", help="image-loading threads (default: 4; 0: load in the main thread)")
+    p.add_argument("--top-k", type=_positive, default=1, metavar="K", help="also write the K most probable classes (default: 1)")
+    p.add_argument("--out", type=output_path, default=None, metavar="FILE", help="FILE.csv or FILE.json to write (default: CSV on stdout)")
+    p.add_argument("--format", choices=[f[1:] for f in _FORMATS], default=None,
+                   help="csv or json (default: from --out's suffix; csv on stdout)")
     p.add_argument("--strict", action="store_true", help="an unreadable image is an error (default: a warning, and it is skipped)")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
 
 
-def write_predictions(path: str | Path, predictions: Any, *, top_k: int = 1, classifier: str | None = None) -> Path:
-    """Write :class:`~hgadapter.classifier.Predictions` to ``path`` (``.csv`` or ``.json``), atomically.
+def format_predictions(predictions: Any, fmt: str = "csv", *, top_k: int = 1, classifier: str | None = None) -> str:
+    """:class:`~hgadapter.classifier.Predictions` as ``csv`` or ``json`` text (the layouts of :func:`write_predictions`)."""
+    import json
 
-    CSV: ``path,label,score`` and, for ``top_k > 1``, ``label_2,score_2, ...``. JSON:
-    ``{"classifier", "predictions": [{"path", "label", "score"[, "top_k"]}], "skipped": [{"path", "error"}]}``.
-    """
-    from hgadapter._io import atomic_write_json, atomic_write_text
+    from hgadapter._io import json_safe
 
-    path = Path(path)
     rows = predictions.rows(top_k)
-    if path.suffix.lower() == ".json":
+    if fmt == "json":  # as hgadapter._io.atomic_write_json writes it
         skipped = [{"path": key, "error": error} for key, error in predictions.skipped]
-        return atomic_write_json(path, {"classifier": classifier, "predictions": rows, "skipped": skipped})
+        data = {"classifier": classifier, "predictions": rows, "skipped": skipped}
+        return json.dumps(json_safe(data), indent=2, allow_nan=False) + "\n"
     k = min(top_k, len(predictions.classnames))
     header = ["path", "label", "score"] + [f"{name}_{i}" for i in range(2, k + 1) for name in ("label", "score")]
     buffer = io.StringIO()
@@ -87,7 +87,20 @@ def write_predictions(path: str | Path, predictions: Any, *, top_k: int = 1, cla
     for row in rows:
         extra = [v for top in row.get("top_k", [])[1:] for v in (top["label"], top["score"])]
         writer.writerow([row["path"], row["label"], row["score"], *extra])
-    return atomic_write_text(path, buffer.getvalue())
+    return buffer.getvalue()
+
+
+def write_predictions(path: str | Path, predictions: Any, *, top_k: int = 1, classifier: str | None = None) -> Path:
+    """Write :class:`~hgadapter.classifier.Predictions` to ``path`` (``.csv`` or ``.json``), atomically.
+
+    CSV: ``path,label,score`` and, for ``top_k > 1``, ``label_2,score_2, ...``. JSON:
+    ``{"classifier", "predictions": [{"path", "label", "score"[, "top_k"]}], "skipped": [{"path", "error"}]}``.
+    """
+    from hgadapter._io import atomic_write_text
+
+    path = Path(path)
+    fmt = "json" if path.suffix.lower() == ".json" else "csv"
+    return atomic_write_text(path, format_predictions(predictions, fmt, top_k=top_k, classifier=classifier))
 
 
 def run_predict(args: argparse.Namespace) -> int:
@@ -95,10 +108,13 @@ def run_predict(args: argparse.Namespace) -> int:
 
     from hgadapter._io import check_output_file
 
-    out = Path(args.out)
-    if out.suffix.lower() not in _FORMATS:
+    out = None if args.out is None else Path(args.out)
+    if out is not None and out.suffix.lower() not in _FORMATS:
         raise ClassifierError(f"--out {args.out}: expected a .csv or .json file name")
-    check_output_file(out)  # before any work; its folder must exist
+    if out is not None and args.format is not None and out.suffix.lower() != f".{args.format}":
+        raise ClassifierError(f"--out {args.out} and --format {args.format} disagree; give one")
+    if out is not None:
+        check_output_file(out)  # before any work; its folder must exist
     paths = image_paths(args.inputs)
     clf = Classifier.from_pretrained(args.classifier, model=args.model, device=args.device)
     with warnings.catch_warnings(record=True) as caught:
@@ -113,7 +129,11 @@ def run_predict(args: argparse.Namespace) -> int:
                 print(f"hgadapter predict: warning: {warning.message}", file=sys.stderr)
     for key, error in predictions.skipped:
         print(f"hgadapter predict: warning: {key}: cannot read the image ({error}); skipped", file=sys.stderr)
-    write_predictions(out, predictions, top_k=args.top_k, classifier=str(args.classifier))
     skipped = f", {len(predictions.skipped)} unreadable skipped" if predictions.skipped else ""
+    if out is None:  # the predictions are the output; what was done goes to stderr
+        sys.stdout.write(format_predictions(predictions, args.format or "csv", top_k=args.top_k, classifier=str(args.classifier)))
+        print(f"classified {len(predictions.keys)} images{skipped}", file=sys.stderr)
+        return 0
+    write_predictions(out, predictions, top_k=args.top_k, classifier=str(args.classifier))
     print(f"classified {len(predictions.keys)} images{skipped} -> {out}")
     return 0

@@ -62,6 +62,9 @@ __all__ = [
     "build_report",
     "format_cell",
     "format_markdown",
+    "format_csv",
+    "report_payload",
+    "display_names",
     "write_report",
     "add_report_arguments",
     "run_report",
@@ -617,7 +620,13 @@ def _long_rows(table: Table) -> list[dict[str, Any]]:
     return out
 
 
-def build_report(records: Sequence[Mapping[str, Any]], paper: Mapping[str, Any] | None, *, selection: bool = False) -> Report:
+def build_report(
+    records: Sequence[Mapping[str, Any]],
+    paper: Mapping[str, Any] | None,
+    *,
+    selection: bool = False,
+    names: Mapping[str, Any] | None = None,
+) -> Report:
     """Group ``records`` by (dataset, backbone, method, shots, params) and configuration (``config_id``),
     average over seeds, lay out tables.
 
@@ -626,6 +635,8 @@ def build_report(records: Sequence[Mapping[str, Any]], paper: Mapping[str, Any] 
         paper: :func:`load_paper_results`'s answer, or ``None`` for no paper values.
         selection: add, per (dataset, backbone, shots), a table of validation accuracy, test
             accuracy and training seconds per method (``kind="selection"``; ``hgadapter compare``).
+        names: where display names come from when ``paper`` is ``None`` (the paper results file
+            without its values, :func:`display_names`); else the methods' registry ids show.
 
     Returns:
         The tables (accuracy vs shots, few-shot, domain generalisation, sensitivity, backbones,
@@ -633,7 +644,7 @@ def build_report(records: Sequence[Mapping[str, Any]], paper: Mapping[str, Any] 
     """
     warnings: list[str] = []
     groups = _group(records, warnings)
-    look = PaperResults(paper)
+    look = PaperResults(paper if paper is not None else names)
     enabled = paper is not None
     # Accuracy tables also show each grid's val-selected point beside the fixed defaults.
     accuracy_groups = groups + _group(val_selected_records(records), warnings)
@@ -717,6 +728,33 @@ def _csv_text(rows: Sequence[Mapping[str, Any]]) -> str:
     return buffer.getvalue()
 
 
+def display_names(paper_path: str | Path | None = None) -> dict[str, Any] | None:
+    """The display names of the paper results file (methods, datasets, backbones), none of its values;
+    ``None`` when the file cannot be read (the ids show instead)."""
+    try:
+        data = load_paper_results(paper_path)
+    except ReportError:
+        return None
+    return {k: data[k] for k in ("methods", "datasets", "dg_targets", "backbones") if k in data}
+
+
+def format_csv(report: Report) -> str:
+    """One line per table cell (:data:`CSV_COLUMNS`), as ``report.csv`` holds it."""
+    return _csv_text(report.rows)
+
+
+def report_payload(report: Report) -> dict[str, Any]:
+    """The machine-readable report, as ``report.json`` holds it: rows, tables, warnings."""
+    return {
+        "runs": report.runs,
+        "paper_file": report.paper_file,
+        "columns": list(CSV_COLUMNS),
+        "rows": report.rows,
+        "tables": [asdict(t) for t in report.tables],
+        "warnings": report.warnings,
+    }
+
+
 def write_report(runs_dir: str | Path, out_dir: str | Path | None = None, *, paper_path: str | Path | None = None, use_paper: bool = True) -> Path:
     """Read the runs below ``runs_dir`` and write ``report.md``, ``report.csv``, ``report.json`` and ``report.tex``.
 
@@ -737,18 +775,10 @@ def write_report(runs_dir: str | Path, out_dir: str | Path | None = None, *, pap
     out = check_output_dir(out_dir if out_dir is not None else Path(runs_dir) / "report")
     records = load_records(runs_dir)
     paper = load_paper_results(paper_path) if use_paper else None
-    report = build_report(records, paper)
+    report = build_report(records, paper, names=None if use_paper else display_names(paper_path))
     atomic_write_text(out / f"{REPORT_STEM}.md", format_markdown(report))
-    atomic_write_text(out / f"{REPORT_STEM}.csv", _csv_text(report.rows))
-    payload = {
-        "runs": report.runs,
-        "paper_file": report.paper_file,
-        "columns": list(CSV_COLUMNS),
-        "rows": report.rows,
-        "tables": [asdict(t) for t in report.tables],
-        "warnings": report.warnings,
-    }
-    atomic_write_json(out / f"{REPORT_STEM}.json", payload)
+    atomic_write_text(out / f"{REPORT_STEM}.csv", format_csv(report))
+    atomic_write_json(out / f"{REPORT_STEM}.json", report_payload(report))
     atomic_write_text(out / f"{REPORT_STEM}.tex", format_latex(report))
     return out
 

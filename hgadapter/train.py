@@ -22,6 +22,7 @@ import torch.nn.functional as F
 from torch import nn
 from tqdm.auto import tqdm
 
+from hgadapter.config import CHECKPOINTS  # a config value's choices, defined where configs are
 from hgadapter.protocol import FitContext, SelectionData, accuracy, require_validation
 
 __all__ = [
@@ -42,10 +43,6 @@ __all__ = [
 # random view ("image"), or the pool of every (image, view) pair shuffled and cut into the epoch's
 # batches, an image possibly twice in a batch (CLAP's 20 pooled augmented passes).
 SAMPLINGS: tuple[str, ...] = ("image", "pool")
-
-# Which trained weights a method keeps: the last epoch's (Dassl's default), or the epoch with the
-# best validation accuracy (Tip-Adapter-F keeps its best epoch; we judge it on val, not test).
-CHECKPOINTS: tuple[str, ...] = ("last", "best_val")
 
 Schedule = Callable[[int, int], float]
 """``(step, steps_per_epoch) -> learning rate`` for the 0-based global step about to run."""

@@ -215,3 +215,26 @@ def test_export_needs_a_finished_run_with_its_head(exported, tmp_path, capsys):
     (tmp_path / "busy" / "notes.txt").write_text("mine")
     assert main(["export", str(run), "--out", str(tmp_path / "busy")]) == 2
     assert "not a classifier folder" in capsys.readouterr().err
+
+
+def test_predict_without_out_writes_to_stdout(exported, world, tmp_path, capsys):
+    """No --out: the predictions on stdout (CSV, or --format json), what was done on stderr."""
+    _, folder = exported
+    images = str(world["root"] / "images" / "test")
+    common = ["predict", "--classifier", str(folder), "--device", "cpu", "--quiet", "--top-k", "2"]
+    assert main([*common, "--out", str(tmp_path / "p.csv"), images]) == 0
+    capsys.readouterr()
+    assert main([*common, images]) == 0
+    out, err = capsys.readouterr()
+    assert out == (tmp_path / "p.csv").read_text()  # the same bytes as the file
+    assert f"classified {len(world['test_paths'])} images" in err
+    assert main([*common, "--format", "json", images]) == 0
+    written = json.loads(capsys.readouterr().out)
+    assert [r["path"] for r in written["predictions"]] == world["test_paths"]
+    assert main([*common, "--format", "json", "--out", str(tmp_path / "p.csv"), images]) == 2
+    assert "--out" in capsys.readouterr().err
+
+
+def test_a_run_on_an_image_folder_records_the_folders_name(exported):
+    run, _ = exported
+    assert load_record(run)["dataset"] == "images"  # the folder's name (the fixture's DIR is .../images)

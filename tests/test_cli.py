@@ -1,6 +1,10 @@
 """`hgadapter` command line: smoke runs on a small synthetic task and one-line errors."""
 
 import json
+import os
+import subprocess
+import sys
+from pathlib import Path
 
 import pytest
 import yaml
@@ -200,3 +204,193 @@ def test_an_empty_output_folder_is_refused(command, capsys):
     with pytest.raises(SystemExit) as info:
         main(command)
     assert info.value.code == 2 and "expected a folder path, got an empty string" in capsys.readouterr().err
+
+
+# ---- start-up: `hgadapter --help` and argparse errors import no torch ------------------------
+
+HEAVY = ("torch", "transformers", "dgl", "matplotlib", "sklearn", "huggingface_hub")
+
+
+def _imported(argv: list[str]) -> tuple[set[str], subprocess.CompletedProcess]:
+    """The top-level packages `python -X importtime -m hgadapter ARGV` imports, and the process."""
+    root = Path(__file__).resolve().parents[1]
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(root), os.environ.get("PYTHONPATH", "")])}
+    proc = subprocess.run([sys.executable, "-X", "importtime", "-m", "hgadapter", *argv], capture_output=True, text=True, env=env, cwd=root)
+    names = {line.split("|")[-1].strip().split(".")[0] for line in proc.stderr.splitlines() if line.startswith("import time:")}
+    return names, proc
+
+
+@pytest.mark.parametrize("argv, code", [
+    (["--help"], 0),
+    (["nope"], 2),  # an unknown command
+    (["run", "--features", "x", "--shots", "1", "--seeds"], 2),  # an argparse error of a command
+    (["demo", "--help"], 0),
+    (["sweep", "--help"], 0),
+    (["predict", "--help"], 0),
+])
+def test_help_and_argparse_errors_import_no_torch(argv, code):
+    names, proc = _imported(argv)
+    assert proc.returncode == code, proc.stderr[-2000:]
+    assert "hgadapter" in names  # the measurement saw the package itself
+    heavy = sorted(set(HEAVY) & names)
+    assert not heavy, f"`hgadapter {' '.join(argv)}` imported {heavy}"
+
+
+def test_version(capsys):
+    from hgadapter import __version__
+
+    with pytest.raises(SystemExit) as info:
+        main(["--version"])
+    assert info.value.code == 0 and capsys.readouterr().out.strip() == f"hgadapter {__version__}"
+
+
+# ---- one grammar: every new spelling and the old ones -----------------------------------------
+
+
+def test_methods_lists_every_method_with_its_display_name(capsys):
+    from hgadapter.methods import list_methods
+
+    assert main(["methods"]) == 0
+    rows = {line.split()[0]: line for line in capsys.readouterr().out.splitlines()[1:]}
+    assert list(rows) == list_methods()
+    assert "Tip-Adapter " in rows["tip_adapter"] and "HeGraphAdapter(T-N)" in rows["hegraphadapter:t_n"]
+    assert "demo, compare" in rows["hegraphadapter"] and "compare" in rows["zero_shot"] and "demo" not in rows["zero_shot"]
+
+
+def _run_argv(cache, out, *extra):
+    return ["run", "--features", str(cache), "--shots", "2", "--out", str(out), "--set", "train.epochs=1", "--quiet", *extra]
+
+
+@pytest.mark.parametrize("spelling", [
+    ["--seed", "1", "--variant", "t"],  # the old spelling
+    ["--seeds", "1", "--variant", "t"],
+    ["--seeds", "1", "--method", "hegraphadapter:t"],  # compare's spelling of the same variant
+])
+def test_run_spellings_of_seed_and_method_are_one_run(small_cache, tmp_path, capsys, spelling):
+    assert main(_run_argv(small_cache, tmp_path / "run", *spelling)) == 0, capsys.readouterr().err
+    metrics = json.loads((tmp_path / "run" / "metrics.json").read_text())
+    assert (metrics["method"], metrics["variant"], metrics["seed"], metrics["epochs"]) == ("hegraphadapter:t", "t", 1, 1)
+
+
+def test_run_any_registered_method(small_cache, tmp_path, capsys):
+    out = tmp_path / "run"
+    argv = ["run", "--features", str(small_cache), "--method", "tip_adapter", "--shots", "2", "--seeds", "1",
+            "--out", str(out), "--set", "search_step=[10, 5]", "--device", "cpu", "--quiet"]
+    assert main(argv) == 0, capsys.readouterr().err
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert metrics["method"] == "tip_adapter" and metrics["seed"] == 1 and (out / "head.safetensors").is_file()
+    assert "tip_adapter shots=2 seed=1: val" in capsys.readouterr().out
+
+
+def test_run_config_takes_compares_method_prefix(small_cache, tmp_path, capsys):
+    exp = tmp_path / "exp.yaml"
+    exp.write_text("train: {epochs: 1, lr: 0.005}\n")
+    run = tmp_path / "run"
+    assert main(_run_argv(small_cache, run, "--seeds", "1", "--variant", "t", "--config", f"hegraphadapter:t={exp}")) == 0
+    assert "lr: 0.005" in (run / "config.yaml").read_text()
+    assert main(_run_argv(small_cache, tmp_path / "r2", "--seeds", "1", "--config", f"tip_adapter={exp}")) == 2
+    assert "this run's method is 'hegraphadapter'; give --config FILE or --config hegraphadapter=FILE" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("extra, message", [
+    (["--seeds", "1", "2"], "--seeds 1 2: a run is one seed; for several use `hgadapter compare"),
+    (["--seeds", "1", "--method", "tip_adapter", "--engine", "dgl"], "--engine dgl: only HeGraphAdapter passes messages on a graph"),
+])
+def test_run_grammar_errors_are_one_line(small_cache, tmp_path, capsys, extra, message):
+    argv = ["run", "--features", str(small_cache), "--shots", "2", "--out", str(tmp_path / "run"), "--quiet", *extra]
+    assert main(argv) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and err.startswith("hgadapter run: error:") and message in err, err
+
+
+def test_run_method_and_variant_exclude_each_other(small_cache, tmp_path, capsys):
+    with pytest.raises(SystemExit) as info:
+        main(_run_argv(small_cache, tmp_path / "run", "--seeds", "1", "--variant", "t", "--method", "tip_adapter"))
+    assert info.value.code == 2 and "not allowed with argument" in capsys.readouterr().err
+
+
+def test_compare_method_singular_and_config_file_without_method(small_cache, tmp_path, capsys):
+    mine = tmp_path / "tip.yaml"
+    mine.write_text("search_step: [10, 5]\nalpha: 2.0\n")
+    out = tmp_path / "cmp"
+    argv = ["compare", "--features", str(small_cache), "--method", "tip_adapter", "--shots", "2", "--seeds", "1",
+            "--out", str(out), "--device", "cpu", "--config", str(mine), "--set", "beta=3.0", "--quiet"]
+    assert main(argv) == 0, capsys.readouterr().err
+    config = yaml.safe_load((out / "tip_adapter" / "2shot-seed1" / "config.yaml").read_text())
+    assert (config["search_step"], config["alpha"], config["beta"]) == ([10, 5], 2.0, 3.0)
+    assert (out / "results.json").is_file() and (out / "results.csv").is_file()
+
+
+@pytest.mark.parametrize("form", ["positional", "option"])
+def test_check_takes_the_cache_either_way(small_cache, capsys, form):
+    argv = ["check", str(small_cache)] if form == "positional" else ["check", "--features", str(small_cache)]
+    assert main([*argv, "--json"]) == 0
+    assert json.loads(capsys.readouterr().out)["cache"] == str(small_cache)
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["check"], "the following arguments are required: CACHE (or --features CACHE)"),
+    (["check", "a", "--features", "b"], "CACHE given twice ('a' and 'b'); give it once"),
+    (["tsne", "--out", "x.png"], "the following arguments are required: RUN (or --run RUN)"),
+])
+def test_positional_or_option_errors(capsys, argv, message):
+    with pytest.raises(SystemExit) as info:
+        main(argv)
+    assert info.value.code == 2 and message in capsys.readouterr().err
+
+
+@pytest.fixture(scope="module")
+def full_run(small_cache, tmp_path_factory):
+    run = tmp_path_factory.mktemp("runs") / "hegraphadapter" / "2shot-seed1"
+    assert main(_run_argv(small_cache, run, "--seeds", "1")) == 0
+    return run
+
+
+@pytest.mark.parametrize("form", ["positional", "option"])
+def test_tsne_takes_the_run_either_way(full_run, tmp_path, capsys, form):
+    fig = tmp_path / "t.png"
+    argv = ["tsne", str(full_run)] if form == "positional" else ["tsne", "--run", str(full_run)]
+    assert main([*argv, "--out", str(fig), "--formats", "png"]) == 0, capsys.readouterr().err
+    assert fig.stat().st_size > 0
+
+
+def test_report_without_paper_shows_display_names(full_run, tmp_path, capsys):
+    assert main(["report", str(full_run.parent.parent), "--out", str(tmp_path / "rep"), "--no-paper"]) == 0
+    text = (tmp_path / "rep" / "report.md").read_text()
+    assert "| HeGraphAdapter |" in text and "| hegraphadapter |" not in text
+
+
+def test_export_of_a_cache_says_it_is_a_cache(small_cache, full_run, tmp_path, capsys):
+    assert main(["export", str(small_cache), "--out", str(tmp_path / "clf")]) == 2
+    err = capsys.readouterr().err
+    assert f"{small_cache} is a feature cache, not a run" in err and len(err.strip().splitlines()) == 1
+    assert main(["export", str(full_run.parent.parent), "--out", str(tmp_path / "clf")]) == 2
+    assert "is a folder of runs, not a run: export one of them, e.g." in capsys.readouterr().err
+
+
+def test_a_variant_file_may_start_from_a_shipped_name(small_cache, tmp_path, capsys):
+    mine = tmp_path / "mine.yaml"
+    mine.write_text("_base_: full\nname: mine\ngraph: {topk: 4}\n")
+    run = tmp_path / "run"
+    assert main(_run_argv(small_cache, run, "--seeds", "1", "--variant", str(mine))) == 0, capsys.readouterr().err
+    recorded = yaml.safe_load((run / "config.yaml").read_text())
+    assert recorded["graph"]["topk"] == 4 and [s["target"] for s in recorded["stages"]] == ["neg", "pos", "vis"]
+    (tmp_path / "bad.yaml").write_text("_base_: fulll\n")
+    assert main(_run_argv(small_cache, tmp_path / "r2", "--seeds", "1", "--variant", str(tmp_path / "bad.yaml"))) == 2
+    assert "or a shipped name: ['base', 'full', 't', 't_n', 't_p']" in capsys.readouterr().err
+
+
+# flags whose help must say what leaving them out means
+DEFAULTED = ("--shots", "--seeds", "--seed", "--views", "--workers", "--batch-size", "--engine", "--device")
+
+
+def test_help_states_the_defaults():
+    from hgadapter._cli import fill_all
+    from hgadapter.cli import build_parser
+
+    missing = []
+    for name, parser in fill_all(build_parser()).items():
+        for action in parser._actions:
+            if set(action.option_strings) & set(DEFAULTED) and not action.required and "default" not in (action.help or ""):
+                missing.append(f"{name} {'/'.join(action.option_strings)}")
+    assert not missing, missing

@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import argparse
+import csv
+import io
+import json
 import functools
 
 import pytest
@@ -200,6 +203,14 @@ def test_cli_compare_on_a_saved_cache(tmp_path, capsys):
     assert {r["epochs"] for r in records if r["method"] == "taskres"} == {2}
     printed = capsys.readouterr().out
     assert "SYNTHETIC" in printed and "| Zero-shot CLIP |" in printed and "results.png" in printed
+    # the machine-readable summary beside results.md: one row per table cell, one entry per run
+    summary = json.loads((out / "results.json").read_text())
+    assert len(summary["run_records"]) == len(records) == 12 and summary["runs"] == 12
+    cell = next(r for r in summary["rows"] if r["method"] == "tip_adapter" and r["table"] == "shots" and r["shots"] == 2)
+    runs = [r["test_acc"] for r in summary["run_records"] if r["method"] == "tip_adapter" and r["shots"] == 2]
+    assert cell["n"] == 2 and cell["mean"] == pytest.approx(sum(runs) / 2)
+    lines = list(csv.DictReader(io.StringIO((out / "results.csv").read_text())))
+    assert {"method", "shots", "mean", "std", "n"} <= set(lines[0]) and len(lines) == len(summary["rows"])
 
 
 @pytest.mark.parametrize(
@@ -207,13 +218,15 @@ def test_cli_compare_on_a_saved_cache(tmp_path, capsys):
     [
         (["--set", "tasres.epochs=2"], r"expected METHOD.KEY=VALUE with METHOD one of the compared methods"),
         (["--config", "taskres"], r"expected METHOD=PATH"),
+        (["--methods", "taskres", "--seeds", "1", "--set", "tasres.epochs=2"], r"--set tasres.epochs: method 'taskres' has a flat config; valid keys"),  # one method: KEY=VALUE is its key
+        (["--methods", "taskres", "--seeds", "1", "--config", "nowhere.yaml"], r"config file nowhere.yaml does not exist"),  # one method: FILE is its
     ],
 )
 def test_cli_argument_errors(tmp_path, argv, message):
     parser = argparse.ArgumentParser()
     add_compare_arguments(parser)
     cache_dir = save_cache(tmp_path / "cache", small_task())
-    args = parser.parse_args(["--features", str(cache_dir), "--methods", "taskres", "--out", str(tmp_path / "o"), *argv])
+    args = parser.parse_args(["--features", str(cache_dir), "--methods", "taskres", "zero_shot", "--out", str(tmp_path / "o"), *argv])
     with pytest.raises(ConfigError, match=message):
         run_compare(args)
 

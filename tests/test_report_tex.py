@@ -164,7 +164,10 @@ def test_write_report_writes_tex_beside_unchanged_markdown(tmp_path):
     assert sorted(p.name for p in out.iterdir()) == ["report.csv", "report.json", "report.md", "report.tex"]
     from hgadapter.records import load_records
 
-    report = build_report(load_records(runs), None)
+    from hgadapter.report import display_names
+
+    report = build_report(load_records(runs), None, names=display_names())  # --no-paper keeps the display names
+    assert "| SUN397 | DTD |" in format_markdown(report)
     assert (out / "report.md").read_text(encoding="utf-8") == format_markdown(report)
     assert (out / "report.tex").read_text(encoding="utf-8") == format_latex(report)
     assert json.loads((out / "report.json").read_text(encoding="utf-8"))["tables"][0]["seeds"] == [1, 2, 3]

@@ -3,8 +3,8 @@
 - ``python -m viz tsne RUN [--out FIG] [--classes 20] [--ntypes pos neg] ...``: the t-SNE figure;
 - ``python -m viz figures RUNS_DIR [--out DIR]``: every figure the runs' records support.
 
-The same commands are ``hgadapter tsne --run RUN`` and ``hgadapter figures RUNS_DIR``. User errors
-(a missing run directory or node file, an unknown ntype or stage, a runs directory without runs)
+The same commands are ``hgadapter tsne RUN`` (or ``--run RUN``) and ``hgadapter figures
+RUNS_DIR``. User errors (a missing run directory or node file, an unknown ntype or stage, a runs directory without runs)
 print one line to stderr and exit with status 2; set ``VIZ_DEBUG=1`` for the traceback.
 """
 

@@ -599,8 +599,10 @@ def add_tsne_arguments(parser: argparse.ArgumentParser, *, positional_run: bool 
     help_run = "run directory written by `hgadapter run` (holds nodes.safetensors)"
     if positional_run:
         parser.add_argument("run", metavar="RUN", help=help_run)
-    else:
-        parser.add_argument("--run", required=True, metavar="DIR", help=help_run)
+    else:  # `hgadapter tsne RUN` or `hgadapter tsne --run RUN`
+        from hgadapter._cli import add_positional_or_option  # argparse only, no torch
+
+        add_positional_or_option(parser, "run", "--run", metavar="RUN", help=help_run)
     parser.add_argument("--out", type=output_path, default=None, metavar="FIG",
                         help="figure path, .png/.pdf/.svg (default: DIR/tsne_<ntypes>.png); coordinates go to <stem>.tsne.json")
     parser.add_argument("--formats", nargs="+", default=list(style.DEFAULT_FORMATS), choices=style.FIGURE_FORMATS,

@@ -25,6 +25,7 @@ training sets to a cache on disk in :mod:`hgadapter.data.merge`.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from pathlib import PurePath
 from typing import Any
 
 import torch
@@ -161,9 +162,25 @@ class FeatureCache(ClassTextShapes):
 
 
 def dataset_name(meta: dict[str, Any]) -> str | None:
-    """The dataset a cache's sidecar ``meta`` names (``meta["dataset"]["name"]`` or a plain string)."""
+    """The dataset a cache's sidecar ``meta`` names (``meta["dataset"]["name"]`` or a plain string).
+
+    A cache extracted before ``name`` was recorded is named by its spec: ``coop:dtd`` -> ``dtd``,
+    ``hf:org/set`` -> ``set``, ``imagefolder`` -> the folder's name.
+    """
     dataset = meta.get("dataset")
-    return dataset.get("name") if isinstance(dataset, dict) else dataset
+    if not isinstance(dataset, dict):
+        return dataset
+    if dataset.get("name"):
+        return dataset["name"]
+    spec, root = dataset.get("spec"), dataset.get("root")
+    if not isinstance(spec, str):
+        return None
+    kind, _, rest = spec.partition(":")
+    if kind in ("coop", "hf") and rest:
+        return rest.rstrip("/").rsplit("/", 1)[-1]
+    if spec == "imagefolder" and isinstance(root, str) and root.strip("/"):
+        return PurePath(root).name
+    return None
 
 
 def train_file_name(shots: int, seed: int) -> str:

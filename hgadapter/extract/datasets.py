@@ -299,7 +299,7 @@ def _build_coop(name: str, root: Path, classnames_file: Path | None) -> DatasetS
     if not folder.is_dir():
         raise DataError(f"dataset folder {folder} does not exist (expected CoOp's layout: ROOT/{folder_name}/)")
     image_dir = folder / image_sub if image_sub else folder
-    meta: dict[str, Any] = {"spec": f"coop:{name}", "root": str(root), "layout": "coop"}
+    meta: dict[str, Any] = {"spec": f"coop:{name}", "name": name, "root": str(root), "layout": "coop"}
     given = _read_user_classnames(classnames_file)
     if name.startswith("imagenet"):
         cls_file = folder / "classnames.txt"
@@ -373,7 +373,8 @@ def seeded_split(
 def _build_imagefolder(root: Path, classnames_file: Path | None, split_seed: int) -> DatasetSplits:
     if not root.is_dir():
         raise DataError(f"image folder {root} does not exist")
-    meta: dict[str, Any] = {"spec": "imagefolder", "root": str(root), "layout": "imagefolder"}
+    # the folder's name is the dataset's in records, titles and tables ("imagefolder" names the layout)
+    meta: dict[str, Any] = {"spec": "imagefolder", "name": root.resolve().name or str(root), "root": str(root), "layout": "imagefolder"}
     given = _read_user_classnames(classnames_file)
     split_dirs = [root / p for p in ("train", "val", "test")]
     if all(d.is_dir() for d in split_dirs):
@@ -459,6 +460,7 @@ def _build_hf(
 
     meta: dict[str, Any] = {
         "spec": f"hf:{hub_id}",
+        "name": Path(hub_id).name or hub_id,
         "layout": "hf",
         "columns": {"image": image_column, "label": label_column},
         "fingerprints": {k: getattr(v, "_fingerprint", None) for k, v in dsd.items()},

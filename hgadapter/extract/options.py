@@ -144,6 +144,10 @@ def _argparse_kwargs(f: dataclasses.Field, hint: Any) -> tuple[str, dict[str, An
     kwargs.setdefault("type", hint)
     if kwargs["type"] is str:
         del kwargs["type"]  # argparse's default
+    default = kwargs.get("default")
+    if default not in (None, [], "") and "default" not in kwargs.get("help", ""):  # the help says what leaving it out means
+        shown = " ".join(map(str, default)) if isinstance(default, list) else default
+        kwargs["help"] = f"{kwargs.get('help', '')} (default: {shown})"
     return flag, kwargs
 
 

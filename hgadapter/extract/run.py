@@ -19,7 +19,9 @@ from __future__ import annotations
 
 import argparse
 import json
+import sys
 import time
+from collections.abc import Sequence
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
@@ -63,6 +65,9 @@ def extract(opts: ExtractOptions) -> FeatureCache | None:
         raise ExtractError(str(err)) from None
     if not splits.train and opts.shots:
         raise ExtractError(f"{opts.dataset} has no training split (test-only dataset); pass --shots with no values")
+    note = short_classes_note(splits, opts.shots)
+    if note is not None:  # said once per extraction, even with --quiet: the cache is not what K suggests
+        print(f"hgadapter extract: warning: {note}", file=sys.stderr, flush=True)
     identity = build_identity(opts, encoder, splits, pos, neg)
     if opts.shard is not None:
         run_shard(opts, encoder, splits, identity)
@@ -93,6 +98,32 @@ def extract(opts: ExtractOptions) -> FeatureCache | None:
             opts.log(f"wrote (shots={shots}, seed={seed}): {len(fs.labels)} images x {opts.views} views "
                      f"in {time.perf_counter() - t0:.1f}s")
     return load_cache(opts.out, train_keys=[k for k in sorted(done) if k[0] in opts.shots and k[1] in opts.seeds])
+
+
+def short_classes_note(splits: DatasetSplits, shots: Sequence[int]) -> str | None:
+    """A one-line note when some class has fewer training images than a requested K, else ``None``.
+
+    Such a class's K-shot sets hold all its images and repeat some of them to fill K (CoOp's
+    ``generate_fewshot_dataset(repeat=True)``), which nothing else would tell the user.
+    """
+    if not shots or not splits.train:
+        return None
+    held = set(splits.held_out)  # validation images held out of training (--val-source train)
+    counts = [0] * len(splits.classnames)
+    for i, sample in enumerate(splits.train):
+        if i not in held:
+            counts[sample.label] += 1
+    over = sorted(k for k in set(shots) if k > min(counts))
+    if not over:
+        return None
+    short = [c for c, n in enumerate(counts) if n < max(over)]
+    fewest = min(short, key=counts.__getitem__)
+    ks = ", ".join(f"K={k}" for k in over)
+    return (
+        f"{len(short)} of {len(counts)} classes have fewer than {max(over)} training images (fewest: "
+        f"{splits.classnames[fewest]!r} with {counts[fewest]}); for {ks} their training sets repeat images to fill K "
+        "(CoOp's protocol), so they hold fewer distinct images than K"
+    )
 
 
 def _extractor_file(name: str) -> bool:

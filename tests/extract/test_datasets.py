@@ -240,3 +240,37 @@ def test_validation_source_errors_and_datasets_with_their_own_split(tmp_path):
     (root / "dtd" / "split_zhou_DescribableTextures.json").write_text(json.dumps(split))
     dup = choose_validation(build_dataset("coop:dtd", root), "auto", per_class=4, seed=1)
     assert dup.meta["duplicates"] == [["train", 1, "test", 0]]
+
+
+def test_a_cache_names_its_dataset_by_the_folder(tmp_path):
+    """Records, titles and tables name an image folder's dataset by the folder, not null/"imagefolder"."""
+    from hgadapter.data.cache import dataset_name
+
+    photos = cf.build_imagefolder(tmp_path / "my_photos", classes=("a", "b"), per_class=5)
+    ds = build_dataset("imagefolder", photos)
+    assert ds.meta["name"] == "my_photos" and dataset_name({"dataset": ds.meta}) == "my_photos"
+    assert build_dataset("coop:dtd", cf.build_coop_dtd(tmp_path / "coop")).meta["name"] == "dtd"
+    # caches extracted before the name was recorded: named by their spec
+    for meta, name in (
+        ({"spec": "imagefolder", "root": "/data/my_photos/"}, "my_photos"),
+        ({"spec": "coop:oxford_pets", "root": "/data/coop"}, "oxford_pets"),
+        ({"spec": "hf:org/beans"}, "beans"),
+        ({"name": "synthetic"}, "synthetic"),
+        ({}, None),
+    ):
+        assert dataset_name({"dataset": meta}) == name, meta
+    assert dataset_name({"dataset": "plain"}) == "plain" and dataset_name({}) is None
+
+
+def test_asking_for_more_shots_than_a_class_has_is_said_once(tmp_path):
+    from hgadapter.extract.run import short_classes_note
+
+    for c, n in (("few", 3), ("many", 8)):
+        cf.build_imagefolder(tmp_path / "train", classes=(c,), per_class=n)
+    for part in ("val", "test"):
+        cf.build_imagefolder(tmp_path / part, classes=("few", "many"), per_class=1)
+    ds = build_dataset("imagefolder", tmp_path)
+    assert short_classes_note(ds, [1, 2, 3]) is None and short_classes_note(ds, []) is None
+    note = short_classes_note(ds, [1, 4, 16])
+    assert note.startswith("2 of 2 classes have fewer than 16 training images (fewest: 'few' with 3); for K=4, K=16 ")
+    assert "repeat images to fill K" in note

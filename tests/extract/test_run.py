@@ -229,3 +229,13 @@ def test_imagenet_validation_never_is_a_test_or_training_image(model_dir, tmp_pa
                   "--val-source", "test", dataset="coop:imagenet"))
     meta = load_cache(coop).meta
     assert meta["dataset"]["val_source"] == "test (CoOp's ImageNet protocol)" and meta["val"]["source"]["split"] == "test"
+
+
+def test_more_shots_than_a_class_has_is_said_once(model_dir, folder, tmp_path, capsys):
+    """The folder has 5 training images per class: K=8 and K=16 repeat images, and extract says so once."""
+    out = tmp_path / "c"
+    assert ex.main(_args(model_dir, folder, out, "--shots", "1", "8", "16", "--seeds", "1", "2", "--views", "1")) == 0
+    err = capsys.readouterr().err
+    lines = [line for line in err.splitlines() if "warning:" in line]
+    assert len(lines) == 1 and "3 of 3 classes have fewer than 16 training images" in lines[0] and "K=8, K=16" in lines[0], err
+    assert load_cache(out).meta["dataset"]["name"] == folder.name
