@@ -158,23 +158,26 @@ class Field:
         return _bad(where, at, self.describe() + (" or null" if self.nullable else ""), value)
 
 
+_INT64 = (-(1 << 63), (1 << 63) - 1)
+
+
 @dataclass(frozen=True)
 class Int(Field):
-    """An integer (not a boolean) in ``[low, high]``."""
+    """An integer (not a boolean) in ``[low, high]``; an unset bound is int64's."""
 
     low: int | None = None
     high: int | None = None
 
     def describe(self) -> str:
-        if self.low is not None and self.high is not None:
-            return f"an integer in [{self.low}, {self.high}]"
-        if self.low is not None:
-            return f"an integer >= {self.low}"
-        return "an integer"
+        if self.high is not None:
+            return f"an integer in [{_INT64[0] if self.low is None else self.low}, {self.high}]"
+        return "a 64-bit integer" + (f" >= {self.low}" if self.low is not None else "")
 
     def _check(self, value, at, where):
         # compared as Python ints: exact, and no overflow for a huge one
-        if not _is_int(value) or (self.low is not None and value < self.low) or (self.high is not None and value > self.high):
+        low = _INT64[0] if self.low is None else self.low
+        high = _INT64[1] if self.high is None else self.high
+        if not _is_int(value) or not low <= value <= high:
             raise self._fail(value, at, where)
         return value
 

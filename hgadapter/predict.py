@@ -8,8 +8,10 @@ parser stays cheap; torch and the model load when a command runs.
 from __future__ import annotations
 
 import argparse
+import base64
 import csv
 import io
+import os
 import sys
 import warnings
 from pathlib import Path
@@ -64,28 +66,68 @@ def add_predict_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--quiet", action="store_true", help="no progress bar")
 
 
+def path_text(key: str) -> tuple[str, str | None]:
+    """A path as text for a UTF-8 file, losslessly: ``(text, None)`` when the name is valid
+    Unicode; otherwise (a file name whose bytes are not UTF-8, which Python holds as lone
+    surrogates) ``(text with U+FFFD for each undecodable byte, the name's bytes in base64)``,
+    so that ``base64.b64decode(path_bytes)`` is exactly the name on disk (docs/predict.md)."""
+    try:
+        key.encode("utf-8")
+        return key, None
+    except UnicodeEncodeError:
+        try:
+            raw = os.fsencode(key)  # the bytes the name had on disk (surrogateescape)
+        except UnicodeEncodeError:  # a lone surrogate that no file name decodes to
+            raw = key.encode("utf-8", "surrogatepass")
+        return raw.decode("utf-8", "replace"), base64.b64encode(raw).decode("ascii")
+
+
+def _clean(text: str) -> str:
+    """Free text (an error message that quotes a path) with undecodable bytes as U+FFFD."""
+    return path_text(text)[0]
+
+
 def write_predictions(path: str | Path, predictions: Any, *, top_k: int = 1, classifier: str | None = None) -> Path:
     """Write :class:`~hgadapter.classifier.Predictions` to ``path`` (``.csv`` or ``.json``), atomically.
 
     CSV: ``path,label,score`` and, for ``top_k > 1``, ``label_2,score_2, ...``. JSON:
     ``{"classifier", "predictions": [{"path", "label", "score"[, "top_k"]}], "skipped": [{"path", "error"}]}``.
+    A path that is not valid UTF-8 is written as :func:`path_text` says, with its bytes in a
+    ``path_bytes`` field (JSON) or column (CSV, present only when some path needs it).
     """
     from hgadapter._io import atomic_write_json, atomic_write_text
 
     path = Path(path)
     rows = predictions.rows(top_k)
+    for row in rows:
+        row["path"], raw = path_text(row["path"])
+        if raw is not None:
+            row["path_bytes"] = raw
     if path.suffix.lower() == ".json":
-        skipped = [{"path": key, "error": error} for key, error in predictions.skipped]
-        return atomic_write_json(path, {"classifier": classifier, "predictions": rows, "skipped": skipped})
+        skipped = []
+        for key, error in predictions.skipped:
+            text, raw = path_text(key)
+            skipped.append({"path": text, **({"path_bytes": raw} if raw is not None else {}), "error": _clean(error)})
+        return atomic_write_json(path, {"classifier": _clean(str(classifier)) if classifier is not None else None, "predictions": rows, "skipped": skipped})
     k = min(top_k, len(predictions.classnames))
     header = ["path", "label", "score"] + [f"{name}_{i}" for i in range(2, k + 1) for name in ("label", "score")]
+    with_bytes = any("path_bytes" in row for row in rows)
     buffer = io.StringIO()
     writer = csv.writer(buffer, lineterminator="\n")
-    writer.writerow(header)
+    writer.writerow(header + (["path_bytes"] if with_bytes else []))
     for row in rows:
         extra = [v for top in row.get("top_k", [])[1:] for v in (top["label"], top["score"])]
-        writer.writerow([row["path"], row["label"], row["score"], *extra])
+        writer.writerow([row["path"], row["label"], row["score"], *extra] + ([row.get("path_bytes", "")] if with_bytes else []))
     return atomic_write_text(path, buffer.getvalue())
+
+
+def _check_out_is_not_an_input(out: Path, inputs: list[str], paths: list[Path]) -> None:
+    from hgadapter.classifier import ClassifierError
+
+    target = os.path.realpath(out)
+    for given in [*inputs, *map(str, paths)]:
+        if os.path.realpath(given) == target:
+            raise ClassifierError(f"--out {out} is one of the inputs ({given}); write the predictions to another file")
 
 
 def run_predict(args: argparse.Namespace) -> int:
@@ -95,6 +137,7 @@ def run_predict(args: argparse.Namespace) -> int:
     if out.suffix.lower() not in _FORMATS:
         raise ClassifierError(f"--out {args.out}: expected a .csv or .json file name")
     paths = image_paths(args.inputs)
+    _check_out_is_not_an_input(out, args.inputs, paths)
     clf = Classifier.from_pretrained(args.classifier, model=args.model, device=args.device)
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always", ClassifierWarning)
@@ -107,8 +150,14 @@ def run_predict(args: argparse.Namespace) -> int:
             for warning in caught:
                 print(f"hgadapter predict: warning: {warning.message}", file=sys.stderr)
     for key, error in predictions.skipped:
-        print(f"hgadapter predict: warning: {key}: cannot read the image ({error}); skipped", file=sys.stderr)
+        print(f"hgadapter predict: warning: {_clean(key)}: cannot read the image ({_clean(error)}); skipped", file=sys.stderr)
+    if not predictions.keys:
+        key, error = predictions.skipped[0]
+        raise ClassifierError(
+            f"none of the {len(paths)} image(s) could be classified: all are unreadable (first: {_clean(key)}: {_clean(error)}); "
+            f"nothing written to {out}"
+        )
     write_predictions(out, predictions, top_k=args.top_k, classifier=str(args.classifier))
     skipped = f", {len(predictions.skipped)} unreadable skipped" if predictions.skipped else ""
-    print(f"classified {len(predictions.keys)} images{skipped} -> {out}")
+    print(f"classified {len(predictions.keys)} images{skipped} -> {_clean(str(out))}")
     return 0
