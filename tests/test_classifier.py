@@ -12,10 +12,12 @@ import shutil
 import clip_fixtures as cf
 import pytest
 import torch
+from test_classifier_format import _undeclared
 from test_methods import quick
 
 from hgadapter import Classifier
 from hgadapter.classifier import CONFIG_NAME, FORMAT, WEIGHTS_NAME, ClassifierError, ClassifierWarning, export_run
+from hgadapter.classifier_format import CONFIG_FIELDS
 from hgadapter.cli import main
 from hgadapter.data.io import load_cache
 from hgadapter.data.synthetic import build_synthetic_task
@@ -113,6 +115,8 @@ def test_save_pretrained_round_trip_and_the_folder_layout(exported, world, tmp_p
     assert config["encoder"]["id"] == str(world["model"]) and config["encoder"]["preprocess"]["crop"] == [32, 32]
     assert config["head"] == json.loads((run / HEAD_SPEC_FILE).read_text())["spec"]
     assert config["run"]["test_acc"] == load_record(run)["test_acc"] and config["synthetic"] is False
+    # every key a CLIP export writes has its entry in the format's table (so it is checked when loaded)
+    assert list(_undeclared(config, CONFIG_FIELDS, "")) == []
     card = (folder / "README.md").read_text()
     assert card.startswith("---\n") and "library_name: hgadapter" in card
     for text in ("hegraphadapter", "green circle", str(world["model"]), f"{load_record(run)['test_acc']:.2f} %"):
