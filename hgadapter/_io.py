@@ -1,8 +1,13 @@
-"""The project's one atomic file writer, and the small file helpers around it.
+"""The project's one atomic file writer, its one staging writer for whole folders, and the small
+file helpers around them.
 
 :func:`atomic_write` is the only way hgadapter writes a result file (run directories, feature
 caches, extraction shards, reports, figures): a reader never sees a half-written file, and after
-it returns a crash loses nothing (the data and the rename are fsynced). Files get the permissions
+it returns a crash loses nothing (the data and the rename are fsynced). :func:`write_folder` does
+the same for a folder that is written as one piece (a classifier folder): it is built beside its
+target and renamed into place, so a kill leaves the old folder or the new one, never a mix.
+:func:`read_regular_file` is the reading side of user input: only a regular file, of bounded
+size (a FIFO would block forever, ``/dev/zero`` would never end). Files get the permissions
 ``open()`` would give under the process's umask, not the 0600 of ``tempfile.mkstemp`` or of
 safetensors' own writer, so caches and runs shared between users stay readable.
 
@@ -13,10 +18,16 @@ Imports no torch (only :func:`atomic_save_tensors` needs it, lazily) and no yaml
 
 from __future__ import annotations
 
+import ctypes
+import errno
 import hashlib
 import json
 import math
 import os
+import re
+import shutil
+import stat
+import sys
 import tempfile
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable
@@ -172,6 +183,164 @@ def fsync_dir(directory: str | Path) -> None:
         os.fsync(fd)
     except OSError:
         pass
+    finally:
+        os.close(fd)
+
+
+# -- whole folders ----------------------------------------------------------------------------
+
+# Beside a target folder ``NAME``, :func:`write_folder` builds ``.NAME.staging-<pid>-<random>`` and
+# (where the old folder cannot be swapped in one step) moves the old one to ``.NAME.old-<pid>-<random>``
+# for a moment; the pid tells a stray left by a killed process from one a live writer is using.
+_STRAY = re.compile(r"(staging|old)-(\d+)-[A-Za-z0-9_]+")
+
+
+def _pid_alive(pid: int) -> bool:
+    if pid == os.getpid():
+        return True
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except OSError:  # another user's process (EPERM): alive
+        return True
+    return True
+
+
+def remove_stale_folders(target: str | Path) -> list[Path]:
+    """Clean up after a :func:`write_folder` to ``target`` that was killed: remove its staging
+    folders and, should the kill have come between moving the old folder aside and renaming the
+    new one into place, put the old folder back. Folders of writers still running are left alone.
+    Returns what was removed or restored."""
+    target = Path(target)
+    parent, prefix = target.parent, f".{target.name}."
+    if not parent.is_dir():
+        return []
+    touched = []
+    for entry in sorted(parent.iterdir()):
+        match = _STRAY.fullmatch(entry.name[len(prefix):]) if entry.name.startswith(prefix) else None
+        if match is None or not entry.is_dir() or entry.is_symlink() or _pid_alive(int(match[2])):
+            continue
+        if match[1] == "old" and not os.path.lexists(target):
+            os.rename(entry, target)  # the new folder never arrived: the old one is the target again
+        else:
+            shutil.rmtree(entry, ignore_errors=True)
+        touched.append(entry)
+    return touched
+
+
+def _rename_exchange(source: Path, target: Path) -> bool:
+    """Swap two paths in one step (Linux ``renameat2(RENAME_EXCHANGE)``); ``False`` where the
+    system or the file system cannot, so the caller falls back to two renames."""
+    if not sys.platform.startswith("linux"):
+        return False
+    try:
+        renameat2 = ctypes.CDLL(None, use_errno=True).renameat2
+    except (OSError, AttributeError):  # a libc without it (glibc < 2.28, musl)
+        return False
+    renameat2.argtypes = [ctypes.c_int, ctypes.c_char_p, ctypes.c_int, ctypes.c_char_p, ctypes.c_uint]
+    at_fdcwd, rename_exchange = -100, 2
+    if renameat2(at_fdcwd, os.fsencode(source), at_fdcwd, os.fsencode(target), rename_exchange) == 0:
+        return True
+    code = ctypes.get_errno()
+    if code in (errno.ENOSYS, errno.EINVAL, errno.EOPNOTSUPP):
+        return False
+    raise OSError(code, os.strerror(code), str(target))
+
+
+def write_folder(
+    target: str | Path,
+    build: Callable[[Path], None],
+    *,
+    check_existing: Callable[[Path], None],
+) -> Path:
+    """Write a whole folder: ``build(staging)`` fills a new folder beside ``target``, which then
+    replaces ``target`` by a rename.
+
+    A kill at any moment leaves the old folder or the new one at ``target`` (on Linux the two are
+    swapped in one step; elsewhere a kill between the two renames leaves the old folder aside,
+    and the next :func:`write_folder` or :func:`remove_stale_folders` puts it back). Strays of
+    killed writers are cleaned first. Files get the umask's permissions, as from :func:`atomic_write`.
+
+    Args:
+        target: the folder to write; its parent directories are created. A symlink to a folder
+            is followed (the folder it names is replaced, the link stays).
+        build: writes every file of the folder into the (empty) directory it is given.
+        check_existing: called with ``target`` when it already exists, before anything is built;
+            it raises to refuse replacing it (only the caller knows what it may replace).
+
+    Returns:
+        ``target`` as a :class:`~pathlib.Path`.
+    """
+    target = Path(target)
+    if target.is_symlink():
+        target = Path(os.path.realpath(target))
+    target.parent.mkdir(parents=True, exist_ok=True)
+    remove_stale_folders(target)
+    if os.path.lexists(target):
+        check_existing(target)
+    staging = Path(tempfile.mkdtemp(prefix=f".{target.name}.staging-{os.getpid()}-", dir=target.parent))
+    try:
+        os.chmod(staging, 0o777 & ~_UMASK)  # mkdtemp makes 0700
+        build(staging)
+        fsync_dir(staging)
+        _move_into_place(staging, target)
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
+    fsync_dir(target.parent)
+    return target
+
+
+def _move_into_place(staging: Path, target: Path) -> None:
+    if not os.path.lexists(target):
+        try:
+            os.rename(staging, target)
+            return
+        except OSError as err:  # someone created it meanwhile: replace it as below
+            if err.errno not in (errno.EEXIST, errno.ENOTEMPTY):
+                raise
+    if not target.is_dir():
+        raise NotADirectoryError(errno.ENOTDIR, "exists and is not a folder", str(target))
+    if _rename_exchange(staging, target):
+        shutil.rmtree(staging)  # now the old folder
+        return
+    old = Path(tempfile.mkdtemp(prefix=f".{target.name}.old-{os.getpid()}-", dir=target.parent))
+    os.rename(target, old)  # onto the empty placeholder (POSIX rename replaces an empty folder)
+    os.rename(staging, target)
+    shutil.rmtree(old)
+
+
+# -- reading user input -------------------------------------------------------------------------
+
+
+def read_regular_file(path: str | Path, *, max_bytes: int) -> bytes:
+    """The bytes of the file at ``path``, which must be a regular file of at most ``max_bytes``.
+
+    The file is opened without blocking and checked before a byte is read, so a FIFO or a device
+    under the expected name is refused instead of blocking or filling memory.
+
+    Raises:
+        OSError: the file cannot be opened, is not a regular file (``strerror`` "not a regular
+            file (a FIFO, device or folder)") or is larger than ``max_bytes``.
+    """
+    fd = os.open(path, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0) | getattr(os, "O_BINARY", 0))
+    try:
+        info = os.fstat(fd)
+        if not stat.S_ISREG(info.st_mode):
+            raise OSError(errno.EINVAL, "not a regular file (a FIFO, device or folder)", str(path))
+        if info.st_size > max_bytes:
+            raise OSError(errno.EFBIG, f"{info.st_size} bytes, more than the {max_bytes} such a file may have", str(path))
+        chunks, size = [], 0
+        while size <= max_bytes:
+            chunk = os.read(fd, min(1 << 24, max_bytes + 1 - size))
+            if not chunk:
+                break
+            chunks.append(chunk)
+            size += len(chunk)
+        if size > max_bytes:  # it grew while being read
+            raise OSError(errno.EFBIG, f"more than the {max_bytes} bytes such a file may have", str(path))
+        return b"".join(chunks)
     finally:
         os.close(fd)
 

@@ -35,8 +35,21 @@ from huggingface_hub import ModelCard, ModelCardData, PyTorchModelHubMixin
 from PIL import Image
 from torch import nn
 
-from hgadapter._io import atomic_save_tensors, atomic_write_json, atomic_write_text, strict_json_loads
-from hgadapter.errors import UserError
+from hgadapter._io import atomic_save_tensors, atomic_write_json, atomic_write_text, write_folder
+from hgadapter.classifier_format import (
+    CARD_NAME,
+    CONFIG_NAME,
+    FORMAT,
+    FORMAT_VERSION,
+    WEIGHTS_NAME,
+    ClassifierError,
+    check_config,
+    check_tensors,
+    is_classifier_folder,
+    read_folder,
+    read_json,
+    read_tensors,
+)
 from hgadapter.heads import Head, build_head
 from hgadapter.records import CLASSES_FILE, HEAD_FILE, HEAD_SPEC_FILE, METRICS_FILE, load_record
 
@@ -54,20 +67,11 @@ __all__ = [
     "CARD_NAME",
 ]
 
-FORMAT = "hgadapter-classifier"  # config.json "format": what tells a reader the folder is ours
-FORMAT_VERSION = 1  # bump when a key changes meaning; readers refuse newer versions
-CONFIG_NAME = "config.json"
-WEIGHTS_NAME = "model.safetensors"
-CARD_NAME = "README.md"
 # The run's record keys the classifier keeps (its protocol and result), when the run has them.
 _RUN_KEYS = (
     "method", "variant", "shots", "seed", "val_acc", "test_acc", "dataset", "backbone", "epochs",
     "experiment", "params", "config_hash", "synthetic",
 )
-
-
-class ClassifierError(UserError):
-    """A classifier folder or run cannot be read, or a classifier cannot do what was asked."""
 
 
 class ClassifierWarning(UserWarning):
@@ -187,7 +191,7 @@ class Classifier(
 
     def __init__(self, config: dict, head: Head) -> None:
         super().__init__()
-        self.config = _check_config(config)
+        self.config = check_config(config, where="config")
         self.head = head
         self._encoder = None
         self._encoder_request: tuple[str | None, str | None] = (None, None)
@@ -224,8 +228,18 @@ class Classifier(
         features = torch.as_tensor(features)
         if features.ndim != 2 or features.shape[1] != self.dim:
             raise ClassifierError(f"expected features of shape (N, {self.dim}), got {tuple(features.shape)}")
+        bad = int((~torch.isfinite(features)).any(dim=1).sum())
+        if bad:
+            raise ClassifierError(f"{bad} of {features.shape[0]} feature rows hold NaN or Inf; features must be finite")
         keys = [f"<row {i}>" for i in range(features.shape[0])] if keys is None else list(keys)
-        return Predictions(self.classnames, self.head(features).cpu(), keys)
+        logits = self.head(features).cpu()
+        bad = int((~torch.isfinite(logits)).any(dim=1).sum())
+        if bad:  # the head's values passed the format's checks but still overflow float32 here
+            raise ClassifierError(
+                f"the head gives non-finite logits for {bad} of {features.shape[0]} rows; its tensors are too large "
+                "for float32 (a damaged classifier folder?)"
+            )
+        return Predictions(self.classnames, logits, keys)
 
     # -- images -> classes -----------------------------------------------------------------------
     def use_encoder(self, model: str | None = None, *, device: str | None = None) -> "Classifier":
@@ -343,6 +357,27 @@ class Classifier(
         return dataclasses.replace(out, skipped=skipped)
 
     # -- the hub folder --------------------------------------------------------------------------
+    def save_pretrained(self, save_directory: str | Path, **kwargs: Any) -> str | None:
+        """The mixin's ``save_pretrained``, written as one piece: the folder is built beside
+        ``save_directory`` and renamed into place (a kill leaves the old folder or the new one).
+        An existing folder is replaced only if it is a classifier folder (its ``config.json``
+        says so); anything else there is refused.
+
+        Raises:
+            ClassifierError: ``save_directory`` holds something other than a classifier.
+        """
+        save_directory = Path(save_directory)
+        push, repo_id = kwargs.pop("push_to_hub", False), kwargs.pop("repo_id", None)
+        hub_kwargs = {k: kwargs.pop(k) for k in list(kwargs) if k not in ("config", "model_card_kwargs")}
+        write_folder(
+            save_directory,
+            lambda staging: super(Classifier, self).save_pretrained(staging, **kwargs),
+            check_existing=_check_replaceable,
+        )
+        if push:
+            return self.push_to_hub(repo_id=repo_id or save_directory.name, config=kwargs.get("config"), **hub_kwargs)
+        return None
+
     def _save_pretrained(self, save_directory: Path) -> None:
         # config.json and README.md are written here (atomically, as every hgadapter file), so
         # the mixin's own writers, which only fill in missing files, leave them as they are.
@@ -355,48 +390,47 @@ class Classifier(
         cls,
         *,
         model_id: str,
-        revision: str | None,
-        cache_dir: str | Path | None,
-        force_download: bool,
-        local_files_only: bool,
-        token: str | bool | None,
-        config: dict | None = None,
+        revision: str | None = None,
+        cache_dir: str | Path | None = None,
+        force_download: bool = False,
+        local_files_only: bool = False,
+        token: str | bool | None = None,
         map_location: str = "cpu",
         model: str | None = None,
         device: str | None = None,
-        **unused: Any,  # the mixin also passes config.json keys named like __init__'s (the head spec as `head`)
+        **unused: Any,
     ) -> "Classifier":
-        from safetensors.torch import load_file
-
-        if not isinstance(config, dict):
-            raise ClassifierError(f"{model_id}: no {CONFIG_NAME}; is it a folder written by `hgadapter export`?")
+        # Every file goes through the format's one validator (hgadapter.classifier_format), a hub
+        # download as much as a local folder; the mixin's own reader (json.load) is not used.
         if os.path.isdir(model_id):
-            weights = os.path.join(model_id, WEIGHTS_NAME)
+            config, tensors = read_folder(model_id)
         else:
             from huggingface_hub import hf_hub_download
 
-            weights = hf_hub_download(
-                repo_id=model_id, filename=WEIGHTS_NAME, revision=revision, cache_dir=cache_dir,
-                force_download=force_download, token=token, local_files_only=local_files_only,
-            )
-        try:
-            tensors = load_file(weights, device=str(map_location))
-        except (OSError, ValueError) as err:  # safetensors raises both for a missing or damaged file
-            raise ClassifierError(f"{model_id}: cannot read {WEIGHTS_NAME}: {err}") from None
-        config = _check_config(config, where=model_id)
+            paths = [
+                hf_hub_download(
+                    repo_id=model_id, filename=name, revision=revision, cache_dir=cache_dir,
+                    force_download=force_download, token=token, local_files_only=local_files_only,
+                )
+                for name in (CONFIG_NAME, WEIGHTS_NAME)
+            ]
+            config, tensors = read_folder(model_id, config_path=paths[0], weights_path=paths[1])
+        tensors = {k: v.to(map_location) for k, v in tensors.items()}
         clf = cls(config=config, head=build_head(config["head"], tensors))
         return clf.use_encoder(model, device=device)
 
     @classmethod
     def from_pretrained(cls, pretrained_model_name_or_path: str | Path, **kwargs: Any) -> "Classifier":
-        """Load a classifier folder (local, or a hub repo id): the mixin's ``from_pretrained``.
+        """Load a classifier folder (local, or a hub repo id), as the mixin's ``from_pretrained``
+        does, with every file checked by :mod:`hgadapter.classifier_format`.
 
         Keyword arguments beside the hub's own (``revision``, ``cache_dir``, ``token``, ...):
         ``map_location`` (where the head's tensors go, default ``cpu``), ``model`` (where to find
         CLIP instead of the recorded id, e.g. a local copy) and ``device`` (where CLIP runs).
 
         Raises:
-            ClassifierError: not a classifier folder, or neither a folder nor a reachable hub repo.
+            ClassifierError: not a classifier folder, a damaged one (one line naming the file and
+                the key), or neither a folder nor a reachable hub repo.
         """
         from huggingface_hub.errors import EntryNotFoundError, HfHubHTTPError, HFValidationError, OfflineModeIsEnabled
 
@@ -407,7 +441,7 @@ class Classifier(
         if not path.is_dir() and (name.startswith((".", "/", "~")) or name.count("/") != 1):
             raise ClassifierError(f"classifier folder {name} does not exist")
         try:
-            return super().from_pretrained(str(path) if path.is_dir() else name, **kwargs)
+            return cls._from_pretrained(model_id=str(path) if path.is_dir() else name, **kwargs)
         except (HfHubHTTPError, EntryNotFoundError, HFValidationError, OfflineModeIsEnabled) as err:
             raise ClassifierError(
                 f"{name} is not a classifier folder here, and the hub repo could not be read ({type(err).__name__})"
@@ -455,20 +489,14 @@ def _as_recorded(encoder, recorded: Mapping[str, Any]):
     return dataclasses.replace(encoder, **changes)
 
 
-def _check_config(config: Mapping[str, Any], *, where: str = "config") -> dict:
-    config = dict(config)
-    if config.get("format") != FORMAT:
-        raise ClassifierError(f"{where}: not an hgadapter classifier ({CONFIG_NAME} has format {config.get('format')!r}, expected {FORMAT!r})")
-    version = config.get("format_version")
-    if not isinstance(version, int) or version > FORMAT_VERSION:
-        raise ClassifierError(
-            f"{where}: classifier format version {version!r} is newer than this hgadapter reads ({FORMAT_VERSION}); upgrade hgadapter"
-        )
-    missing = [k for k in ("head", "classnames", "dim") if k not in config]
-    if missing:
-        raise ClassifierError(f"{where}: {CONFIG_NAME} lacks {missing}")
-    config.setdefault("run", {})
-    return config
+def _check_replaceable(folder: Path) -> None:
+    """Refuse to replace anything but a classifier folder (or an empty folder)."""
+    if folder.is_dir() and (not any(folder.iterdir()) or is_classifier_folder(folder)):
+        return
+    raise ClassifierError(
+        f"{folder} exists and is not a classifier folder (no {CONFIG_NAME} with format {FORMAT!r}); "
+        "an export replaces only an earlier classifier: choose another --out"
+    )
 
 
 # -- the model card ---------------------------------------------------------------------------
@@ -536,31 +564,28 @@ def model_card_text(config: Mapping[str, Any]) -> str:
 # -- export -----------------------------------------------------------------------------------
 
 
-def _read_json(path: Path, what: str) -> Any:
+def _read_run_file(path: Path, what: str) -> Any:
     try:
-        return strict_json_loads(path.read_text(encoding="utf-8"))
+        return read_json(path)  # a run directory is user input too: regular files, bounded, strict JSON
     except FileNotFoundError:
         raise ClassifierError(
             f"{path.parent}: no {path.name}; the run was written before heads were saved, re-run it to export it"
             if path.name == HEAD_SPEC_FILE else f"{path}: missing ({what})"
         ) from None
-    except (OSError, ValueError) as err:
-        raise ClassifierError(f"{path}: cannot read {what}: {err}") from None
 
 
 def export_run(run_dir: str | Path, out_dir: str | Path) -> Classifier:
     """Write the classifier of the finished run ``run_dir`` to the folder ``out_dir``.
 
     Nothing is fitted again: the run's head (``head.safetensors``, ``head.json``) is loaded as
-    it was scored on the test split.
+    it was scored on the test split, checked as a classifier folder is checked when loaded
+    (:mod:`hgadapter.classifier_format`), and written as one piece (:meth:`Classifier.save_pretrained`).
 
     Raises:
-        ClassifierError: ``run_dir`` is not a finished run with a saved head, or ``out_dir``
+        ClassifierError: ``run_dir`` is not a finished run with a valid saved head, or ``out_dir``
             holds something other than a classifier.
         hgadapter.records.RecordError: the run's metrics.json is missing or malformed.
     """
-    from safetensors.torch import load_file
-
     run_dir, out_dir = Path(run_dir), Path(out_dir)
     if not run_dir.is_dir():
         raise ClassifierError(f"run directory {run_dir} does not exist")
@@ -576,12 +601,15 @@ def export_run(run_dir: str | Path, out_dir: str | Path) -> Classifier:
         if inner is not None:
             raise ClassifierError(f"{run_dir} is a folder of runs, not a run: export one of them, e.g. {inner}")
     record = load_record(run_dir)  # a finished run (metrics.json is written last)
-    saved = _read_json(run_dir / HEAD_SPEC_FILE, "the head's spec")
-    classnames = _read_json(run_dir / CLASSES_FILE, "the class names")
-    try:
-        tensors = load_file(run_dir / HEAD_FILE)
-    except (OSError, ValueError) as err:
-        raise ClassifierError(f"{run_dir / HEAD_FILE}: cannot read the head's tensors: {err}") from None
+    saved = _read_run_file(run_dir / HEAD_SPEC_FILE, "the head's spec")
+    if not isinstance(saved, dict) or not isinstance(saved.get("spec"), dict) or not isinstance(saved.get("features", {}), dict):
+        raise ClassifierError(
+            f"{run_dir / HEAD_SPEC_FILE}: must be a JSON object {{\"spec\": <head spec>, \"features\": {{...}}}}, as the runner writes it"
+        )
+    classnames = _read_run_file(run_dir / CLASSES_FILE, "the class names")
+    if not os.path.lexists(run_dir / HEAD_FILE):
+        raise ClassifierError(f"{run_dir / HEAD_FILE}: missing (the head's tensors)")
+    tensors = read_tensors(run_dir / HEAD_FILE)
     source = saved.get("features", {})
     encoder = source.get("encoder")
     if isinstance(encoder, str):  # a hand-written cache may name its encoder by id alone
@@ -590,7 +618,7 @@ def export_run(run_dir: str | Path, out_dir: str | Path) -> Classifier:
         "format": FORMAT,
         "format_version": FORMAT_VERSION,
         "hgadapter_version": _version(),
-        "classnames": list(classnames),
+        "classnames": classnames,
         "dim": source.get("dim"),
         "head": saved["spec"],
         "logit_scale": source.get("logit_scale"),
@@ -601,8 +629,9 @@ def export_run(run_dir: str | Path, out_dir: str | Path) -> Classifier:
         "hparams": record.get("hparams", {}),
         "run": {k: record[k] for k in _RUN_KEYS if k in record},
     }
-    if out_dir.exists() and (not out_dir.is_dir() or (any(out_dir.iterdir()) and not (out_dir / CONFIG_NAME).is_file())):
-        raise ClassifierError(f"{out_dir} exists and is not a classifier folder; choose another --out")
+    # The same checks as loading the folder would run: a run that fails them never becomes a folder.
+    config = check_config(config, where=f"{run_dir} ({HEAD_SPEC_FILE}, {CLASSES_FILE}, metrics.json)")
+    tensors = check_tensors(config, tensors, where=str(run_dir / HEAD_FILE))
     clf = Classifier(config=config, head=build_head(config["head"], tensors))
     clf.save_pretrained(out_dir)
     return clf

@@ -8,8 +8,10 @@ parser stays cheap; torch and the model load when a command runs.
 from __future__ import annotations
 
 import argparse
+import base64
 import csv
 import io
+import os
 import sys
 import warnings
 from pathlib import Path
@@ -68,39 +70,80 @@ def add_predict_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--quiet", action="store_true", help="no progress bar")
 
 
+def path_text(key: str) -> tuple[str, str | None]:
+    """A path as text for a UTF-8 file, losslessly: ``(text, None)`` when the name is valid
+    Unicode; otherwise (a file name whose bytes are not UTF-8, which Python holds as lone
+    surrogates) ``(text with U+FFFD for each undecodable byte, the name's bytes in base64)``,
+    so that ``base64.b64decode(path_bytes)`` is exactly the name on disk (docs/predict.md)."""
+    try:
+        key.encode("utf-8")
+        return key, None
+    except UnicodeEncodeError:
+        try:
+            raw = os.fsencode(key)  # the bytes the name had on disk (surrogateescape)
+        except UnicodeEncodeError:  # a lone surrogate that no file name decodes to
+            raw = key.encode("utf-8", "surrogatepass")
+        return raw.decode("utf-8", "replace"), base64.b64encode(raw).decode("ascii")
+
+
+def _clean(text: str) -> str:
+    """Free text (an error message that quotes a path) with undecodable bytes as U+FFFD."""
+    return path_text(text)[0]
+
+
 def format_predictions(predictions: Any, fmt: str = "csv", *, top_k: int = 1, classifier: str | None = None) -> str:
-    """:class:`~hgadapter.classifier.Predictions` as ``csv`` or ``json`` text (the layouts of :func:`write_predictions`)."""
+    """:class:`~hgadapter.classifier.Predictions` as ``csv`` or ``json`` text.
+
+    CSV: ``path,label,score`` and, for ``top_k > 1``, ``label_2,score_2, ...``. JSON:
+    ``{"classifier", "predictions": [{"path", "label", "score"[, "top_k"]}], "skipped": [{"path", "error"}]}``.
+    A path that is not valid UTF-8 is written as :func:`path_text` says, with its bytes in a
+    ``path_bytes`` field (JSON) or column (CSV, present only when some path needs it).
+    """
     import json
 
     from hgadapter._io import json_safe
 
     rows = predictions.rows(top_k)
+    for row in rows:
+        row["path"], raw = path_text(row["path"])
+        if raw is not None:
+            row["path_bytes"] = raw
     if fmt == "json":  # as hgadapter._io.atomic_write_json writes it
-        skipped = [{"path": key, "error": error} for key, error in predictions.skipped]
-        data = {"classifier": classifier, "predictions": rows, "skipped": skipped}
+        skipped = []
+        for key, error in predictions.skipped:
+            text, raw = path_text(key)
+            skipped.append({"path": text, **({"path_bytes": raw} if raw is not None else {}), "error": _clean(error)})
+        data = {"classifier": _clean(str(classifier)) if classifier is not None else None, "predictions": rows, "skipped": skipped}
         return json.dumps(json_safe(data), indent=2, allow_nan=False) + "\n"
     k = min(top_k, len(predictions.classnames))
     header = ["path", "label", "score"] + [f"{name}_{i}" for i in range(2, k + 1) for name in ("label", "score")]
+    with_bytes = any("path_bytes" in row for row in rows)
     buffer = io.StringIO()
     writer = csv.writer(buffer, lineterminator="\n")
-    writer.writerow(header)
+    writer.writerow(header + (["path_bytes"] if with_bytes else []))
     for row in rows:
         extra = [v for top in row.get("top_k", [])[1:] for v in (top["label"], top["score"])]
-        writer.writerow([row["path"], row["label"], row["score"], *extra])
+        writer.writerow([row["path"], row["label"], row["score"], *extra] + ([row.get("path_bytes", "")] if with_bytes else []))
     return buffer.getvalue()
 
 
 def write_predictions(path: str | Path, predictions: Any, *, top_k: int = 1, classifier: str | None = None) -> Path:
-    """Write :class:`~hgadapter.classifier.Predictions` to ``path`` (``.csv`` or ``.json``), atomically.
-
-    CSV: ``path,label,score`` and, for ``top_k > 1``, ``label_2,score_2, ...``. JSON:
-    ``{"classifier", "predictions": [{"path", "label", "score"[, "top_k"]}], "skipped": [{"path", "error"}]}``.
-    """
+    """Write :class:`~hgadapter.classifier.Predictions` to ``path`` (``.csv`` or ``.json``, the
+    layouts of :func:`format_predictions`), atomically."""
     from hgadapter._io import atomic_write_text
 
     path = Path(path)
     fmt = "json" if path.suffix.lower() == ".json" else "csv"
     return atomic_write_text(path, format_predictions(predictions, fmt, top_k=top_k, classifier=classifier))
+
+
+def _check_out_is_not_an_input(out: Path, inputs: list[str], paths: list[Path]) -> None:
+    from hgadapter.classifier import ClassifierError
+
+    target = os.path.realpath(out)
+    for given in [*inputs, *map(str, paths)]:
+        if os.path.realpath(given) == target:
+            raise ClassifierError(f"--out {out} is one of the inputs ({given}); write the predictions to another file")
 
 
 def run_predict(args: argparse.Namespace) -> int:
@@ -116,6 +159,8 @@ def run_predict(args: argparse.Namespace) -> int:
     if out is not None:
         check_output_file(out)  # before any work; its folder must exist
     paths = image_paths(args.inputs)
+    if out is not None:
+        _check_out_is_not_an_input(out, args.inputs, paths)
     clf = Classifier.from_pretrained(args.classifier, model=args.model, device=args.device)
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always", ClassifierWarning)
@@ -128,12 +173,18 @@ def run_predict(args: argparse.Namespace) -> int:
             for warning in caught:
                 print(f"hgadapter predict: warning: {warning.message}", file=sys.stderr)
     for key, error in predictions.skipped:
-        print(f"hgadapter predict: warning: {key}: cannot read the image ({error}); skipped", file=sys.stderr)
+        print(f"hgadapter predict: warning: {_clean(key)}: cannot read the image ({_clean(error)}); skipped", file=sys.stderr)
+    if not predictions.keys:
+        key, error = predictions.skipped[0]
+        where = "nothing written" if out is None else f"nothing written to {_clean(str(out))}"
+        raise ClassifierError(
+            f"none of the {len(paths)} image(s) could be classified: all are unreadable (first: {_clean(key)}: {_clean(error)}); {where}"
+        )
     skipped = f", {len(predictions.skipped)} unreadable skipped" if predictions.skipped else ""
     if out is None:  # the predictions are the output; what was done goes to stderr
         sys.stdout.write(format_predictions(predictions, args.format or "csv", top_k=args.top_k, classifier=str(args.classifier)))
         print(f"classified {len(predictions.keys)} images{skipped}", file=sys.stderr)
         return 0
     write_predictions(out, predictions, top_k=args.top_k, classifier=str(args.classifier))
-    print(f"classified {len(predictions.keys)} images{skipped} -> {out}")
+    print(f"classified {len(predictions.keys)} images{skipped} -> {_clean(str(out))}")
     return 0

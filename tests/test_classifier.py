@@ -6,15 +6,18 @@ from __future__ import annotations
 
 import csv
 import json
+import re
 import shutil
 
 import clip_fixtures as cf
 import pytest
 import torch
+from test_classifier_format import _undeclared
 from test_methods import quick
 
 from hgadapter import Classifier
 from hgadapter.classifier import CONFIG_NAME, FORMAT, WEIGHTS_NAME, ClassifierError, ClassifierWarning, export_run
+from hgadapter.classifier_format import CONFIG_FIELDS
 from hgadapter.cli import main
 from hgadapter.data.io import load_cache
 from hgadapter.data.synthetic import build_synthetic_task
@@ -113,6 +116,8 @@ def test_save_pretrained_round_trip_and_the_folder_layout(exported, world, tmp_p
     assert config["encoder"]["family"] == "clip" and config["encoder"]["logit_bias"] is None
     assert config["head"] == json.loads((run / HEAD_SPEC_FILE).read_text())["spec"]
     assert config["run"]["test_acc"] == load_record(run)["test_acc"] and config["synthetic"] is False
+    # every key a CLIP export writes has its entry in the format's table (so it is checked when loaded)
+    assert list(_undeclared(config, CONFIG_FIELDS, "")) == []
     card = (folder / "README.md").read_text()
     assert card.startswith("---\n") and "library_name: hgadapter" in card
     for text in ("hegraphadapter", "green circle", str(world["model"]), f"{load_record(run)['test_acc']:.2f} %"):
@@ -238,3 +243,247 @@ def test_predict_without_out_writes_to_stdout(exported, world, tmp_path, capsys)
 def test_a_run_on_an_image_folder_records_the_folders_name(exported):
     run, _ = exported
     assert load_record(run)["dataset"] == "images"  # the folder's name (the fixture's DIR is .../images)
+
+
+# -- issue 21: data loss, damaged folders, images ------------------------------------------------
+
+
+def _one_error(capsys) -> str:
+    (err,) = _messages(capsys.readouterr().err)
+    assert err.startswith("hgadapter ") and ": error: " in err, err
+    return err
+
+
+def _predict(folder, out, *inputs, extra=()) -> int:
+    return main(["predict", "--classifier", str(folder), "--out", str(out), "--device", "cpu", "--quiet", *extra, *map(str, inputs)])
+
+
+def test_export_replaces_only_a_classifier_folder(exported, world, tmp_path, capsys):
+    """Item 1: exporting onto a copy of a CLIP checkpoint left it overwritten."""
+    run, _ = exported
+    clip = shutil.copytree(world["model"], tmp_path / "clip_copy")
+    before = {p.name: p.read_bytes() for p in clip.iterdir()}
+    assert main(["export", str(run), "--out", str(clip)]) == 2
+    assert "is not a classifier folder" in _one_error(capsys)
+    assert {p.name: p.read_bytes() for p in clip.iterdir()} == before
+    # an earlier classifier is replaced, as a whole
+    target = tmp_path / "clf"
+    export_run(run, target)
+    (target / "notes.txt").write_text("from the old export")
+    assert main(["export", str(run), "--out", str(target)]) == 0
+    assert sorted(p.name for p in target.iterdir()) == ["README.md", CONFIG_NAME, WEIGHTS_NAME]
+
+
+def test_a_killed_re_export_leaves_the_old_classifier_and_the_retry_succeeds(exported, world, tmp_path):
+    """Item 2: a re-export killed midway left new weights, the old card and no config.json."""
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    run, _ = exported
+    other = tmp_path / "other_run"
+    _run(world, "zero_shot", other)
+    target = tmp_path / "clf"
+    export_run(other, target)
+    old = {p.name: p.read_bytes() for p in target.iterdir()}
+    # Killed (os._exit: no cleanup, as kill -9) after the weights and config.json of the new folder are written.
+    script = (
+        "import os, hgadapter.classifier as c\n"
+        "def die(path, text): os._exit(9)\n"
+        "c.atomic_write_text = die\n"
+        f"c.export_run({str(run)!r}, {str(target)!r})\n"
+    )
+    env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1])}
+    assert subprocess.run([sys.executable, "-c", script], env=env).returncode == 9
+    assert {p.name: p.read_bytes() for p in target.iterdir()} == old  # the old classifier, whole
+    assert any(p.name.startswith(".clf.staging-") for p in tmp_path.iterdir())  # what the kill left
+    Classifier.from_pretrained(target)
+    export_run(run, target)  # the retry is not refused, and cleans up
+    assert not [p.name for p in tmp_path.iterdir() if p.name.startswith(".clf.")]
+    assert json.loads((target / CONFIG_NAME).read_text())["run"]["method"] == "hegraphadapter"
+
+
+def _damaged(folder, tmp_path, *, config=None, tensors=None):
+    from safetensors.torch import load_file, save_file
+
+    copy = shutil.copytree(folder, tmp_path / "damaged")
+    if config is not None:
+        data = json.loads((copy / CONFIG_NAME).read_text())
+        text = config(data)
+        (copy / CONFIG_NAME).write_text(text if isinstance(text, str) else json.dumps(data))
+    if tensors is not None:
+        state = load_file(copy / WEIGHTS_NAME)
+        tensors(state)
+        save_file(state, copy / WEIGHTS_NAME)
+    return copy
+
+
+@pytest.mark.parametrize(
+    ("damage", "message"),
+    [
+        ({"tensors": lambda s: s.update(text=s["text"].T.contiguous())}, r"tensor 'text' is float32 \(24, 3\)"),
+        ({"tensors": lambda s: s.update(values=torch.full_like(s["values"], 99))}, r"class labels outside \[0, 3\) \(min 99"),
+        ({"tensors": lambda s: s.update(values=torch.full_like(s["values"], -1))}, r"class labels outside \[0, 3\) \(min -1"),
+        ({"config": lambda c: "[]"}, "must be a JSON object, got a list"),
+        ({"config": lambda c: ""}, "not valid JSON"),
+        ({"config": lambda c: c.update(dim="abc")}, "dim must be an integer in"),
+        ({"config": lambda c: json.dumps(c).replace('"dim": 24', '"dim": ' + "7" * 5000)}, "not valid JSON"),
+        ({"config": lambda c: c["encoder"].__delitem__("id")}, "encoder lacks 'id'"),
+    ],
+    ids=["text-transposed", "labels-99", "labels-minus-1", "config-a-list", "config-empty", "dim-abc", "dim-5000-digits", "no-encoder-id"],
+)
+def test_a_damaged_classifier_folder_is_a_one_line_error(exported, world, tmp_path, capsys, damage, message):
+    """Item 3: these gave tracebacks at load or through predict."""
+    folder = _damaged(exported[1], tmp_path, **damage)
+    assert _predict(folder, tmp_path / "p.csv", world["test_paths"][0]) == 2
+    err = _one_error(capsys)
+    assert "hgadapter predict: error: " in err and re.search(message, err), err
+    with pytest.raises(ClassifierError):
+        Classifier.from_pretrained(folder)
+
+
+def test_a_truncated_or_pickled_weights_file_is_a_one_line_error(exported, world, tmp_path, capsys):
+    folder = shutil.copytree(exported[1], tmp_path / "clf")
+    data = (folder / WEIGHTS_NAME).read_bytes()
+    for content in (data[: len(data) // 2], b""):
+        (folder / WEIGHTS_NAME).write_bytes(content)
+        assert _predict(folder, tmp_path / "p.csv", world["test_paths"][0]) == 2
+        assert "not a readable safetensors file" in _one_error(capsys)
+    torch.save({"text": torch.zeros(3, 24)}, folder / WEIGHTS_NAME)  # a pickle under the safetensors name
+    assert _predict(folder, tmp_path / "p.csv", world["test_paths"][0]) == 2
+    assert "not a readable safetensors file" in _one_error(capsys)
+
+
+def test_export_reads_the_runs_head_files_as_user_input(exported, tmp_path, capsys):
+    """Item 3: head.json a list gave a traceback in export."""
+    run, _ = exported
+    bad = shutil.copytree(run, tmp_path / "run")
+    (bad / HEAD_SPEC_FILE).write_text("[]")
+    assert main(["export", str(bad), "--out", str(tmp_path / "clf")]) == 2
+    assert "head.json: must be a JSON object" in _one_error(capsys)
+    spec = json.loads((run / HEAD_SPEC_FILE).read_text())
+    spec["spec"]["alpha"] = "abc"
+    (bad / HEAD_SPEC_FILE).write_text(json.dumps(spec))
+    assert main(["export", str(bad), "--out", str(tmp_path / "clf")]) == 2
+    assert "head.alpha must be a finite number" in _one_error(capsys)
+    assert not (tmp_path / "clf").exists()
+
+
+@pytest.mark.parametrize(
+    ("damage", "message"),
+    [
+        ({"config": lambda c: json.dumps(c).replace('"alpha": ', '"alpha": 1e999, "was": ', 1)}, "head.alpha must be a finite number.*got inf"),
+        ({"config": lambda c: json.dumps(c).replace('"beta": ', '"beta": -1e999, "was": ', 1)}, "head.beta must be a finite number.*got -inf"),
+        ({"config": lambda c: json.dumps(c).replace('"logit_scale": ', '"logit_scale": 1e999, "was": ', 1)}, "logit_scale must be a finite number"),
+        ({"config": lambda c: c["encoder"]["preprocess"].update(std=[0.0, 0.3, 0.3])}, r"encoder.preprocess.std\[0\] must be a finite number"),
+        ({"tensors": lambda s: s["text"].view(-1).__setitem__(0, float("nan"))}, "tensor 'text' has 1 non-finite value"),
+        ({"tensors": lambda s: s["keys"].view(-1).__setitem__(5, float("inf"))}, "tensor 'keys' has 1 non-finite value"),
+    ],
+    ids=["alpha-inf", "beta-minus-inf", "logit-scale-inf", "std-0", "text-nan", "keys-inf"],
+)
+def test_non_finite_values_are_refused_not_predicted_as_nan(exported, world, tmp_path, capsys, damage, message):
+    """Item 4: these labelled every image the same class with score nan and exited 0."""
+    folder = _damaged(exported[1], tmp_path, **damage)
+    out = tmp_path / "p.csv"
+    assert _predict(folder, out, *world["test_paths"]) == 2
+    assert re.search(message, _one_error(capsys)) and not out.exists()
+
+
+@pytest.mark.parametrize("name", [CONFIG_NAME, WEIGHTS_NAME])
+def test_a_fifo_in_a_classifier_folder_does_not_block(exported, world, tmp_path, capsys, name):
+    """Item 5: a FIFO named model.safetensors or config.json blocked forever (SIGINT did not
+    help: safetensors' Rust code blocks holding the GIL), so this runs in a subprocess."""
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    folder = shutil.copytree(exported[1], tmp_path / "clf")
+    (folder / name).unlink()
+    os.mkfifo(folder / name)
+    command = [sys.executable, "-m", "hgadapter", "predict", "--classifier", str(folder), "--out", str(tmp_path / "p.csv"), world["test_paths"][0]]
+    env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1])}
+    try:
+        done = subprocess.run(command, env=env, capture_output=True, text=True, timeout=120)
+    except subprocess.TimeoutExpired:
+        pytest.fail(f"blocked on the FIFO {name}")
+    assert done.returncode == 2 and "not a regular file" in done.stderr and done.stderr.count("\n") == 1, done.stderr
+
+
+def test_preprocessing_sizes_are_bounded(exported, world, tmp_path, capsys):
+    """Item 5: `resize: 1e6` ran out of memory."""
+    folder = _damaged(exported[1], tmp_path, config=lambda c: c["encoder"]["preprocess"].update(resize=1e6))
+    assert _predict(folder, tmp_path / "p.csv", world["test_paths"][0]) == 2
+    assert "encoder.preprocess.resize must be an integer in [1, 4096], got 1000000.0" in _one_error(capsys)
+
+
+def _decompression_bomb(path):
+    """A valid PNG header that declares 30000 x 30000 pixels (PIL refuses it at open)."""
+    import struct
+    import zlib
+
+    ihdr = struct.pack(">IIBBBBB", 30000, 30000, 8, 2, 0, 0, 0)
+    chunk = lambda kind, data: struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))  # noqa: E731
+    path.write_bytes(b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IDAT", zlib.compress(b"\x00" * 64)) + chunk(b"IEND", b""))
+    return path
+
+
+def test_a_decompression_bomb_is_skipped_like_any_unreadable_image(exported, world, tmp_path, capsys):
+    """Item 6: a PNG declaring 30000 x 30000 aborted the whole predict."""
+    bomb = _decompression_bomb(tmp_path / "bomb.png")
+    good = world["test_paths"][:2]
+    out = tmp_path / "p.json"
+    assert _predict(exported[1], out, *good, bomb) == 0
+    (warning,) = _messages(capsys.readouterr().err)
+    assert str(bomb) in warning and "DecompressionBombError" in warning and "skipped" in warning
+    written = json.loads(out.read_text())
+    assert [r["path"] for r in written["predictions"]] == good and [s["path"] for s in written["skipped"]] == [str(bomb)]
+    out.unlink()
+    assert _predict(exported[1], out, *good, bomb, extra=["--strict"]) == 2
+    assert "DecompressionBombError" in _one_error(capsys) and not out.exists()
+
+
+def test_a_file_name_that_is_not_utf8_is_written_losslessly(exported, world, tmp_path, capsys):
+    """Item 6: a name that is not valid UTF-8 made the CSV writer raise (nothing written)."""
+    import base64
+    import csv as csv_module
+    import os
+
+    folder = tmp_path / "images"
+    folder.mkdir()
+    raw_name = os.path.join(os.fsencode(folder), b"caf\xe9-\xff.png")  # Latin-1 bytes, not UTF-8
+    shutil.copyfile(world["test_paths"][0], raw_name)
+    shutil.copyfile(world["test_paths"][1], folder / "plain.png")
+    for out in (tmp_path / "p.csv", tmp_path / "p.json"):
+        assert _predict(exported[1], out, folder) == 0
+        text = out.read_bytes().decode("utf-8")  # valid UTF-8 throughout
+        assert "\\udc" not in text and "\udcff" not in text
+        if out.suffix == ".csv":
+            rows = list(csv_module.DictReader(text.splitlines()))
+            assert list(rows[0]) == ["path", "label", "score", "path_bytes"]
+        else:
+            rows = json.loads(text)["predictions"]
+        (odd,) = [r for r in rows if r.get("path_bytes")]
+        assert base64.b64decode(odd["path_bytes"]) == raw_name  # exactly the name on disk
+        assert odd["path"].endswith("caf\ufffd-\ufffd.png")
+        (plain,) = [r for r in rows if r["path"].endswith("plain.png")]
+        assert not plain.get("path_bytes")
+    capsys.readouterr()
+
+
+def test_predict_with_nothing_classified_fails(exported, tmp_path, capsys):
+    """Item 7: all inputs unreadable exited 0 with a header-only CSV."""
+    bad = [cf.write_bad_image(tmp_path / "a.png"), cf.write_bad_image(tmp_path / "b.png")]
+    out = tmp_path / "p.csv"
+    assert _predict(exported[1], out, *bad) == 2
+    err = _messages(capsys.readouterr().err)[-1]
+    assert err.startswith("hgadapter predict: error: none of the 2 image(s) could be classified") and not out.exists()
+
+
+def test_predict_refuses_an_out_that_is_one_of_its_inputs(exported, world, tmp_path, capsys):
+    """Item 7: `--out` among the inputs (e.g. from a shell glob) was read as an image, then overwritten."""
+    out = tmp_path / "p.json"
+    out.write_text("{}")
+    assert _predict(exported[1], out, world["test_paths"][0], out) == 2
+    assert "is one of the inputs" in _one_error(capsys) and out.read_text() == "{}"

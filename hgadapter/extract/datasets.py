@@ -32,8 +32,11 @@ split) ``val_shots`` train images per class are held out, and no few-shot traini
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import json
+import os
+import stat
 from collections.abc import Callable, Collection
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -90,11 +93,21 @@ class DatasetSplits:
         return [self.held_out[i] for i in indices] if self.val_origin == "train" else list(indices)
 
     def load_image(self, sample: Sample) -> Image.Image:
+        """The sample's image, RGB. An unreadable file raises ``OSError`` or ``ValueError`` (PIL's,
+        and ours for a file that is not a regular file, which could block forever, e.g. a FIFO)."""
         if self.loader is not None:
             return self.loader(sample)
-        with Image.open(sample.key) as img:
-            img.load()  # decode now so truncated files fail here, inside the error handling
-            return img.convert("RGB")
+        with open(sample.key, "rb", opener=_nonblocking_opener) as handle:
+            if not stat.S_ISREG(os.fstat(handle.fileno()).st_mode):
+                raise OSError(errno.EINVAL, "not a regular file (a FIFO, device or folder)", sample.key)
+            with Image.open(handle) as img:
+                img.load()  # decode now so truncated files fail here, inside the error handling
+                return img.convert("RGB")
+
+
+def _nonblocking_opener(path: str, flags: int) -> int:
+    # O_NONBLOCK: opening a FIFO returns at once (then refused above) instead of waiting for a writer
+    return os.open(path, flags | getattr(os, "O_NONBLOCK", 0))
 
 
 # --- CoOp layout -----------------------------------------------------------------------------

@@ -15,6 +15,7 @@ from typing import Any
 
 import numpy as np
 import torch
+from PIL import Image
 
 from hgadapter.data.cache import FewShotSet
 from hgadapter.extract import augment as aug
@@ -51,7 +52,9 @@ def _load_views(
     try:
         image = splits.load_image(sample)
         return aug.make_views(image, pre, augment, views, rng)
-    except (OSError, ValueError, SyntaxError) as err:  # PIL raises all three for bad files
+    except (OSError, ValueError, SyntaxError, Image.DecompressionBombError) as err:
+        # PIL raises the first three for bad files, and the last for one that declares more
+        # pixels than it will decode (e.g. a 30000 x 30000 PNG): unreadable images alike
         return f"{type(err).__name__}: {err}"
 
 
