@@ -35,6 +35,7 @@ import torch
 from hgadapter._io import NotJSONError, read_regular_file, strict_json_loads
 from hgadapter.data.validate import MAX_LOGIT_SCALE, dtype_name, format_shape
 from hgadapter.errors import UserError
+from hgadapter.extract.images import PROCESSOR_CLASSES
 
 __all__ = [
     "ClassifierError",
@@ -445,6 +446,37 @@ PREPROCESS_FIELDS: dict[str, Field] = {
     "resample": Int(0, 5),  # PIL code (hgadapter.extract.augment)
 }
 
+@dataclass(frozen=True)
+class ProcessorSettings(Field):
+    """A family's image-processor settings (a ``preprocessor_config.json``'s keys, which differ by
+    processor class): the keys that decide memory and pixel values are checked (sizes bounded by
+    ``MAX_IMAGE_SIDE``, patch budgets, finite means, stds of at least ``MIN_STD``, a PIL
+    resampling code); the rest are flags the processor class itself validates."""
+
+    def describe(self) -> str:
+        return "a JSON object of image-processor settings"
+
+    def _check(self, value, at, where):
+        if not isinstance(value, dict):
+            raise self._fail(value, at, where)
+        side = Int(1, MAX_IMAGE_SIDE, nullable=True)
+        checks: dict[str, Field] = {
+            "size": Object({k: side for k in ("shortest_edge", "longest_edge", "height", "width")}, nullable=True),
+            "crop_size": Object({k: side for k in ("height", "width")}, nullable=True),
+            "image_mean": List(Number(-MAX_PIXEL_STAT, MAX_PIXEL_STAT), length=3, nullable=True),
+            "image_std": List(Number(MIN_STD, MAX_PIXEL_STAT), length=3, nullable=True),
+            "rescale_factor": Number(-MAX_PIXEL_STAT, MAX_PIXEL_STAT, nullable=True),
+            "resample": Int(0, 5, nullable=True),
+            "max_num_patches": Int(1, (MAX_IMAGE_SIDE // 8) ** 2, nullable=True),  # NaFlex's patch budget
+            "patch_size": Int(1, MAX_IMAGE_SIDE, nullable=True),
+        }
+        out = dict(value)
+        for key, spec in checks.items():
+            if key in value:
+                out[key] = spec.check(value[key], f"{at}.{key}", where)
+        return out
+
+
 ENCODER_FIELDS: dict[str, Field] = {
     "id": Str(nonempty=True),  # hub id, local path or open_clip:<arch>/<tag>
     "revision": Str(nullable=True),
@@ -453,6 +485,22 @@ ENCODER_FIELDS: dict[str, Field] = {
     "preprocess": Object(PREPROCESS_FIELDS, required=("resize", "crop", "mean", "std")),
     "context_length": Int(1, 1 << 20),
     "precision": Str(nonempty=True, max_chars=16),  # create_encoder names the valid ones
+    # encoder families (hgadapter.extract.families): how images and prompts were encoded
+    "family": Str(nonempty=True, max_chars=64),
+    "processor": Object(
+        {"class": Str(choices=PROCESSOR_CLASSES), "settings": ProcessorSettings()}, required=("class", "settings")
+    ),
+    "text": Object(
+        {
+            "padding": Str(choices=("max_length",)),
+            "max_length": Int(1, 1 << 20),
+            "attention_mask": Bool(),
+            "lowercase": Bool(),
+            "tokenizer": Str(max_chars=64),
+        }
+    ),
+    "logit_scale": Number(0.0, MAX_LOGIT_SCALE, open_low=True, nullable=True),
+    "logit_bias": Number(-MAX_LOGIT_SCALE, MAX_LOGIT_SCALE, nullable=True),  # SigLIP's
 }
 
 RUN_FIELDS: dict[str, Field] = {

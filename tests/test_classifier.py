@@ -376,7 +376,7 @@ def test_export_reads_the_runs_head_files_as_user_input(exported, tmp_path, caps
         ({"config": lambda c: json.dumps(c).replace('"alpha": ', '"alpha": 1e999, "was": ', 1)}, "head.alpha must be a finite number.*got inf"),
         ({"config": lambda c: json.dumps(c).replace('"beta": ', '"beta": -1e999, "was": ', 1)}, "head.beta must be a finite number.*got -inf"),
         ({"config": lambda c: json.dumps(c).replace('"logit_scale": ', '"logit_scale": 1e999, "was": ', 1)}, "logit_scale must be a finite number"),
-        ({"config": lambda c: c["encoder"]["preprocess"].update(std=[0.0, 0.3, 0.3])}, r"encoder.preprocess.std\[0\] must be a finite number"),
+        ({"config": lambda c: c["encoder"]["processor"]["settings"].update(image_std=[0.0, 0.3, 0.3])}, r"encoder.processor.settings.image_std\[0\] must be a finite number"),
         ({"tensors": lambda s: s["text"].view(-1).__setitem__(0, float("nan"))}, "tensor 'text' has 1 non-finite value"),
         ({"tensors": lambda s: s["keys"].view(-1).__setitem__(5, float("inf"))}, "tensor 'keys' has 1 non-finite value"),
     ],
@@ -413,9 +413,9 @@ def test_a_fifo_in_a_classifier_folder_does_not_block(exported, world, tmp_path,
 
 def test_preprocessing_sizes_are_bounded(exported, world, tmp_path, capsys):
     """Item 5: `resize: 1e6` ran out of memory."""
-    folder = _damaged(exported[1], tmp_path, config=lambda c: c["encoder"]["preprocess"].update(resize=1e6))
+    folder = _damaged(exported[1], tmp_path, config=lambda c: c["encoder"]["processor"]["settings"]["size"].update(shortest_edge=1e6))
     assert _predict(folder, tmp_path / "p.csv", world["test_paths"][0]) == 2
-    assert "encoder.preprocess.resize must be an integer in [1, 4096], got 1000000.0" in _one_error(capsys)
+    assert "encoder.processor.settings.size.shortest_edge must be an integer in [1, 4096] or null, got 1000000.0" in _one_error(capsys)
 
 
 def _decompression_bomb(path):
