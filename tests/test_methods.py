@@ -31,6 +31,10 @@ QUICK: dict[str, list[str]] = {
     "graphadapter": ["epochs=5"],
     "lp_plus_plus": ["epochs=20"],
     "clap": ["epochs=5"],
+    "ape": ["search_step=[20, 5, 3]"],
+    "ape_t": ["epochs=3", "search_step=[20, 5]"],
+    "proto_clip_f": ["epochs=3", "adapter=none"],  # the conv adapter needs hundreds of epochs (tests/test_methods_issue20.py)
+    "proto_clip_f_q": ["epochs=3", "adapter=none"],
 }
 
 

@@ -125,6 +125,12 @@ _METHOD_STYLES: dict[str, tuple[str, str, str]] = {
     "lp_plus_plus": (OKABE_ITO["sky_blue"], "h", "--"),
     "clap": (OKABE_ITO["yellow"], "p", "--"),
     "proker": (OKABE_ITO["yellow"], "d", ":"),
+    "proto_clip_f": (OKABE_ITO["bluish_green"], "P", ":"),
+    "proto_clip_f_q": (OKABE_ITO["bluish_green"], "X", "-."),
+    "ape": (OKABE_ITO["reddish_purple"], "D", ":"),
+    "ape_t": (OKABE_ITO["reddish_purple"], "d", "-."),
+    "timo": (OKABE_ITO["black"], "h", "-."),
+    "timo_s": (OKABE_ITO["black"], "p", "--"),
 }
 _METHOD_LABELS: dict[str, str] = {
     "hegraphadapter": "HeGraphAdapter",
@@ -143,6 +149,12 @@ _METHOD_LABELS: dict[str, str] = {
     "lp_plus_plus": "LP++",
     "clap": "CLAP",
     "proker": "ProKeR",
+    "proto_clip_f": "PROTO-CLIP-F",
+    "proto_clip_f_q": "PROTO-CLIP-F-Q",
+    "ape": "APE",
+    "ape_t": "APE-T",
+    "timo": "TIMO",
+    "timo_s": "TIMO-S",
 }
 
 
