@@ -129,13 +129,29 @@ def test_timo_head_is_igt_plus_gda_on_images_and_text_samples(data):
     assert fitted.hparams == {"gamma": 50.0, "beta": prompts.shape[1], "alpha": 10.0}
 
 
-def test_timo_s_chooses_gamma_and_beta_on_validation(data):
+def test_timo_s_search_is_the_official_rule(data):
     fitted = create_method("timo_s", overrides=["gamma_grid=[1.0, 50.0]", "beta_searches=3"]).fit(data, seed=1, device="cpu")
-    assert fitted.hparams["gamma"] in (1.0, 50.0)
-    p = data.pos_text.shape[1]
-    assert fitted.hparams["beta"] in {int(v) for v in torch.linspace(1, 2 * p, 3).tolist()}
-    timo = create_method("timo", overrides=[f"gamma={fitted.hparams['gamma']}"]).fit(data, seed=1, device="cpu")
-    assert fitted.val_acc >= timo.val_acc or fitted.hparams["beta"] != p  # beta = P is among TIMO-S's candidates only if linspace hits it
+    prompts = F.normalize(data.pos_text.float(), dim=-1)
+    protos = image_prototypes(cache_keys(data.train_set, device="cpu"), data.train_set.labels, data.num_classes)
+    x, y = F.normalize(data.val_features.float(), dim=-1), data.val_labels
+    best, gamma = 0.0, 0.0
+    for g in (1.0, 50.0):  # image_guide_text_search: the IGT classifier alone, strict >
+        acc = float((( x @ image_guided_text(prompts, protos, g)[0].T).argmax(1) == y).float().mean())
+        if acc > best:
+            best, gamma = acc, g
+    text, scores = image_guided_text(prompts, protos, gamma)
+    views = F.normalize(data.train_set.features.float(), dim=-1)
+    images, image_labels = views.reshape(-1, views.shape[-1]), data.train_set.labels.repeat_interleave(views.shape[1])
+    best, choice = 0.0, None
+    for beta in [int(t) for t in torch.linspace(1, 2 * prompts.shape[1], 3)]:  # TIMO(grid_search=True, n_quick_search=3)
+        vecs, vec_labels = text_guided_samples(prompts, scores, beta)
+        w, b = gda_classifier(torch.cat([vecs, images]), torch.cat([vec_labels, image_labels]), data.num_classes, normalize=False)
+        for alpha in [10.0**i for i in range(-4, 5)]:  # GDA(alpha_shift=True): strict > within, strict > across beta
+            acc = 100.0 * float(((alpha * x @ text.T + x @ w.T + b).argmax(1) == y).float().mean())
+            if acc > best:
+                best, choice = acc, (beta, alpha)
+    assert (fitted.hparams["gamma"], fitted.hparams["beta"]) == (gamma, choice[0])
+    assert fitted.hparams["alpha"] == pytest.approx(choice[1]) and fitted.val_acc == pytest.approx(best)
 
 
 def test_prototype_probabilities_and_info_nce_by_hand():
