@@ -62,6 +62,11 @@ DEFAULT_METHODS: tuple[str, ...] = (
     "lp_plus_plus",
     "clap",
     "proker",
+    "proto_clip_f_q",  # the paper's PROTO-CLIP row; proto_clip_f with --methods
+    "ape",
+    "ape_t",
+    "timo",
+    "timo_s",
     "taskres",
     "clip_adapter",
     "graphadapter",

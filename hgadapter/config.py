@@ -585,8 +585,8 @@ class ConfigParser:
             return self.number(value, path, low=low, positive=positive)
         if ftype is str:
             return self.choice(value, path, choices) if choices else self.string(value, path)
-        if origin is tuple and args[0] in (int, float):
-            kind = "integers" if args[0] is int else "numbers"
+        if origin is tuple and args[0] in (int, float, str):  # str items: each checked against choices
+            kind = {int: "integers", float: "numbers", str: "strings"}[args[0]]
             if not isinstance(value, (list, tuple)) or not value:
                 raise self.fail(path, f"expected a non-empty list of {kind}, got {echo(value)}")
             length = meta.get("length")

@@ -61,7 +61,6 @@ def demo_methods(*, baselines: bool | str = True) -> list[str]:
     variants = [_variant_method(v) for v in DEMO_VARIANTS]
     if baselines == "all":
         from hgadapter.compare import DEFAULT_METHODS  # compare's list, so new methods join the full table
-
         from hgadapter.methods import method_class
 
         extra = [m for m in DEFAULT_METHODS if not method_class(m).needs_encoder]  # not CoOp: the synthetic task has no encoder

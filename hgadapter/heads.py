@@ -9,13 +9,15 @@ pickling and without the method's training code (``hgadapter export``, :mod:`hga
 The kinds cover what the methods need: CLIP's text classifier (:class:`TextHead`), a linear
 layer (:class:`LinearHead`), Tip-Adapter's cache model beside a text classifier
 (:class:`CacheHead`), CLIP-Adapter's residual feature MLP (:class:`FeatureMLPHead`) and a
-weighted sum of heads (:class:`SumHead`, e.g. GDA's ensemble with zero-shot CLIP). A new kind
+weighted sum of heads (:class:`SumHead`, e.g. GDA's ensemble with zero-shot CLIP) and
+PROTO-CLIP's image and text prototypes behind its query adapter (:class:`PrototypeHead`). A new kind
 is a :class:`Head` subclass registered with :func:`register_head` that implements ``forward``,
 ``spec`` and ``from_state``.
 """
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any, ClassVar
 
@@ -33,6 +35,10 @@ __all__ = [
     "CacheHead",
     "FeatureMLPHead",
     "SumHead",
+    "QUERY_ADAPTERS",
+    "QueryAdapter",
+    "PrototypeHead",
+    "prototype_probabilities",
     "register_head",
     "list_heads",
     "build_head",
@@ -217,38 +223,51 @@ class CacheHead(Head):
     identity (Tip-Adapter, whose features are unit-norm already) or L2 normalisation
     (``normalize``, HeGraphAdapter's :func:`~hgadapter.adapter.cache_affinity`).
 
+    Two options serve APE (Zhu et al., ICCV 2023): ``channels`` ``(k,)`` restricts the affinity to
+    those feature channels, the query renormalised on them (``g(f) = f[:, idx] / |f[:, idx]|``;
+    the keys are given on the same channels); ``text=None`` drops the text term, for a cache
+    summed with another text classifier (:class:`SumHead`), and then ``L`` must be float values.
+
     Shapes:
-        - text ``(C, d)``, keys ``(N, d)``, values ``(N, C)`` or labels ``(N,)``;
-          input ``(B, d)``; output ``(B, C)``.
+        - text ``(C, d)``, keys ``(N, d)`` or ``(N, k)``, values ``(N, C)`` or labels ``(N,)``,
+          channels ``(k,)``; input ``(B, d)``; output ``(B, C)``.
     """
 
     def __init__(
         self,
         *,
-        text: torch.Tensor,
+        text: torch.Tensor | None,
         keys: torch.Tensor,
         values: torch.Tensor,
         alpha: float,
         beta: float,
         logit_scale: float,
         normalize: bool = False,
+        channels: torch.Tensor | None = None,
     ) -> None:
         super().__init__()
-        _buffer(self, "text", text.float())
+        if text is None and not values.dtype.is_floating_point:
+            raise HeadError("a cache head without a text classifier needs float values (N, C), not integer labels")
+        _buffer(self, "text", None if text is None else text.float())
         _buffer(self, "keys", keys.float())
         _buffer(self, "values", values if not values.dtype.is_floating_point else values.float())
+        _buffer(self, "channels", None if channels is None else channels.long())
         self.alpha, self.beta, self.logit_scale = float(alpha), float(beta), float(logit_scale)
         self.normalize = bool(normalize)
 
     @property
     def num_classes(self) -> int:
-        return int(self.text.shape[0])
+        return int(self.text.shape[0] if self.text is not None else self.values.shape[1])
 
     def forward(self, features: torch.Tensor) -> torch.Tensor:
         x = self._input(features)
-        affinity = (F.normalize(x, dim=-1) if self.normalize else x) @ self.keys.T  # (B, N)
-        cache = cache_logits(affinity, self.values, self.beta, num_classes=self.num_classes)
-        return text_logits(x, self.text, self.logit_scale) + self.alpha * cache
+        if self.channels is not None:
+            query = F.normalize(x[:, self.channels], dim=-1)  # (B, k): the query on the kept channels, renormalised
+        else:
+            query = F.normalize(x, dim=-1) if self.normalize else x  # (B, d)
+        affinity = query @ self.keys.T  # (B, N)
+        cache = self.alpha * cache_logits(affinity, self.values, self.beta, num_classes=self.num_classes)
+        return cache if self.text is None else text_logits(x, self.text, self.logit_scale) + cache
 
     def spec(self) -> dict[str, Any]:
         return {
@@ -262,13 +281,14 @@ class CacheHead(Head):
     @classmethod
     def from_state(cls, spec, tensors):
         return cls(
-            text=tensors["text"],
+            text=tensors.get("text"),
             keys=tensors["keys"],
             values=tensors["values"],
             alpha=spec["alpha"],
             beta=spec["beta"],
             logit_scale=spec["logit_scale"],
             normalize=spec.get("normalize", False),
+            channels=tensors.get("channels"),
         )
 
 
@@ -340,3 +360,115 @@ class SumHead(Head):
             prefix = f"parts.{i}."
             parts.append(build_head(part_spec, {k[len(prefix):]: v for k, v in tensors.items() if k.startswith(prefix)}))
         return cls(parts=parts, weights=spec["weights"])
+
+
+# --------------------------------------------------------------------------------------------
+# PROTO-CLIP (Jaykumar P et al., IROS 2024): the query adapter and the prototype classifier.
+
+QUERY_ADAPTERS: tuple[str, ...] = ("none", "conv-3x", "conv-2x", "fc")
+
+
+class QueryAdapter(nn.Module):
+    """PROTO-CLIP's residual query adapter on an image feature (its ``model.py``).
+
+    ``conv-3x`` / ``conv-2x``: the feature, zero-padded to a square ``s x s`` (``s = ceil(sqrt(d))``),
+    goes through a 1x1 conv to ``width`` channels, (conv-3x only) a 3x3 conv, and a 1x1 conv back
+    to one channel, each followed by a LayerNorm over the whole map, plus the input; cropped back
+    to ``d``. ``fc``: ``0.2 * LN(LN(f W1^T) W2^T) + 0.8 * f`` with a ``d/4`` bottleneck, no biases.
+    ``none``: the identity.
+
+    Shapes:
+        - input ``(B, d)``; output ``(B, d)``.
+    """
+
+    def __init__(self, *, kind: str, dim: int, width: int = 16) -> None:
+        super().__init__()
+        if kind not in QUERY_ADAPTERS:
+            raise HeadError(f"unknown query adapter {kind!r}; available: {list(QUERY_ADAPTERS)}")
+        self.kind, self.dim, self.width = kind, int(dim), int(width)
+        self.side = math.ceil(math.sqrt(self.dim))
+        s = self.side
+        if kind.startswith("conv"):
+            self.conv1 = nn.Conv2d(1, width, kernel_size=1, bias=False)
+            self.norm1 = nn.LayerNorm([width, s, s])
+            if kind == "conv-3x":
+                self.conv2 = nn.Conv2d(width, width, kernel_size=3, padding=1, bias=False)
+                self.norm2 = nn.LayerNorm([width, s, s])
+            self.conv3 = nn.Conv2d(width, 1, kernel_size=1, bias=False)
+            self.norm3 = nn.LayerNorm([1, s, s])
+        elif kind == "fc":
+            hidden = max(self.dim // 4, 1)
+            self.fc = nn.Sequential(
+                nn.Linear(self.dim, hidden, bias=False), nn.LayerNorm(hidden), nn.Linear(hidden, self.dim, bias=False), nn.LayerNorm(self.dim)
+            )
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.kind == "none":
+            return x
+        if self.kind == "fc":
+            return 0.2 * self.fc(x) + 0.8 * x
+        s = self.side
+        grid = F.pad(x, (0, s * s - self.dim)).reshape(-1, 1, s, s)  # (B, 1, s, s)
+        out = self.norm1(self.conv1(grid))  # (B, width, s, s)
+        if self.kind == "conv-3x":
+            out = self.norm2(self.conv2(out))
+        out = self.norm3(self.conv3(out)) + grid  # (B, 1, s, s)
+        return out.reshape(-1, s * s)[:, : self.dim]  # (B, d)
+
+    def spec(self) -> dict[str, Any]:
+        return {"kind": self.kind, "dim": self.dim, "width": self.width}
+
+
+def prototype_probabilities(
+    query: torch.Tensor, image_proto: torch.Tensor, text_proto: torch.Tensor, *, alpha: float, beta: float
+) -> torch.Tensor:
+    """PROTO-CLIP's class probabilities (its ``utils.P``), all inputs unit-norm:
+
+        p(y | q) = alpha * softmax_y(-beta |q - z_y|^2) + (1 - alpha) * softmax_y(-beta |q - t_y|^2)
+
+    Shapes: ``(B, d)``, ``(C, d)``, ``(C, d)`` -> ``(B, C)``.
+    """
+    dist_image = torch.cdist(query, image_proto).pow(2)  # (B, C)
+    dist_text = torch.cdist(query, text_proto).pow(2)  # (B, C)
+    return alpha * F.softmax(-beta * dist_image, dim=1) + (1.0 - alpha) * F.softmax(-beta * dist_text, dim=1)
+
+
+@register_head("prototype")
+class PrototypeHead(Head):
+    """PROTO-CLIP's classifier: the query adapted and renormalised, then
+    :func:`prototype_probabilities` against unit-norm image and text prototypes; the logits are
+    the log-probabilities (same argmax, and a softmax of them gives the probabilities back).
+
+    Shapes:
+        - image_proto ``(C, d)``, text_proto ``(C, d)`` (unit-norm rows); input ``(B, d)``; output ``(B, C)``.
+    """
+
+    def __init__(
+        self, *, image_proto: torch.Tensor, text_proto: torch.Tensor, alpha: float, beta: float, adapter: QueryAdapter | None = None
+    ) -> None:
+        super().__init__()
+        _buffer(self, "image_proto", image_proto.float())  # unit-norm rows, as given (renormalising is not idempotent in float)
+        _buffer(self, "text_proto", text_proto.float())
+        self.alpha, self.beta = float(alpha), float(beta)
+        self.adapter = adapter if adapter is not None else QueryAdapter(kind="none", dim=int(image_proto.shape[1]))
+        self.adapter.requires_grad_(False).eval()  # frozen; its weights are in state_dict() under adapter.*
+
+    @property
+    def num_classes(self) -> int:
+        return int(self.image_proto.shape[0])
+
+    def forward(self, features: torch.Tensor) -> torch.Tensor:
+        query = F.normalize(self.adapter(self._input(features)), dim=-1)  # (B, d)
+        p = prototype_probabilities(query, self.image_proto, self.text_proto, alpha=self.alpha, beta=self.beta)
+        return torch.log(p.clamp_min(torch.finfo(p.dtype).tiny))  # (B, C)
+
+    def spec(self) -> dict[str, Any]:
+        return {**super().spec(), "alpha": self.alpha, "beta": self.beta, "adapter": self.adapter.spec()}
+
+    @classmethod
+    def from_state(cls, spec, tensors):
+        a = spec["adapter"]
+        adapter = QueryAdapter(kind=a["kind"], dim=a["dim"], width=a.get("width", 16))
+        prefix = "adapter."
+        adapter.load_state_dict({k[len(prefix):]: v for k, v in tensors.items() if k.startswith(prefix)})
+        return cls(image_proto=tensors["image_proto"], text_proto=tensors["text_proto"], alpha=spec["alpha"], beta=spec["beta"], adapter=adapter)

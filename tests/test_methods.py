@@ -32,6 +32,10 @@ QUICK: dict[str, list[str]] = {
     "lp_plus_plus": ["epochs=20"],
     "clap": ["epochs=5"],
     "coop": ["epochs=[2, 2, 2]"],
+    "ape": ["search_step=[20, 5, 3]"],
+    "ape_t": ["epochs=3", "search_step=[20, 5]"],
+    "proto_clip_f": ["epochs=3", "adapter=none"],  # the conv adapter needs hundreds of epochs (tests/test_methods_issue20.py)
+    "proto_clip_f_q": ["epochs=3", "adapter=none"],
 }
 # Methods that run on cached features alone; the others (CoOp) run the cache's CLIP encoder, which a
 # synthetic cache has not (tests/test_coop.py runs them on a tiny CLIP's cache).

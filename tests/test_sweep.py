@@ -270,11 +270,11 @@ def test_cli_sweep_dry_run_and_run(tiny, capsys):
     assert "does not exist" in capsys.readouterr().err
 
 
-def test_dry_run_without_caches_still_lists_the_plan(tmp_path, capsys):  # 12 methods x 5 shots x 3 seeds
+def test_dry_run_without_caches_still_lists_the_plan(tmp_path, capsys):  # 17 methods x 5 shots x 3 seeds
     path = REPO / "experiments" / "synthetic" / "fewshot.yaml"
     assert main(["sweep", str(path), "--dry-run", "--out", str(tmp_path / "runs"), "--features-root", str(tmp_path / "none")]) == 0
     out = capsys.readouterr().out
-    assert out.count("planned  ") == 180 and "cannot tell which are finished" in out and "hgadapter extract --out" in out
+    assert out.count("planned  ") == 255 and "cannot tell which are finished" in out and "hgadapter extract --out" in out
 
 
 def test_cli_report_figures_and_tsne_on_a_swept_run(tiny, capsys):

@@ -126,6 +126,12 @@ _METHOD_STYLES: dict[str, tuple[str, str, str]] = {
     "clap": (OKABE_ITO["yellow"], "p", "--"),
     "proker": (OKABE_ITO["yellow"], "d", ":"),
     "coop": (OKABE_ITO["blue"], "v", ":"),
+    "proto_clip_f": (OKABE_ITO["bluish_green"], "P", ":"),
+    "proto_clip_f_q": (OKABE_ITO["bluish_green"], "X", "-."),
+    "ape": (OKABE_ITO["reddish_purple"], "D", ":"),
+    "ape_t": (OKABE_ITO["reddish_purple"], "d", "-."),
+    "timo": (OKABE_ITO["black"], "h", "-."),
+    "timo_s": (OKABE_ITO["black"], "p", "--"),
 }
 _METHOD_LABELS: dict[str, str] = {
     "hegraphadapter": "HeGraphAdapter",
@@ -145,6 +151,12 @@ _METHOD_LABELS: dict[str, str] = {
     "clap": "CLAP",
     "proker": "ProKeR",
     "coop": "CoOp",
+    "proto_clip_f": "PROTO-CLIP-F",
+    "proto_clip_f_q": "PROTO-CLIP-F-Q",
+    "ape": "APE",
+    "ape_t": "APE-T",
+    "timo": "TIMO",
+    "timo_s": "TIMO-S",
 }
 
 

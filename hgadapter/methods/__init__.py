@@ -27,6 +27,9 @@ from hgadapter.methods import lp_plus_plus  # noqa: E402,F401  isort: skip
 from hgadapter.methods import clap  # noqa: E402,F401  isort: skip
 from hgadapter.methods import proker  # noqa: E402,F401  isort: skip
 from hgadapter.methods import coop  # noqa: E402,F401  isort: skip
+from hgadapter.methods import proto_clip  # noqa: E402,F401  isort: skip
+from hgadapter.methods import ape  # noqa: E402,F401  isort: skip
+from hgadapter.methods import timo  # noqa: E402,F401  isort: skip
 from hgadapter.methods import hegraphadapter  # noqa: E402,F401  isort: skip
 
 __all__ = ["Method", "create_method", "list_methods", "load_method_config", "method_class", "method_from_config", "methods_dir", "register_method"]

@@ -100,6 +100,11 @@ class TrainedMethod(Method):
         """The optimiser over ``module``'s parameters (the schedule sets its learning rate)."""
         raise NotImplementedError
 
+    def train_data(self, data: SelectionData) -> SelectionData:
+        """What the training loop draws its queries from: ``data`` (a method whose queries are not the
+        cached views, e.g. PROTO-CLIP-F's view-averaged keys, returns a view of it)."""
+        return data
+
     def train_epochs(self, data: SelectionData) -> int:
         """Epochs to train on ``data``: the config's ``epochs`` (a source that trains longer at more shots overrides this)."""
         return self.config.epochs
@@ -131,7 +136,7 @@ class TrainedMethod(Method):
             module, logits_fn = self.build(data, text, ctx.device)
         epochs = self.train_epochs(data)
         result = train_loop(
-            module, self.optimizer(module), self.schedule(epochs), data, ctx,
+            module, self.optimizer(module), self.schedule(epochs), self.train_data(data), ctx,
             logits_fn=logits_fn, loss_fn=self.loss(module, logits_fn), epochs=epochs, batch_size=cfg.batch_size,
             checkpoint=cfg.checkpoint, drop_last=cfg.drop_last, sampling=self.sampling(), desc=self.name,
         )

@@ -44,13 +44,19 @@ class GDAConfig:
     views: str = hparam("all", choices=VIEWS)  # every augmented view is a sample, or each image's view mean
 
 
-def gda_classifier(features: torch.Tensor, labels: torch.Tensor, num_classes: int) -> tuple[torch.Tensor, torch.Tensor]:
+def gda_classifier(
+    features: torch.Tensor, labels: torch.Tensor, num_classes: int, *, normalize: bool = True
+) -> tuple[torch.Tensor, torch.Tensor]:
     """The linear GDA classifier of L2-normalised ``features`` ``(N, d)`` with ``labels`` ``(N,)``.
+
+    ``normalize=False`` takes the samples as given (TIMO's text samples are scaled by their
+    matching score on purpose).
 
     Returns:
         ``W`` ``(C, d)`` and ``b`` ``(C,)`` with ``logits = f W^T + b``.
     """
-    x = F.normalize(features.double(), dim=-1)  # (N, d); float64: the shrunk inverse is of a d x d matrix
+    x = features.double()  # (N, d); float64: the shrunk inverse is of a d x d matrix
+    x = F.normalize(x, dim=-1) if normalize else x
     n, d = x.shape
     counts = torch.bincount(labels, minlength=num_classes).clamp_min(1).to(x.dtype)  # (C,)
     means = x.new_zeros(num_classes, d).index_add_(0, labels, x) / counts.unsqueeze(1)  # (C, d)
