@@ -42,6 +42,9 @@ __all__ = [
     "FIGURE_FORMATS",
     "DEFAULT_FORMATS",
     "series_style",
+    "class_style",
+    "CLASS_PALETTE",
+    "CLASS_MARKERS",
     "method_style",
     "method_label",
     "method_order",
@@ -72,6 +75,17 @@ PALETTE: tuple[str, ...] = tuple(
 MARKERS: tuple[str, ...] = ("o", "s", "^", "D", "v", "P", "X", "*")
 LINESTYLES: tuple[str, ...] = ("-", "--", "-.", ":")
 HATCHES: tuple[str, ...] = ("", "//", "\\\\", "xx", "..", "++", "oo", "--")
+
+# Twenty colours that differ from each other, for the classes of a t-SNE and the methods of a
+# bar chart: matplotlib's tab20 (ten hues, each dark and light), reordered so that the first ten
+# are the ten dark hues. Beyond eight series they are not all safe under colour blindness, so
+# markers (and bar hatches) differ too.
+CLASS_PALETTE: tuple[str, ...] = (
+    "#1f77b4", "#ff7f0e", "#2ca02c", "#d62728", "#9467bd", "#8c564b", "#e377c2", "#7f7f7f", "#bcbd22", "#17becf",
+    "#aec7e8", "#ffbb78", "#98df8a", "#ff9896", "#c5b0d5", "#c49c94", "#f7b6d2", "#c7c7c7", "#dbdb8d", "#9edae5",
+)
+# Fifteen filled markers; 15 and 20 are coprime to 3 and 4, so (colour, marker) repeats only after 60 series.
+CLASS_MARKERS: tuple[str, ...] = ("o", "s", "^", "D", "v", "P", "X", "*", "h", "p", "<", ">", "d", "H", "8")
 
 COLUMN_WIDTH = 3.5  # inches: one column of a two-column paper
 TEXT_WIDTH = 7.2  # inches: the full text width
@@ -160,6 +174,14 @@ def series_style(index: int) -> dict[str, str]:
         "marker": MARKERS[index % len(MARKERS)],
         "linestyle": LINESTYLES[(index // len(PALETTE)) % len(LINESTYLES)],
     }
+
+
+def class_style(index: int) -> dict[str, str]:
+    """Colour and marker of the ``index``-th class of a scatter plot: the first 20 classes get 20
+    different colours, and no two of the first 60 share both colour and marker."""
+    if index < 0:
+        raise ValueError(f"class index must be >= 0, got {index}")
+    return {"color": CLASS_PALETTE[index % len(CLASS_PALETTE)], "marker": CLASS_MARKERS[index % len(CLASS_MARKERS)]}
 
 
 def method_style(method: str) -> dict[str, str]:
