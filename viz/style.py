@@ -51,6 +51,9 @@ __all__ = [
     "method_style",
     "method_label",
     "method_order",
+    "method_family",
+    "METHOD_FAMILIES",
+    "REFERENCE_METHODS",
     "style_context",
     "new_figure",
     "output_paths",
@@ -152,6 +155,24 @@ _METHOD_STYLES: dict[str, tuple[str, str, str]] = {
     "timo": ("#bcbd22", "p", "-"),
     "timo_s": ("#dbdb8d", "*", "--"),
 }
+
+
+# Families of methods, for figures that would otherwise draw 16 lines in one panel: one panel per
+# family, its members in colour and the others in grey (viz.curves). The two references, zero-shot
+# CLIP and full HeGraphAdapter, are drawn in colour in every panel.
+METHOD_FAMILIES: dict[str, tuple[str, ...]] = {
+    "HeGraphAdapter and its ablation": ("hegraphadapter", "hegraphadapter:t", "hegraphadapter:t_p", "hegraphadapter:t_n", "hegraphadapter:base"),
+    "training-free caches": ("tip_adapter", "tip_adapter_f", "proker", "gda", "ape", "ape_t"),
+    "linear probes": ("linear_probe", "lp_plus_plus", "clap"),
+    "adapters and residuals": ("taskres", "clip_adapter", "graphadapter", "proto_clip_f", "proto_clip_f_q", "timo", "timo_s"),
+}
+REFERENCE_METHODS: tuple[str, ...] = ("zero_shot", "hegraphadapter")
+OTHER_FAMILY = "other methods"
+
+
+def method_family(method: str) -> str:
+    """The family of :data:`METHOD_FAMILIES` a method belongs to; :data:`OTHER_FAMILY` if none."""
+    return next((name for name, members in METHOD_FAMILIES.items() if method in members), OTHER_FAMILY)
 
 
 def series_style(index: int) -> dict[str, str]:
