@@ -172,3 +172,34 @@ def test_every_manifest_table_is_in_a_document():
     text = "".join(p.read_text() for p in doctables._documents(ROOT))
     for name in manifest.tables:
         assert f"<!-- table:{name} -->" in text
+
+
+# --- the README's facts that are not tables --------------------------------------------------
+
+
+def readme() -> str:
+    return " ".join((ROOT / "README.md").read_text(encoding="utf-8").split())
+
+
+def test_readme_names_every_method_compare_runs():
+    from hgadapter.compare import DEFAULT_METHODS
+    from hgadapter.paper_results import PaperResults, load_paper_results
+
+    names = PaperResults(load_paper_results())
+    missing = [m for m in DEFAULT_METHODS if m != "hegraphadapter" and names.display("methods", m) not in readme()]
+    assert not missing, f"README's list of methods lacks {missing}"
+
+
+@pytest.mark.parametrize(
+    "files, what",
+    [
+        (["experiments/synthetic/fewshot.yaml"], "180 runs"),
+        (["experiments/synthetic/fewshot.yaml", "experiments/synthetic/sensitivity.yaml"], "303 runs"),
+        ([f"experiments/suite/sweep/{t}.yaml" for t in ("coarse20", "demo100", "fine37", "flat200", "many500", "poortext50")], "270 runs"),
+    ],
+)
+def test_readme_run_counts_are_what_the_experiment_files_expand_to(files, what):
+    from hgadapter.sweep import expand_experiment
+
+    count = sum(len(expand_experiment(ROOT / f)) for f in files)
+    assert what in readme() and what == f"{count} runs", f"{files} expand to {count} runs; README says {what}"
