@@ -394,8 +394,8 @@ def _seeds_text(seeds: set[Any]) -> str:
 class _Cell:
     """A mean over seeds (one dataset) or over datasets (means over seeds); ``text`` as printed."""
 
-    def __init__(self, mean: float | None, text: str, mark: str = ""):
-        self.mean, self.text, self.mark = mean, text, mark
+    def __init__(self, mean: float | None, text: str, mark: str = "", n: int = 0):
+        self.mean, self.text, self.mark, self.n = mean, text, mark, n  # n: seeds behind the mean
 
 
 def _value_of(record: Record, value: str) -> float | None:
@@ -412,12 +412,13 @@ def _methods_cell(records: list[Record], datasets: list[str | None], value: str,
         if not numbers:
             return _Cell(None, "–")
         mean, std, n = mean_std(numbers)
-        return _Cell(mean, f"{_fmt(mean)} ± {_fmt(std)}" if n > 1 else _fmt(mean))
-    means = []
+        return _Cell(mean, f"{_fmt(mean)} ± {_fmt(std)}" if n > 1 else _fmt(mean), n=n)
+    means, counts = [], []
     for d in present:
         numbers = seed_values([{"seed": r.seed, "v": _value_of(r, value)} for r in by_dataset[d]], lambda r: r["v"])
         if numbers:
             means.append(statistics.fmean(numbers))
+            counts.append(len(numbers))
     if not means:
         return _Cell(None, "–")
     mean = statistics.fmean(means)
@@ -426,7 +427,7 @@ def _methods_cell(records: list[Record], datasets: list[str | None], value: str,
         missing = ", ".join(str(d) for d in datasets if d not in present)
         mark = "†" * (1 + list(notes).index(missing) if missing in notes else 1 + len(notes))
         notes.setdefault(missing, mark)
-    return _Cell(mean, _fmt(mean), mark)
+    return _Cell(mean, _fmt(mean), mark, n=min(counts))
 
 
 def _bold(rows: list[list[_Cell]]) -> None:
@@ -472,6 +473,11 @@ def _methods_table(spec: TableSpec, records: list[Record], root: Path, paper: An
         cells.append(row)
     if spec.bold:
         _bold(cells)
+    most = max((c.n for row in cells for c in row), default=0)
+    for row in cells:
+        for c in row:
+            if c.mean is not None and 0 < c.n < most:  # fewer seeds than the rest of the table: say so
+                c.mark += f" (n={c.n})"
     head = ["method"] + (["config"] if spec.config_column else []) + [name for name, _, _ in columns]
     head += ["average"] if spec.columns == "datasets" and spec.average else []
     body = []

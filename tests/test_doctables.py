@@ -203,3 +203,10 @@ def test_readme_run_counts_are_what_the_experiment_files_expand_to(files, what):
 
     count = sum(len(expand_experiment(ROOT / f)) for f in files)
     assert what in readme() and what == f"{count} runs", f"{files} expand to {count} runs; README says {what}"
+
+
+def test_a_cell_with_fewer_seeds_says_so(repo):
+    write_jsonl(repo / "docs/results/b.jsonl", [run("gda", 4, 1, 40.0)])  # one seed where the rest have three
+    manifest = load_manifest(root=repo)
+    rows = table_rows(render_table(manifest, manifest.tables["fewshot"]))
+    assert rows["GDA"] == ["not run", "40.00 (n=1)"]
