@@ -431,10 +431,13 @@ def _methods_cell(records: list[Record], datasets: list[str | None], value: str,
 
 
 def _bold(rows: list[list[_Cell]]) -> None:
+    """Bold the best mean of each column; a mean over fewer tasks than the others (a † cell) is
+    not comparable, so it is neither bold nor in the running."""
     for col in range(len(rows[0]) if rows else 0):
-        best = max((round(r[col].mean, 2) for r in rows if r[col].mean is not None), default=None)
+        fair = [r[col] for r in rows if r[col].mean is not None and not r[col].mark]
+        best = max((round(c.mean, 2) for c in fair), default=None)
         for r in rows:
-            if best is not None and r[col].mean is not None and round(r[col].mean, 2) == best:
+            if best is not None and r[col] in fair and round(r[col].mean, 2) == best:
                 r[col].text = f"**{r[col].text}**"
 
 

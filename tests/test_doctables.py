@@ -210,3 +210,15 @@ def test_a_cell_with_fewer_seeds_says_so(repo):
     manifest = load_manifest(root=repo)
     rows = table_rows(render_table(manifest, manifest.tables["fewshot"]))
     assert rows["GDA"] == ["not run", "40.00 (n=1)"]
+
+
+def test_a_mean_over_fewer_tasks_is_not_bold(tmp_path):
+    write_jsonl(tmp_path / "s.jsonl", [
+        {"label": "suite", "task": t, "method": m, "shots": 16, "seed": 1, "val": 1.0, "test": v}
+        for t, m, v in [("a", "gda", 50.0), ("b", "gda", 70.0), ("a", "proker", 80.0)]
+    ])
+    (tmp_path / "docs").mkdir()
+    (tmp_path / "docs/tables.yaml").write_text("records: {s: [s.jsonl]}\ntables:\n  t: {records: s, bold: true}\n")
+    manifest = load_manifest(root=tmp_path)
+    rows = table_rows(render_table(manifest, manifest.tables["t"]))
+    assert rows["GDA"] == ["**60.00**"] and rows["ProKeR"] == ["80.00†"]
