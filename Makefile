@@ -4,7 +4,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: demo demo-all test env bench clean
+.PHONY: demo demo-all test env bench docs-tables clean
 
 env: $(STAMP)
 
@@ -21,6 +21,10 @@ demo-all: $(STAMP)
 
 test: $(STAMP)
 	HF_HUB_OFFLINE=1 HF_DATASETS_OFFLINE=1 $(PY) -m pytest -q
+
+# every results table in README.md and docs/*.md, from the run records docs/tables.yaml names
+docs-tables: $(STAMP)
+	$(PY) -m hgadapter.doctables
 
 bench: $(STAMP)
 	$(PY) experiments/bench_engines.py --out runs/bench/engines.json

@@ -342,3 +342,75 @@ def test_labels_drop_the_words_every_class_name_shares() -> None:
     assert _drop_shared_words(names) == ["family3 class4", "family0 class1", "family3 class0"]
     assert _drop_shared_words(["apple_pie", "baby_back_ribs"]) == ["apple_pie", "baby_back_ribs"]
     assert _drop_shared_words(["red wine", "red"]) == ["red wine", "red"]  # never empties a name
+
+
+# --- issue 22: classes that read apart, families, a separation score ------------------------
+
+
+def test_twenty_classes_never_share_colour_or_marker(many_run: Path, tmp_path: Path) -> None:
+    from matplotlib.colors import to_hex
+
+    from viz.tsne import class_looks
+
+    looks = class_looks(np.arange(20))
+    assert len({look["color"] for look in looks.values()}) == 20
+    assert len({(look["color"], look["marker"]) for look in looks.values()}) == 20
+    # and the drawn figure uses them: one scatter per class and panel, each class its own look
+    from viz import style, tsne
+
+    # draw in memory to read the artists back
+    node_dict, classnames, metrics = load_run_nodes(many_run)
+    chosen = select_classes(MANY, 20)
+    coords = np.zeros((40, 2)) + np.arange(40)[:, None]
+    with style.style_context():
+        figure = tsne._draw(coords, ["initial"] * 20 + ["adapted"] * 20, ["pos"] * 40, np.tile(chosen, 2),
+                            panels=[("initial", ["pos"]), ("adapted", ["pos"])], ntypes=["pos"], chosen=chosen,
+                            classnames=classnames, groups=None, metrics=metrics, title="t", dpi=40, figsize=(6, 3),
+                            separation={"initial": 0.5, "adapted": 0.4}, dim=DIM)
+    drawn = {}
+    for ax in figure.axes:
+        for coll in ax.collections:
+            stage, _, cls = coll.get_gid().split("|")
+            path = coll.get_paths()[0]
+            drawn.setdefault(stage, {})[int(cls)] = (to_hex(coll.get_facecolor()[0]), tuple(map(tuple, path.vertices.round(3))))
+    for stage in ("initial", "adapted"):
+        assert len(drawn[stage]) == 20 and len(set(drawn[stage].values())) == 20
+    assert drawn["initial"] == drawn["adapted"]  # a class looks the same in both panels
+
+
+def test_families_are_read_from_names_and_drawn_whole(tmp_path: Path) -> None:
+    from viz.tsne import families_from_names, select_family_classes
+
+    names = [f"synthetic_family{c % 6:02d}_class{c // 6}" for c in range(30)]  # 6 families of 5
+    groups = families_from_names(names)
+    assert groups.tolist() == [c % 6 for c in range(30)]
+    assert families_from_names(["cat", "family01 dog"]) is None  # every name must name its family
+    chosen = select_family_classes(groups, 20, class_seed=0)
+    assert len(chosen) == 20
+    counts = np.bincount(groups[chosen], minlength=6)
+    assert sorted(counts.tolist()) == [0, 0, 5, 5, 5, 5]  # four whole families of five
+    run = make_run(tmp_path / "fam", num_classes=30, names=names)
+    record = read_points(plot_node_tsne(run, tmp_path / "fam.png", figsize=(6, 3), dpi=40))
+    assert record["families"] == groups.tolist()
+    assert record["class_subset"] == chosen.tolist()
+
+
+def test_separation_score_in_each_panel_and_synthetic_once(run: Path, tmp_path: Path) -> None:
+    from viz.tsne import nearest_class_cosine
+
+    x = np.array([[1.0, 0.0], [1.0, 1.0], [0.0, 1.0]])  # cosines: 0.707 between neighbours, 0 between ends
+    assert nearest_class_cosine(x) == pytest.approx(2 ** -0.5)
+    out = plot_node_tsne(run, tmp_path / "sep.svg", figsize=(6, 3), dpi=50)
+    record = read_points(out)
+    node_dict, _, _ = load_run_nodes(run)
+    for stage in ("initial", "adapted"):
+        assert record["nearest_class_cosine"][stage] == pytest.approx(nearest_class_cosine(node_dict[f"{stage}.pos"]))
+    svg = html.unescape(out.read_text(encoding="utf-8"))
+    for stage in ("initial", "adapted"):
+        assert f"nearest-class cosine {record['nearest_class_cosine'][stage]:.3f}" in svg
+    assert record["nearest_class_cosine"]["adapted"] < record["nearest_class_cosine"]["initial"]  # the fake adaptation spreads classes
+    synthetic_named = make_run(tmp_path / "syn", synthetic=True)
+    metrics = json.loads((synthetic_named / "metrics.json").read_text())
+    (synthetic_named / "metrics.json").write_text(json.dumps({**metrics, "dataset": "synthetic"}))
+    title = read_points(plot_node_tsne(synthetic_named, tmp_path / "syn.png", figsize=(4, 2), dpi=40))["title"]
+    assert title.lower().count("synthetic") == 1

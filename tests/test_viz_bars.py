@@ -72,3 +72,39 @@ def test_viz_is_this_projects_package():
     """`viz` is a generic top-level name (docs/viz.md): fail loudly if another project's shadows ours."""
     assert Path(viz.__file__).resolve().parent.parent == Path(hgadapter.__file__).resolve().parent.parent
     assert (Path(viz.__file__).parent / "bars.py").is_file()
+
+
+def test_every_registered_method_has_its_own_colour():
+    from hgadapter.methods import list_methods
+    from hgadapter.config import list_variants
+
+    methods = list(dict.fromkeys([*list_methods(), *(f"hegraphadapter:{v}" for v in list_variants() if v != "full")]))
+    colours = {m: to_hex(style.method_style(m)["color"]) for m in methods}
+    assert len(set(colours.values())) == len(methods), colours
+    figure = plot_accuracy_bars([record(m, 16, 1, 50.0 + i) for i, m in enumerate(methods)], None, dpi=30)
+    drawn = [to_hex(c.patches[0].get_facecolor()) for c in figure.axes[0].containers if hasattr(c, "patches")]
+    assert len(drawn) == len(set(drawn))
+
+
+def test_base_and_zero_shot_are_one_bar_when_they_agree():
+    same = [record(m, 16, s, 56.5) for m in ("zero_shot", "hegraphadapter:base") for s in (1, 2)]
+    ax = plot_accuracy_bars(same + [record("tip_adapter", 16, 1, 70.0)], None, dpi=30).axes[0]
+    gids = [c.patches[0].get_gid() for c in ax.containers if hasattr(c, "patches")]
+    assert gids.count("zero_shot") == 1 and "hegraphadapter:base" not in gids
+    assert "Zero-shot CLIP (= Base)" in [t.get_text() for t in ax.figure.legends[0].get_texts()]
+    differ = same + [record("hegraphadapter:base", 16, 3, 10.0)]  # not the same runs: both stay
+    gids = [c.patches[0].get_gid() for c in plot_accuracy_bars(differ, None, dpi=30).axes[0].containers if hasattr(c, "patches")]
+    assert {"zero_shot", "hegraphadapter:base"} <= set(gids)
+
+
+def test_title_says_mean_and_std_only_with_several_seeds_and_the_axis_says_where_it_starts():
+    one = [record(m, 16, 1, acc) for m, acc in (("tip_adapter", 73.0), ("zero_shot", 56.5))]
+    ax = plot_accuracy_bars(one, None, dpi=30).axes[0]
+    assert "seed 1" in ax.get_title() and "±" not in ax.get_title() and "std" not in ax.get_title()
+    assert all(c.errorbar is None or not c.errorbar.lines[2] for c in ax.containers if hasattr(c, "patches"))
+    bottom = ax.get_ylim()[0]
+    assert bottom == 50 and "axis starts at 50" in ax.get_ylabel()
+    ax = plot_accuracy_bars(RECORDS, None, dpi=30).axes[0]
+    assert "mean ± std over seeds" in ax.get_title()
+    low = plot_accuracy_bars([record("linear_probe", 1, 1, 17.0), *one], None, dpi=30).axes[0]
+    assert low.get_ylim()[0] == 0 and "axis starts" not in low.get_ylabel()

@@ -1,10 +1,13 @@
 """Grouped bars of test accuracy: one group per shot count, one bar per method (``hgadapter compare``).
 
-Each bar is the mean test accuracy over seeds with a ± one sample standard deviation error bar,
-aggregated as every table and figure aggregates (:func:`hgadapter.records.seed_values`, then
-:func:`hgadapter.records.mean_std`). Methods keep their colour from :func:`viz.style.method_style`;
-methods that share a colour there (a method and its fine-tuned form) are told apart by a hatch
-that stands for their line style in the curves.
+Each bar is the mean test accuracy over seeds with a ± one sample standard deviation error bar
+(no error bar, and no "± std" in the title, when there is one seed), aggregated as every table
+and figure aggregates (:func:`hgadapter.records.seed_values`, then
+:func:`hgadapter.records.mean_std`). Every registered method has its own colour
+(:func:`viz.style.method_style`), and a variant's bars (a dashed line in the curves) are hatched.
+``Base`` (the variant without adaptation) is zero-shot CLIP: when both ran and agree, one bar
+stands for both. The y axis starts near the lowest bar so that differences show; the axis label
+says where it starts.
 """
 
 from __future__ import annotations
@@ -24,6 +27,7 @@ __all__ = ["plot_accuracy_bars"]
 
 # A curve's line style, as a bar's hatch.
 _HATCHES = {"-": "", "--": "//", "-.": "..", ":": "xx"}
+_BASE, _ZERO_SHOT = "hegraphadapter:base", "zero_shot"  # the same classifier under two names
 
 
 def plot_accuracy_bars(
@@ -59,12 +63,17 @@ def plot_accuracy_bars(
             values = seed_values(r for r in records if r["method"] == m and int(r["shots"]) == k)
             if values:
                 cells[(m, k)] = mean_std(values)
+    labels = {m: style.method_label(m) for m in methods}
+    if _BASE in methods and _ZERO_SHOT in methods and _same_bars(cells, _BASE, _ZERO_SHOT, shots):
+        methods.remove(_BASE)  # one bar, not two identical ones
+        labels[_ZERO_SHOT] = f"{labels[_ZERO_SHOT]} (= {labels[_BASE]})"
+    several_seeds = any(n > 1 for (m, _), (_, _, n) in cells.items() if m in methods)
 
     with style.style_context():
         columns = min(4, len(methods))
         legend_rows = math.ceil(len(methods) / columns)
         width = min(style.TEXT_WIDTH * 1.5, max(style.COLUMN_WIDTH, 1.0 + 0.22 * len(methods) * len(shots)))
-        title = title or _title(records)
+        title = title or _title(records, several_seeds=several_seeds)
         # wide enough for the legend's columns and the title (about 0.065 in per character at 9 pt)
         figure = style.new_figure(max(width, 1.6 * columns, 0.065 * len(title)), 2.4 + 0.2 * legend_rows, dpi=dpi)
         ax = figure.add_subplot()
@@ -76,9 +85,9 @@ def plot_accuracy_bars(
                 [j - 0.4 + bar * (i + 0.5) for j, _ in present],
                 [c[0] for _, c in present],
                 bar,
-                yerr=[c[1] for _, c in present],
+                yerr=[c[1] for _, c in present] if several_seeds else None,
                 capsize=2,
-                label=style.method_label(m),
+                label=labels[m],
                 gid=m,
                 color=look["color"],
                 hatch=_HATCHES.get(look["linestyle"], ""),
@@ -87,10 +96,13 @@ def plot_accuracy_bars(
                 error_kw={"elinewidth": 0.8, "ecolor": "0.35"},  # grey: visible on the black bars too
             )
         ax.set_xticks(range(len(shots)), [f"{k} shot" + ("s" if k != 1 else "") for k in shots])
-        ax.set_ylabel("test accuracy (%)")
-        means = [c[0] for c in cells.values() if math.isfinite(c[0])]
+        means = [c[0] for (m, _), c in cells.items() if m in methods and math.isfinite(c[0])]
+        bottom = 0.0
         if means:  # bars start near the lowest one: the differences are what the chart is for
-            ax.set_ylim(max(0.0, 5.0 * math.floor((min(means) - 5.0) / 5.0)), min(100.0, max(means) + 5.0))
+            bottom = max(0.0, 5.0 * math.floor((min(means) - 5.0) / 5.0))
+            bottom = bottom if bottom >= 25.0 else 0.0  # a zoom that gains little is not worth a cut axis
+            ax.set_ylim(bottom, min(100.0, max(means) + 5.0))
+        ax.set_ylabel("test accuracy (%)" + (f"\naxis starts at {bottom:g}, not 0" if bottom > 0 else ""))
         ax.grid(axis="x", visible=False)
         ax.set_axisbelow(True)
         ax.set_title(title)
@@ -100,7 +112,22 @@ def plot_accuracy_bars(
     return figure
 
 
-def _title(records: Sequence[Mapping[str, Any]]) -> str:
+def _same_bars(cells: Mapping[tuple[str, int], tuple[float, float, int]], a: str, b: str, shots: Sequence[int]) -> bool:
+    """Whether methods ``a`` and ``b`` have the same bars (mean, std and count) at every shot count."""
+    return all(
+        ((a, k) in cells) == ((b, k) in cells)
+        and ((a, k) not in cells or all(math.isclose(x, y, abs_tol=1e-9) for x, y in zip(cells[(a, k)], cells[(b, k)])))
+        for k in shots
+    )
+
+
+def _title(records: Sequence[Mapping[str, Any]], *, several_seeds: bool) -> str:
     datasets = sorted({str(r.get("dataset")) for r in records})
-    synthetic = any(r.get("synthetic") for r in records)
-    return f"{', '.join(datasets)}: test accuracy, mean ± std over seeds" + (" (synthetic task)" if synthetic else "")
+    synthetic = any(r.get("synthetic") for r in records) or datasets == ["synthetic"]
+    if several_seeds:
+        what = "mean ± std over seeds"
+    else:
+        seeds = sorted({str(r.get("seed")) for r in records})
+        what = ("seed " if len(seeds) == 1 else "seeds ") + ", ".join(seeds)
+    names = ", ".join(d for d in datasets if d != "synthetic")  # "synthetic" is said once, at the end
+    return (f"{names}: test accuracy, {what}" if names else f"Test accuracy, {what}") + (" (synthetic task)" if synthetic else "")

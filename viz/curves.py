@@ -44,11 +44,13 @@ __all__ = [
     "sensitivity_labels",
     "dataset_names",
     "MAX_TRAINING_RUNS",
+    "MAX_LINES",
 ]
 
 Record = Mapping[str, Any]
 
 MAX_TRAINING_RUNS = 12  # more lines than this in one training-curve figure cannot be told apart
+MAX_LINES = 6  # more methods than this in one accuracy-vs-shots panel: one panel per method family
 _PANEL_HEIGHT = 1.8  # inches per row of small multiples
 _MAX_COLUMNS = 4  # small multiples per row at the text width
 _AVERAGE = "Average"
@@ -74,6 +76,13 @@ def plot_accuracy_vs_shots(
     log2 with a tick at each shot count present (1, 2, 4, 8, 16 in the paper). With several
     datasets a last panel, "Average", shows per method and shot count the mean over datasets of
     the per-dataset means, at the shot counts where the method has every dataset (no band).
+
+    More than :data:`MAX_LINES` methods cannot be told apart in one panel: then the methods are
+    grouped by family (:data:`viz.style.METHOD_FAMILIES`). One dataset gets one panel per family,
+    its members in colour, zero-shot CLIP and full HeGraphAdapter in colour as references, every
+    other method as a thin grey line for context. Several datasets get their per-dataset panels
+    with only the references and the HeGraphAdapter family in colour, and the average one panel
+    per family.
 
     Args:
         records: run records (:func:`hgadapter.records.load_records`).
@@ -109,35 +118,59 @@ def plot_accuracy_vs_shots(
     methods = sorted({m for _, m in table}, key=style.method_order)
     all_shots = sorted({s for series in table.values() for s in series})
 
-    panels: list[tuple[str, dict[str, dict[int, tuple[float, float, int]]]]] = [
-        (name, {m: table[(name, m)] for m in methods if (name, m) in table}) for name in datasets
-    ]
+    Series = dict[str, dict[int, tuple[float, float, int]]]
+    per_dataset: list[tuple[str, Series]] = [(name, {m: table[(name, m)] for m in methods if (name, m) in table}) for name in datasets]
+    average: Series | None = None
     if len(datasets) > 1:
-        average: dict[str, dict[int, tuple[float, float, int]]] = {}
+        average = {}
         for m in methods:
             common = [s for s in all_shots if all(s in table.get((name, m), {}) for name in datasets)]
             if common:
                 average[m] = {s: (sum(table[(name, m)][s][0] for name in datasets) / len(datasets), 0.0, len(datasets)) for s in common}
-        panels.append((_AVERAGE, average))
+    # (gid, title, series, the methods drawn in colour)
+    panels: list[tuple[str, str, Series, set[str]]]
+    if len(methods) <= MAX_LINES:
+        panels = [(name, names.get(name, name), series, set(methods)) for name, series in per_dataset]
+        if average is not None:
+            panels.append((_AVERAGE, _AVERAGE, average, set(methods)))
+    else:
+        families = list(dict.fromkeys(style.method_family(m) for m in methods if m not in style.REFERENCE_METHODS))
+        refs = set(style.REFERENCE_METHODS)
+        if average is None:
+            name, series = per_dataset[0]
+            panels = [(f"{name}|{f}", f, series, refs | {m for m in methods if style.method_family(m) == f}) for f in families]
+        else:
+            own = refs | {m for m in methods if style.method_family(m) == style.method_family("hegraphadapter")}
+            panels = [(name, names.get(name, name), series, own) for name, series in per_dataset]
+            panels += [(f"{_AVERAGE}|{f}", f"{_AVERAGE}: {f}", average, refs | {m for m in methods if style.method_family(m) == f}) for f in families]
 
     with style.style_context():
         figure, axes = _grid(len(panels), dpi=dpi)
-        for ax, (name, series) in zip(axes, panels):
-            for method, points in series.items():
+        for ax, (gid, name, series, coloured) in zip(axes, panels):
+            # context first (grey, thin, no legend entry), then the coloured lines on top
+            for method, points in sorted(series.items(), key=lambda item: item[0] in coloured):
                 shots = sorted(points)
                 means = [points[s][0] for s in shots]
                 stds = [points[s][1] for s in shots]
                 look = style.method_style(method)
-                ax.plot(shots, means, label=style.method_label(method), gid=method, **look)
+                if method not in coloured:
+                    ax.plot(shots, means, color="0.8", linewidth=0.7, marker="", gid=method, label="_other methods", zorder=1)
+                    continue
+                ax.plot(shots, means, label=style.method_label(method), gid=method, zorder=3, **look)
                 if any(sd > 0 for sd in stds):
                     ax.fill_between(shots, [m - s for m, s in zip(means, stds)], [m + s for m, s in zip(means, stds)],
                                     color=look["color"], alpha=0.15, linewidth=0)
             _shots_axis(ax, all_shots)
-            ax.set_title(names.get(name, name))
-            ax.set_gid(name)  # the dataset id (or "Average"), for whoever reads the figure back
+            ax.set_title(name)
+            ax.set_gid(gid)  # the dataset id (or "Average"; "<dataset>|<family>" for a family panel), for whoever reads the figure back
         _label_outer(axes[: len(panels)], figure, xlabel="shots per class", ylabel="test accuracy (%)")
         _legend_below(figure, *axes[: len(panels)])
         parts = ["Few-shot test accuracy vs shots"]
+        if len(methods) > MAX_LINES and len(datasets) == 1:
+            if datasets[0] != "synthetic":  # the synthetic task is named once, at the end
+                parts.append(names.get(datasets[0], datasets[0]))
+        if len(methods) > MAX_LINES:
+            parts.append("other methods in grey")
         backbones = sorted({_value(r, "backbone") for r in plain})
         if backbones != ["unknown"]:
             parts.append(", ".join(backbones))
@@ -318,6 +351,12 @@ def plot_training_curves(
     method differ by line style. Runs without a history (``zero_shot``, older runs) are skipped. Entries
     without a loss or a validation accuracy leave a gap in that panel only.
 
+    The per-epoch validation accuracy is that of the part being trained (for HeGraphAdapter the
+    adapted text classifier alone); the number a table reports is the run's ``val_acc`` after
+    its selection step (HeGraphAdapter: the text classifier fused with the cache, alpha and beta
+    chosen on validation). Each run's reported number is drawn as a star just right of its last
+    epoch, joined to the curve's end by a dotted line, and the panel says so.
+
     Args:
         runs: run directories, or records whose ``run_dir`` is relative to ``root`` (as
             :func:`hgadapter.records.load_records` gives them).
@@ -353,6 +392,7 @@ def plot_training_curves(
         )
 
     by_method: dict[str, int] = defaultdict(int)
+    reported_any = False
     with style.style_context():
         figure = style.new_figure(style.TEXT_WIDTH, 2.6, dpi=dpi)
         loss_ax, acc_ax = figure.subplots(1, 2)
@@ -368,10 +408,25 @@ def plot_training_curves(
                 ax.plot([p[0] for p in pts], [p[1] for p in pts], label=label, gid=str(run_dir),
                         color=look["color"], linestyle=look["linestyle"], marker=look["marker"],
                         markevery=max(1, len(pts) // 8), markersize=3.5)
+                reported = record.get("val_acc")
+                if key == "val_acc" and pts and _is_number(reported):
+                    last = max(p[0] for p in pts)
+                    end = next(p[1] for p in reversed(pts) if p[0] == last)
+                    ax.plot([last, last + 0.04 * last + 0.5], [end, reported], color=look["color"], linestyle=":", linewidth=0.8,
+                            marker="", gid=f"{run_dir}|reported-link")
+                    ax.plot([last + 0.04 * last + 0.5], [reported], color=look["color"], marker="*", markersize=7, linestyle="",
+                            markeredgecolor="0.2", markeredgewidth=0.4, gid=f"{run_dir}|reported", label="_reported")
+                    reported_any = True
         loss_ax.set(xlabel="epoch", ylabel="training loss", title="loss")
-        acc_ax.set(xlabel="epoch", ylabel="validation accuracy (%)", title="validation accuracy")
+        acc_ax.set(xlabel="epoch", ylabel="validation accuracy (%)", title="validation accuracy of the trained part")
+        handles, labels = loss_ax.get_legend_handles_labels()
+        if reported_any:
+            from matplotlib.lines import Line2D
+
+            handles.append(Line2D([], [], color="0.3", marker="*", linestyle="", markersize=7))
+            labels.append("reported val acc\n(after selection,\nas in the tables)")
         if len(curves) <= 2 * MAX_TRAINING_RUNS:
-            figure.legend(*loss_ax.get_legend_handles_labels(), loc="outside right center")
+            figure.legend(handles, labels, loc="outside right center")
         figure.suptitle((title or "Training curves") + _synthetic_note([c[1] for c in curves]))
         if out is not None:
             style.save_figure(figure, out, formats=formats)

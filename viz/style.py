@@ -4,10 +4,12 @@ Figures are meant for a paper: a single column is about 3.5 in wide, the full te
 7.2 in. Figures are drawn at the size they will be printed, so a font size in points here is the
 size on paper (8 pt text, 7 pt ticks and legends; no smaller than 6 pt anywhere).
 
-Colours are the Okabe-Ito palette (Okabe and Ito, "Color Universal Design", 2008): eight colours
-that stay distinct under the common forms of colour blindness and in greyscale print. When more
-than eight series share a plot, markers and line styles tell them apart; the known methods have a
-fixed colour, marker and line style so that a method looks the same in every figure.
+Generic series take the Okabe-Ito palette (Okabe and Ito, "Color Universal Design", 2008): eight
+colours that stay distinct under the common forms of colour blindness and in greyscale print;
+beyond eight, markers and line styles tell them apart. The registered methods (twenty and more)
+and the classes of a t-SNE need more different colours than any colour-blind-safe palette has, so
+they take matplotlib's twenty tab20 colours (and a few of tab20b), each method its own, with
+markers and bar hatches as a second cue; a method looks the same in every figure.
 
 PNG files are ``width * dpi`` by ``height * dpi`` pixels exactly: figures use matplotlib's
 constrained layout to fit their text and are saved without ``bbox_inches="tight"``, which would
@@ -17,6 +19,7 @@ crop the canvas to an unpredictable size.
 from __future__ import annotations
 
 import contextlib
+import functools
 import zlib
 from collections.abc import Iterator, Sequence
 from pathlib import Path
@@ -42,9 +45,15 @@ __all__ = [
     "FIGURE_FORMATS",
     "DEFAULT_FORMATS",
     "series_style",
+    "class_style",
+    "CLASS_PALETTE",
+    "CLASS_MARKERS",
     "method_style",
     "method_label",
     "method_order",
+    "method_family",
+    "METHOD_FAMILIES",
+    "REFERENCE_METHODS",
     "style_context",
     "new_figure",
     "output_paths",
@@ -72,6 +81,17 @@ PALETTE: tuple[str, ...] = tuple(
 MARKERS: tuple[str, ...] = ("o", "s", "^", "D", "v", "P", "X", "*")
 LINESTYLES: tuple[str, ...] = ("-", "--", "-.", ":")
 HATCHES: tuple[str, ...] = ("", "//", "\\\\", "xx", "..", "++", "oo", "--")
+
+# Twenty colours that differ from each other, for the classes of a t-SNE and the methods of a
+# bar chart: matplotlib's tab20 (ten hues, each dark and light), reordered so that the first ten
+# are the ten dark hues. Beyond eight series they are not all safe under colour blindness, so
+# markers (and bar hatches) differ too.
+CLASS_PALETTE: tuple[str, ...] = (
+    "#1f77b4", "#ff7f0e", "#2ca02c", "#d62728", "#9467bd", "#8c564b", "#e377c2", "#7f7f7f", "#bcbd22", "#17becf",
+    "#aec7e8", "#ffbb78", "#98df8a", "#ff9896", "#c5b0d5", "#c49c94", "#f7b6d2", "#c7c7c7", "#dbdb8d", "#9edae5",
+)
+# Fifteen filled markers; 15 and 20 are coprime to 3 and 4, so (colour, marker) repeats only after 60 series.
+CLASS_MARKERS: tuple[str, ...] = ("o", "s", "^", "D", "v", "P", "X", "*", "h", "p", "<", ">", "d", "H", "8")
 
 COLUMN_WIDTH = 3.5  # inches: one column of a two-column paper
 TEXT_WIDTH = 7.2  # inches: the full text width
@@ -106,58 +126,55 @@ _RC: dict[str, Any] = {
     "svg.fonttype": "none",
 }
 
-# Fixed looks for the registered methods (hgadapter.methods.list_methods()); HeGraphAdapter
-# is vermillion, its ablation variants take the warm colours, baselines the cool ones.
+# Fixed looks for the registered methods (hgadapter.methods.list_methods()): every method its own
+# colour, hues by family so that related methods sit near each other (HeGraphAdapter and its
+# ablation reds and oranges, zero-shot greys, training-free caches blues and cyans, linear probes
+# greens, adapters purples, ...). Within a family the dark shade is the source method and the
+# light shade its variant; the light shade also gets a dashed line (a hatched bar).
 _METHOD_STYLES: dict[str, tuple[str, str, str]] = {
-    "hegraphadapter": (OKABE_ITO["vermillion"], "o", "-"),
-    "hegraphadapter:t": (OKABE_ITO["reddish_purple"], "s", "-"),
-    "hegraphadapter:t_p": (OKABE_ITO["orange"], "^", "-"),
-    "hegraphadapter:t_n": (OKABE_ITO["orange"], "v", "--"),
-    "hegraphadapter:base": (OKABE_ITO["black"], "X", "--"),
-    "zero_shot": (OKABE_ITO["black"], "*", ":"),
-    "tip_adapter": (OKABE_ITO["blue"], "D", "-"),
-    "tip_adapter_f": (OKABE_ITO["blue"], "P", "--"),
-    "clip_adapter": (OKABE_ITO["bluish_green"], "s", "--"),
-    "graphadapter": (OKABE_ITO["bluish_green"], "^", "-"),
-    "taskres": (OKABE_ITO["sky_blue"], "D", "-."),
-    "linear_probe": (OKABE_ITO["sky_blue"], "o", ":"),
-    "gda": (OKABE_ITO["yellow"], "h", "-"),
-    "lp_plus_plus": (OKABE_ITO["sky_blue"], "h", "--"),
-    "clap": (OKABE_ITO["yellow"], "p", "--"),
-    "proker": (OKABE_ITO["yellow"], "d", ":"),
-    "coop": (OKABE_ITO["blue"], "v", ":"),
-    "proto_clip_f": (OKABE_ITO["bluish_green"], "P", ":"),
-    "proto_clip_f_q": (OKABE_ITO["bluish_green"], "X", "-."),
-    "ape": (OKABE_ITO["reddish_purple"], "D", ":"),
-    "ape_t": (OKABE_ITO["reddish_purple"], "d", "-."),
-    "timo": (OKABE_ITO["black"], "h", "-."),
-    "timo_s": (OKABE_ITO["black"], "p", "--"),
+    "hegraphadapter": ("#d62728", "o", "-"),
+    "hegraphadapter:t": ("#ff9896", "s", "--"),
+    "hegraphadapter:t_p": ("#ff7f0e", "^", "-"),
+    "hegraphadapter:t_n": ("#ffbb78", "v", "--"),
+    "hegraphadapter:base": ("#c7c7c7", "X", "--"),
+    "zero_shot": ("#7f7f7f", "*", ":"),
+    "tip_adapter": ("#1f77b4", "D", "-"),
+    "tip_adapter_f": ("#aec7e8", "P", "--"),
+    "proker": ("#17becf", "d", "-"),
+    "gda": ("#9edae5", "h", "--"),
+    "ape": ("#393b79", ">", "-"),
+    "ape_t": ("#9c9ede", "<", "--"),
+    "linear_probe": ("#2ca02c", "o", ":"),
+    "lp_plus_plus": ("#98df8a", "h", "--"),
+    "clap": ("#637939", "p", "-."),
+    "taskres": ("#8c564b", "D", "-."),
+    "clip_adapter": ("#9467bd", "s", "-"),
+    "graphadapter": ("#c5b0d5", "^", "--"),
+    "proto_clip_f": ("#e377c2", "H", "-"),
+    "proto_clip_f_q": ("#f7b6d2", "8", "--"),
+    "timo": ("#bcbd22", "p", "-"),
+    "timo_s": ("#dbdb8d", "*", "--"),
+    "coop": ("#8c6d31", "v", "-"),
 }
-_METHOD_LABELS: dict[str, str] = {
-    "hegraphadapter": "HeGraphAdapter",
-    "hegraphadapter:t": "HeGraphAdapter(T)",
-    "hegraphadapter:t_p": "HeGraphAdapter(T-P)",
-    "hegraphadapter:t_n": "HeGraphAdapter(T-N)",
-    "hegraphadapter:base": "Base",
-    "zero_shot": "Zero-shot CLIP",
-    "tip_adapter": "Tip-Adapter",
-    "tip_adapter_f": "Tip-Adapter-F",
-    "clip_adapter": "CLIP-Adapter",
-    "graphadapter": "GraphAdapter",
-    "taskres": "TaskRes",
-    "linear_probe": "Linear probe",
-    "gda": "GDA",
-    "lp_plus_plus": "LP++",
-    "clap": "CLAP",
-    "proker": "ProKeR",
-    "coop": "CoOp",
-    "proto_clip_f": "PROTO-CLIP-F",
-    "proto_clip_f_q": "PROTO-CLIP-F-Q",
-    "ape": "APE",
-    "ape_t": "APE-T",
-    "timo": "TIMO",
-    "timo_s": "TIMO-S",
+
+
+# Families of methods, for figures that would otherwise draw 16 lines in one panel: one panel per
+# family, its members in colour and the others in grey (viz.curves). The two references, zero-shot
+# CLIP and full HeGraphAdapter, are drawn in colour in every panel.
+METHOD_FAMILIES: dict[str, tuple[str, ...]] = {
+    "HeGraphAdapter and its ablation": ("hegraphadapter", "hegraphadapter:t", "hegraphadapter:t_p", "hegraphadapter:t_n", "hegraphadapter:base"),
+    "training-free caches": ("tip_adapter", "tip_adapter_f", "proker", "gda", "ape", "ape_t"),
+    "linear probes": ("linear_probe", "lp_plus_plus", "clap"),
+    "prompt learning": ("coop",),
+    "adapters and residuals": ("taskres", "clip_adapter", "graphadapter", "proto_clip_f", "proto_clip_f_q", "timo", "timo_s"),
 }
+REFERENCE_METHODS: tuple[str, ...] = ("zero_shot", "hegraphadapter")
+OTHER_FAMILY = "other methods"
+
+
+def method_family(method: str) -> str:
+    """The family of :data:`METHOD_FAMILIES` a method belongs to; :data:`OTHER_FAMILY` if none."""
+    return next((name for name, members in METHOD_FAMILIES.items() if method in members), OTHER_FAMILY)
 
 
 def series_style(index: int) -> dict[str, str]:
@@ -176,6 +193,14 @@ def series_style(index: int) -> dict[str, str]:
     }
 
 
+def class_style(index: int) -> dict[str, str]:
+    """Colour and marker of the ``index``-th class of a scatter plot: the first 20 classes get 20
+    different colours, and no two of the first 60 share both colour and marker."""
+    if index < 0:
+        raise ValueError(f"class index must be >= 0, got {index}")
+    return {"color": CLASS_PALETTE[index % len(CLASS_PALETTE)], "marker": CLASS_MARKERS[index % len(CLASS_MARKERS)]}
+
+
 def method_style(method: str) -> dict[str, str]:
     """The look of a method in every figure: fixed for registered methods, else from its name.
 
@@ -189,8 +214,20 @@ def method_style(method: str) -> dict[str, str]:
 
 
 def method_label(method: str) -> str:
-    """The paper's name for a registered method (``hegraphadapter:t`` -> ``HeGraphAdapter(T)``)."""
-    return _METHOD_LABELS.get(method, method)
+    """A method's display name (``hegraphadapter:t`` -> ``HeGraphAdapter(T)``): the project's one
+    list of them, ``methods`` in ``experiments/paper_results.yaml``, as every table uses; the id
+    itself for a method it does not name."""
+    return _display_names().get(method, method)
+
+
+@functools.lru_cache(maxsize=1)
+def _display_names() -> dict[str, str]:
+    from hgadapter.paper_results import ReportError, load_paper_results  # imports no torch
+
+    try:
+        return dict(load_paper_results().get("methods", {}))
+    except ReportError:  # no paper file (a bare install): ids are still readable
+        return {}
 
 
 def method_order(method: str) -> tuple[int, str]:

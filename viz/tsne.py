@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import re
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Sequence
 
@@ -41,6 +42,9 @@ __all__ = [
     "compute_tsne",
     "default_perplexity",
     "select_classes",
+    "select_family_classes",
+    "families_from_names",
+    "nearest_class_cosine",
     "load_run_nodes",
     "plot_node_tsne",
     "add_tsne_arguments",
@@ -218,6 +222,54 @@ def select_classes(total: int, num_classes: int | None = DEFAULT_NUM_CLASSES, *,
     return np.sort(chosen).astype(np.int64)
 
 
+_FAMILY = re.compile(r"family[ _-]?(\d+)", re.I)
+
+
+def families_from_names(classnames: Sequence[str]) -> np.ndarray | None:
+    """(C,) family index per class when every class name names its family (the synthetic task's
+    ``synthetic_family03_class2``); ``None`` otherwise."""
+    found = [_FAMILY.search(name) for name in classnames]
+    if not classnames or not all(found):
+        return None
+    return np.array([int(m.group(1)) for m in found], dtype=np.int64)  # (C,)
+
+
+def select_family_classes(groups: np.ndarray, num_classes: int | None = DEFAULT_NUM_CLASSES, *, class_seed: int = 0) -> np.ndarray:
+    """Whole families in a seeded random order until ``num_classes`` classes are drawn, ascending.
+
+    Confusable classes are the members of one family, so the figure shows families whole (the
+    synthetic task's 20 classes are 4 families of 5); a family larger than what is left is cut.
+    """
+    total = len(groups)
+    if num_classes is None or num_classes >= total:
+        return np.arange(total, dtype=np.int64)
+    if isinstance(num_classes, bool) or num_classes < 1:
+        raise ValueError(f"number of classes to draw must be >= 1 (or None for all), got {num_classes}")
+    order = np.random.default_rng(class_seed).permutation(np.unique(groups))  # (F,)
+    chosen: list[int] = []
+    for family in order:
+        members = np.flatnonzero(groups == family)
+        chosen.extend(members[: num_classes - len(chosen)].tolist())
+        if len(chosen) >= num_classes:
+            break
+    return np.sort(np.asarray(chosen, dtype=np.int64))
+
+
+def nearest_class_cosine(features: np.ndarray) -> float:
+    """Mean over classes of the cosine similarity to the nearest other class: (C, d) -> scalar.
+
+    Computed on the original d-dimensional nodes, not on the t-SNE plane; lower means the
+    classes lie further apart, which is what adaptation is meant to do to confusable classes.
+    """
+    x = np.asarray(features, dtype=np.float64)
+    if x.ndim != 2 or len(x) < 2:
+        raise ValueError(f"need (C, d) features of at least 2 classes, got shape {x.shape}")
+    x = x / np.maximum(np.linalg.norm(x, axis=1, keepdims=True), 1e-12)  # (C, d)
+    sim = x @ x.T  # (C, C)
+    np.fill_diagonal(sim, -np.inf)
+    return float(sim.max(axis=1).mean())
+
+
 def plot_node_tsne(
     run_dir: str | Path,
     out_path: str | Path,
@@ -256,7 +308,10 @@ def plot_node_tsne(
         num_classes: how many classes to draw (default 20, as in the paper); ``None`` for all.
         class_seed: seed of the class draw.
         seed: t-SNE seed (:func:`compute_tsne`).
-        families: optional (C,) group index per class of the run; colours then show groups.
+        families: optional (C,) group index per class of the run; ``None`` reads them from the
+            class names when every name has one (``family03``: the synthetic task), ``()``
+            ignores them. With families, whole families are drawn (:func:`select_family_classes`),
+            the colour shows the family and the marker the class within it.
         perplexity: t-SNE perplexity; ``None`` for :func:`compute_tsne`'s default.
         normalize: L2-normalise every node before t-SNE. The classifier compares nodes by cosine
             similarity, so direction is what adaptation changes; leaving norms in would let a
@@ -290,8 +345,13 @@ def plot_node_tsne(
     node_dict, classnames, metrics = load_run_nodes(run_dir)
     total = len(classnames)
     panels = _select_panels(node_dict, ntypes, stages, run_dir)
-    groups = _check_families(families, total)
-    chosen = select_classes(total, num_classes, class_seed=class_seed)  # (k,)
+    groups = families_from_names(classnames) if families is None else _check_families(families, total) if len(families) else None
+    if groups is None:
+        chosen = select_classes(total, num_classes, class_seed=class_seed)  # (k,)
+    else:
+        chosen = select_family_classes(groups, num_classes, class_seed=class_seed)  # (k,)
+    # how far apart the classes are, per panel, on every class of the run in the original space
+    separation = {stage: nearest_class_cosine(node_dict[f"{stage}.{present[0]}"]) for stage, present in panels}
 
     blocks = [node_dict[f"{stage}.{ntype}"][chosen].astype(np.float64) for stage, present in panels for ntype in present]
     points = np.concatenate(blocks)  # (S * T * k, d), S stages, T ntypes (fewer where a stage lacks one)
@@ -309,7 +369,8 @@ def plot_node_tsne(
         figure = _draw(
             coords, point_stage, point_ntype, point_class,
             panels=panels, ntypes=ntypes, chosen=chosen, classnames=classnames, groups=groups,
-            metrics=metrics, title=title, dpi=dpi, figsize=figsize,
+            metrics=metrics, title=title, dpi=dpi, figsize=figsize, separation=separation,
+            dim=int(node_dict[f"{panels[0][0]}.{panels[0][1][0]}"].shape[1]),
         )
         style.save_figure(figure, out, formats=formats)
 
@@ -327,6 +388,7 @@ def plot_node_tsne(
         "class_subset": chosen.tolist(),
         "classes": classnames,
         "families": None if groups is None else groups.tolist(),
+        "nearest_class_cosine": separation,
         "points": {
             "stage": point_stage,
             "ntype": point_ntype,
@@ -383,7 +445,8 @@ def _title(metrics: dict[str, Any], ntypes: list[str], run: Path, shown: int, to
         parts.append(f"variant {metrics['variant']}")
     elif "method" not in metrics:
         parts.append(run.name)
-    if "dataset" in metrics:
+    synthetic = bool(metrics.get("synthetic")) or metrics.get("dataset") == "synthetic"
+    if metrics.get("dataset") and metrics["dataset"] != "synthetic":
         parts.append(str(metrics["dataset"]))
     if "shots" in metrics:
         parts.append(f"{metrics['shots']}-shot")
@@ -392,8 +455,8 @@ def _title(metrics: dict[str, Any], ntypes: list[str], run: Path, shown: int, to
     if isinstance(metrics.get("test_acc"), (int, float)):
         parts.append(f"test {metrics['test_acc']:.2f}%")
     head = parts.pop(0) + (f", {shown} of {total} classes" if shown < total else "")
-    if metrics.get("synthetic"):
-        parts.append("synthetic task")
+    if synthetic:
+        parts.append("synthetic task")  # once, whether the flag or the dataset's name says it
     return head + ("\n" + " · ".join(parts) if parts else "")  # two short lines fit a text-width figure
 
 
@@ -443,23 +506,18 @@ def _draw(
     title: str,
     dpi: int,
     figsize: tuple[float, float],
+    separation: dict[str, float],
+    dim: int,
 ) -> Figure:
     from matplotlib.lines import Line2D
 
-    # The j-th chosen class takes the j-th series look: a colour of the palette and, when one
-    # ntype is drawn, a marker; colour and marker together tell up to 32 classes apart.
-    rank = {int(c): j for j, c in enumerate(chosen)}
-    if groups is None:
-        looks = {int(c): style.series_style(j) for c, j in rank.items()}
-    else:
-        looks = {int(c): style.series_style(int(groups[c])) for c in chosen}
-    colour_of = np.array([looks[int(c)]["color"] for c in point_class])  # (N,)
+    looks = class_looks(chosen, groups)  # class -> {color, marker}: no two classes look alike
     ntype_markers = {t: _NTYPE_MARKERS.get(t, style.MARKERS[i % len(style.MARKERS)]) for i, t in enumerate(ntypes)}
     size = max(8.0, min(24.0, 1200.0 / len(coords)))  # points^2: smaller markers when crowded
 
     figure = style.new_figure(*figsize, dpi=dpi)
     axes = figure.subplots(1, len(panels), squeeze=False)[0]
-    pad = 0.06 * np.ptp(coords, axis=0) + 1e-6  # (2,)
+    pad = 0.08 * np.ptp(coords, axis=0) + 1e-6  # (2,)
     low, high = coords.min(axis=0) - pad, coords.max(axis=0) + pad  # (2,) each
     stage_arr, ntype_arr = np.asarray(point_stage), np.asarray(point_ntype)
     if len(chosen) <= _MAX_LABELLED:
@@ -470,17 +528,15 @@ def _draw(
     for ax, (stage, present) in zip(axes, panels):
         for ntype in present:
             mask = (stage_arr == stage) & (ntype_arr == ntype)  # (N,)
-            if len(ntypes) == 1 and groups is None:
-                # one scatter per class, so that each class keeps its own marker
-                for c in point_class[mask]:
-                    one = mask & (point_class == c)
-                    ax.scatter(coords[one, 0], coords[one, 1], c=colour_of[one], marker=looks[int(c)]["marker"],
-                               s=size, alpha=0.9, edgecolors=_EDGE, linewidths=0.3)
-            else:
-                ax.scatter(coords[mask, 0], coords[mask, 1], c=colour_of[mask], marker=ntype_markers[ntype],
-                           s=size, alpha=0.9, edgecolors=_EDGE, linewidths=0.3)
+            # one scatter per class, so that each class keeps its own colour and marker
+            for c in point_class[mask]:
+                one = mask & (point_class == c)
+                marker = looks[int(c)]["marker"] if len(ntypes) == 1 else ntype_markers[ntype]
+                ax.scatter(coords[one, 0], coords[one, 1], color=looks[int(c)]["color"], marker=marker,
+                           s=size, alpha=0.9, edgecolors=_EDGE, linewidths=0.3, gid=f"{stage}|{ntype}|{int(c)}")
         label = _stage_title(stage, metrics)
-        ax.set_title(label if present == ntypes else f"{label} ({', '.join(present)})")
+        label = label if present == ntypes else f"{label} ({', '.join(present)})"
+        ax.set_title(f"{label}\nnearest-class cosine {separation[stage]:.3f}")
         ax.set_xlim(low[0], high[0])
         ax.set_ylim(low[1], high[1])
         ax.set_xticks([])
@@ -491,13 +547,21 @@ def _draw(
 
     handles = []
     if groups is not None:
-        shown = sorted({int(groups[c]) for c in chosen})
-        handles += [Line2D([], [], linestyle="", **_marker_only(style.series_style(g)), label=f"family {g}") for g in shown]
+        for family in dict.fromkeys(int(groups[c]) for c in chosen):
+            colour = looks[int(next(c for c in chosen if int(groups[c]) == family))]["color"]
+            handles.append(Line2D([], [], linestyle="", marker="s", color=colour, label=f"family {family}"))
     if len(ntypes) > 1:
         handles += [Line2D([], [], linestyle="", marker=ntype_markers[t], color="0.4", label=t) for t in ntypes]
     if handles:
         figure.legend(handles=handles, loc="outside right center")
     figure.suptitle(title)
+    note = figure.supxlabel(
+        f"nearest-class cosine: each class's cosine similarity to its nearest other class, averaged over all "
+        f"{len(classnames)} classes, on the {dim}-d {_NTYPE_NAMES.get(panels[0][1][0], panels[0][1][0])} nodes "
+        "(not the 2-D plane); lower = classes further apart",
+        fontsize=_LABEL_FONT_SIZE, color="0.3",
+    )
+    note.set_wrap(True)
 
     # Label placement needs the final axes positions, which constrained layout fixes on a draw.
     figure.canvas.draw()
@@ -506,8 +570,28 @@ def _draw(
         pts = coords[anchor]  # (k, 2)
         names = [short_label(n) for n in _drop_shared_words([classnames[c] for c in point_class[anchor]])]
         keep = [i for i, c in enumerate(point_class[anchor]) if int(c) in labelled]
-        _place_labels(ax, pts, names, keep, dpi=dpi)
+        _place_labels(ax, pts, names, keep, dpi=dpi, others=coords[stage_arr == stage])
     return figure
+
+
+def class_looks(chosen: np.ndarray, groups: np.ndarray | None = None) -> dict[int, dict[str, str]]:
+    """Colour and marker of each chosen class; no two classes share both.
+
+    Without families the j-th class takes :func:`viz.style.class_style` ``(j)``: 20 different
+    colours, and markers that cycle with another period, so the pair is unique for 60 classes.
+    With families, the colour is the family's (the i-th family shown takes the i-th colour) and
+    the marker tells the classes of a family apart.
+    """
+    if groups is None:
+        return {int(c): style.class_style(j) for j, c in enumerate(chosen)}
+    families = list(dict.fromkeys(int(groups[c]) for c in chosen))
+    looks, seen = {}, {f: 0 for f in families}
+    for c in chosen:
+        f = int(groups[c])
+        colour = style.class_style(families.index(f))["color"]
+        looks[int(c)] = {"color": colour, "marker": style.CLASS_MARKERS[seen[f] % len(style.CLASS_MARKERS)]}
+        seen[f] += 1
+    return looks
 
 
 def _marker_only(look: dict[str, str]) -> dict[str, str]:
@@ -528,21 +612,23 @@ _CANDIDATES = (
 )
 
 
-def _place_labels(ax: Axes, pts: np.ndarray, names: list[str], keep: list[int], *, dpi: int) -> None:
+def _place_labels(ax: Axes, pts: np.ndarray, names: list[str], keep: list[int], *, dpi: int, others: np.ndarray | None = None) -> None:
     """Write ``names[i]`` beside ``pts[i]`` for ``i`` in ``keep``, avoiding earlier labels greedily.
 
-    Each label tries the positions in ``_CANDIDATES`` and takes the one whose estimated text box
-    overlaps least with the labels placed so far, the other points and the outside of the axes.
+    Each label tries the positions in ``_CANDIDATES`` at two distances and takes the one whose
+    estimated text box overlaps least with the labels placed so far, every point of the panel
+    (``others``, default ``pts``) and the outside of the axes; a label set off from its point
+    gets a thin leader line to it, so it cannot be read as another point's.
     Text boxes are estimated from the character count (0.6 em per character), which is close
     enough for the short names used here and needs no renderer.
     """
     px_per_pt = dpi / 72.0
     display = ax.transData.transform(pts)  # (k, 2) pixels
+    every = ax.transData.transform(others) if others is not None else display  # (n, 2) pixels
     frame = ax.get_window_extent()
     em = _LABEL_FONT_SIZE * px_per_pt
-    gap = _LABEL_GAP * px_per_pt
-    dot = 0.5 * em  # half-width of the box a point occupies
-    obstacles = [(x - dot, y - dot, x + dot, y + dot) for x, y in display]
+    dot = 0.6 * em  # half-width of the box a point occupies
+    obstacles = [(x - dot, y - dot, x + dot, y + dot) for x, y in every]
     placed: list[tuple[float, float, float, float]] = []
     # Place the labels of crowded points first: they have the fewest good positions.
     crowd = [-sum(np.hypot(*(display[j] - display[i])) < 4 * em for j in range(len(display))) for i in keep]
@@ -550,23 +636,27 @@ def _place_labels(ax: Axes, pts: np.ndarray, names: list[str], keep: list[int], 
         x, y = display[i]
         width, height = 0.6 * em * len(names[i]), 1.2 * em
         best, best_cost = None, np.inf
-        for dx, dy, ha, va in _CANDIDATES:
+        for (dx, dy, ha, va), reach in ((c, r) for r in (_LABEL_GAP, 3 * _LABEL_GAP) for c in _CANDIDATES):
+            gap = reach * px_per_pt
             ox, oy = x + dx * gap, y + dy * gap
             x0 = ox if ha == "left" else ox - width if ha == "right" else ox - width / 2
             y0 = oy if va == "bottom" else oy - height if va == "top" else oy - height / 2
             box = (x0, y0, x0 + width, y0 + height)
             cost = sum(_overlap(box, other) for other in placed)
-            cost += 0.5 * sum(_overlap(box, other) for j, other in enumerate(obstacles) if j != i)
+            cost += 2.0 * sum(_overlap(box, other) for other in obstacles)  # text over a point hides it
             inside = _overlap(box, (frame.x0, frame.y0, frame.x1, frame.y1))
             cost += 4.0 * (width * height - inside)  # text leaving the panel is worst
+            cost += 0.02 * width * height * (reach > _LABEL_GAP)  # near its point when that costs nothing
             if cost < best_cost - 1e-9:
-                best, best_cost = (dx, dy, ha, va, box), cost
-        assert best is not None  # _CANDIDATES is not empty
+                best, best_cost = (dx * reach, dy * reach, ha, va, box), cost
+        if best is None:  # _CANDIDATES is not empty
+            continue
         dx, dy, ha, va, box = best
         placed.append(box)
+        leader = {"arrowstyle": "-", "color": "0.55", "linewidth": 0.4, "shrinkA": 0, "shrinkB": 2} if abs(dx) + abs(dy) > 2 * _LABEL_GAP else None
         text = ax.annotate(
-            names[i], tuple(pts[i]), xytext=(dx * _LABEL_GAP, dy * _LABEL_GAP), textcoords="offset points",
-            ha=ha, va=va, fontsize=_LABEL_FONT_SIZE, color="0.15",
+            names[i], tuple(pts[i]), xytext=(dx, dy), textcoords="offset points",
+            ha=ha, va=va, fontsize=_LABEL_FONT_SIZE, color="0.15", arrowprops=leader,
         )
         text.set_in_layout(False)  # labels must not move the panels that their positions rely on
 
