@@ -36,6 +36,7 @@ from hgadapter._io import NotJSONError, read_regular_file, strict_json_loads
 from hgadapter.data.validate import MAX_LOGIT_SCALE, dtype_name, format_shape
 from hgadapter.errors import UserError
 from hgadapter.extract.images import PROCESSOR_CLASSES
+from hgadapter.heads import QUERY_ADAPTERS, QueryAdapter
 
 __all__ = [
     "ClassifierError",
@@ -356,18 +357,19 @@ class TensorSpec:
     """One accepted layout of a head's tensor.
 
     Attributes:
-        shape: one symbol per dimension: ``C`` (the classes), ``d`` (the feature dim), or a free
-            letter bound by the first tensor that uses it (``N`` cache entries, ``h`` hidden units).
-        role: ``float`` (floating point, every value finite) or ``label`` (integer class indices
-            in ``[0, C)``).
+        shape: one entry per dimension: ``C`` (the classes), ``d`` (the feature dim), a free
+            letter bound by the first tensor that uses it (``N`` cache entries, ``h`` hidden units),
+            or a fixed size (an int: the layers of a query adapter, which its spec sizes).
+        role: ``float`` (floating point, every value finite), ``label`` (integer class indices
+            in ``[0, C)``) or ``channel`` (integer feature-channel indices in ``[0, d)``).
     """
 
-    shape: tuple[str, ...]
+    shape: tuple[str | int, ...]
     role: str = "float"
 
     def describe(self, sizes: Mapping[str, int]) -> str:
-        dims = ", ".join(f"{s}={sizes[s]}" if s in sizes else s for s in self.shape)
-        kind = "floating point" if self.role == "float" else "integer class labels"
+        dims = ", ".join(f"{s}={sizes[s]}" if s in sizes else str(s) for s in self.shape)
+        kind = {"float": "floating point", "label": "integer class labels", "channel": "integer channel indices"}[self.role]
         return f"({dims}{',' if len(self.shape) == 1 else ''}) {kind}"
 
 
@@ -390,6 +392,8 @@ class HeadKind:
     optional: tuple[str, ...] = ()
     parts: bool = False
     check: Callable[[dict, str, str], None] | None = None
+    spec_tensors: Callable[[Mapping[str, Any]], Mapping[str, tuple[TensorSpec, ...]]] | None = None  # more tensors, sized by the spec
+    tensor_check: Callable[[Mapping[str, torch.Tensor], int], str | None] | None = None  # across one head's tensors (names without prefix), with d
 
 
 LOGIT_SCALE = Number(0.0, MAX_LOGIT_SCALE, open_low=True)  # logits s * cos are float32
@@ -402,6 +406,28 @@ def _same_count(spec: dict, at: str, where: str) -> None:
         raise ClassifierError(
             f"{where}: {at} has {len(spec['weights'])} weights for {len(spec['parts'])} parts; a sum head needs one weight per part"
         )
+
+
+def _cache_tensors(tensors: Mapping[str, torch.Tensor], dim: int) -> str | None:
+    """A cache's keys are d-dimensional, or as long as its ``channels`` (APE); a cache without a
+    text classifier holds float values (its labels alone would give it no class count)."""
+    if "text" not in tensors and tensors["values"].ndim == 1:
+        return "a cache head without tensor 'text' needs float 'values' (N, C), not integer labels"
+    width = int(tensors["keys"].shape[1])
+    if "channels" in tensors:
+        if width != int(tensors["channels"].shape[0]):
+            return f"tensor 'keys' has {width} channels but 'channels' lists {int(tensors['channels'].shape[0])}; they must agree"
+    elif width != dim:
+        return f"tensor 'keys' is (N, {width}); without 'channels' the cache head needs (N, d={dim})"
+    return None
+
+
+def _query_adapter_tensors(spec: Mapping[str, Any]) -> dict[str, tuple[TensorSpec, ...]]:
+    """PROTO-CLIP's query adapter's weights, named and sized as the adapter its spec describes builds them."""
+    a = spec["adapter"]
+    with torch.device("meta"):  # shapes only: no memory for a large one
+        adapter = QueryAdapter(kind=a["kind"], dim=a["dim"], width=a.get("width", 16))
+    return {f"adapter.{name}": (TensorSpec(tuple(t.shape)),) for name, t in adapter.state_dict().items()}
 
 
 HEAD_KINDS: dict[str, HeadKind] = {
@@ -417,14 +443,30 @@ HEAD_KINDS: dict[str, HeadKind] = {
         required=("alpha", "beta", "logit_scale"),
         tensors={
             "text": _TEXT,
-            "keys": (TensorSpec(("N", "d")),),
+            "channels": (TensorSpec(("k",), role="channel"),),  # APE: the affinity on these channels
+            "keys": (TensorSpec(("N", "d")), TensorSpec(("N", "k"))),  # (N, k) on APE's channels
             "values": (TensorSpec(("N", "C")), TensorSpec(("N",), role="label")),
         },
+        optional=("text", "channels"),  # no text: a cache term alone (APE-T's sum)
+        tensor_check=_cache_tensors,
     ),
     "feature_mlp": HeadKind(
         spec={"ratio": Number(-1e3, 1e3), "logit_scale": LOGIT_SCALE},
         required=("ratio", "logit_scale"),
         tensors={"w1": (TensorSpec(("h", "d")),), "w2": (TensorSpec(("d", "h")),), "text": _TEXT},
+    ),
+    "prototype": HeadKind(  # PROTO-CLIP
+        spec={
+            "alpha": Number(0.0, 1.0),
+            "beta": Number(0.0, 1e6),
+            "adapter": Object(
+                {"kind": Str(choices=QUERY_ADAPTERS), "dim": Int(1, MAX_DIM), "width": Int(1, 4096)},
+                required=("kind", "dim"),
+            ),
+        },
+        required=("alpha", "beta", "adapter"),
+        tensors={"image_proto": _TEXT, "text_proto": _TEXT},
+        spec_tensors=_query_adapter_tensors,
     ),
     "sum": HeadKind(
         spec={"weights": List(_SCALAR, min_len=1, max_len=64), "parts": List(HeadSpec(), min_len=1, max_len=64)},
@@ -564,6 +606,13 @@ def check_config(raw: Any, *, where: str = CONFIG_NAME) -> dict:
     encoder = config.get("encoder")
     if encoder and "dim" in encoder and encoder["dim"] != config["dim"]:
         raise ClassifierError(f"{where}: encoder.dim is {encoder['dim']} but dim is {config['dim']}; they must agree")
+    heads = [config["head"]]
+    for head in heads:  # the head and, depth first, its parts
+        heads.extend(head.get("parts") or [])
+        if head["kind"] == "prototype" and head["adapter"]["dim"] != config["dim"]:
+            raise ClassifierError(
+                f"{where}: the prototype head's adapter.dim is {head['adapter']['dim']} but dim is {config['dim']}; they must agree"
+            )
     config.setdefault("run", {})
     return config
 
@@ -580,7 +629,7 @@ def _fits(spec: TensorSpec, t: torch.Tensor, sizes: dict[str, int]) -> bool:
         return False
     bound = dict(sizes)
     for symbol, n in zip(spec.shape, t.shape):
-        if bound.setdefault(symbol, n) != n:
+        if (symbol != n) if isinstance(symbol, int) else (bound.setdefault(symbol, n) != n):
             return False
     sizes.update(bound)
     return True
@@ -599,7 +648,8 @@ def check_tensors(config: Mapping[str, Any], tensors: Mapping[str, torch.Tensor]
 
     def walk(spec: Mapping[str, Any], prefix: str) -> None:
         schema = HEAD_KINDS[spec["kind"]]
-        for name, layouts in schema.tensors.items():
+        more = schema.spec_tensors(spec) if schema.spec_tensors is not None else {}
+        for name, layouts in {**schema.tensors, **more}.items():
             expected[prefix + name] = (layouts, name in schema.optional, prefix, spec["kind"])
         if schema.parts:
             for i, part in enumerate(spec["parts"]):
@@ -628,6 +678,13 @@ def check_tensors(config: Mapping[str, Any], tensors: Mapping[str, torch.Tensor]
             if bad:
                 raise ClassifierError(f"{where}: tensor {name!r} has {bad} non-finite value(s) (NaN/Inf)")
             out[name] = t
+        elif spec.role == "channel":
+            t = t.to(torch.int64)
+            if t.numel() and (int(t.min()) < 0 or int(t.max()) >= dim):
+                raise ClassifierError(
+                    f"{where}: tensor {name!r} holds feature channels outside [0, {dim}) (min {int(t.min())}, max {int(t.max())})"
+                )
+            out[name] = t
         else:
             t = t.to(torch.int64)
             if t.numel() and (int(t.min()) < 0 or int(t.max()) >= num_classes):
@@ -635,6 +692,14 @@ def check_tensors(config: Mapping[str, Any], tensors: Mapping[str, torch.Tensor]
                     f"{where}: tensor {name!r} holds class labels outside [0, {num_classes}) (min {int(t.min())}, max {int(t.max())})"
                 )
             out[name] = t
+    heads: dict[str, str] = {head: kind for _, (_, _, head, kind) in expected.items()}
+    for head, kind in heads.items():
+        check = HEAD_KINDS[kind].tensor_check
+        if check is not None:
+            own = {name[len(head):]: t for name, t in out.items() if name.startswith(head) and "." not in name[len(head):]}
+            problem = check(own, dim)
+            if problem:
+                raise ClassifierError(f"{where}: {problem}")
     return out
 
 

@@ -46,14 +46,14 @@ from hgadapter.classifier_format import (
     Str,
 )
 from hgadapter.data.synthetic import build_synthetic_task
-from hgadapter.heads import CacheHead, FeatureMLPHead, LinearHead, list_heads
+from hgadapter.heads import CacheHead, FeatureMLPHead, LinearHead, PrototypeHead, QueryAdapter, list_heads
 from hgadapter.methods import create_method
 from hgadapter.runner import run_method
 
 # Fast methods on a synthetic task, and heads that only slower methods return (a linear probe, CLIP-Adapter,
 # HeGraphAdapter's cache of integer labels), built from their parts (FOLDERS).
 METHODS = {"zero_shot": "text", "tip_adapter": "cache", "gda": "sum"}
-FOLDERS = [*METHODS, "linear", "feature_mlp", "cache_labels"]
+FOLDERS = [*METHODS, "linear", "feature_mlp", "cache_labels", "cache_channels", "prototype"]
 DIM = 16
 
 # What extraction records for a CLIP (Encoder.meta()); a synthetic run has none, so the tip_adapter
@@ -103,6 +103,16 @@ def world(tmp_path_factory):
         "linear": LinearHead(weight=torch.randn(5, DIM, generator=g), bias=torch.randn(5, generator=g)),
         "feature_mlp": FeatureMLPHead(
             w1=torch.randn(4, DIM, generator=g), w2=torch.randn(DIM, 4, generator=g), ratio=0.2, text=base.head.text, logit_scale=100.0
+        ),
+        # APE's cache: the affinity on 8 of the 16 channels
+        "cache_channels": CacheHead(
+            text=tip.text, keys=torch.nn.functional.normalize(tip.keys[:, :8], dim=-1), values=tip.values, channels=torch.arange(8),
+            alpha=2.0, beta=5.0, logit_scale=100.0, normalize=True,
+        ),
+        # PROTO-CLIP: prototypes and a conv query adapter, whose weights the format sizes from its spec
+        "prototype": PrototypeHead(
+            image_proto=torch.nn.functional.normalize(torch.randn(5, DIM, generator=g), dim=-1), text_proto=base.head.text,
+            alpha=0.5, beta=5.0, adapter=QueryAdapter(kind="conv-2x", dim=DIM, width=4),
         ),
     }
     for kind, head in heads.items():

@@ -64,7 +64,11 @@ def test_an_empty_test_split_prints_n_a_and_exits_0(tmp_path, capsys):
 
 
 def _commands_with_out() -> set[str]:
-    sub = build_parser()._subparsers._group_actions[0]  # test-only look into argparse
+    from hgadapter._cli import fill_all
+
+    parser = build_parser()
+    fill_all(parser)  # subcommands add their arguments lazily
+    sub = parser._subparsers._group_actions[0]  # test-only look into argparse
     return {name for name, parser in sub.choices.items() if "--out" in parser._option_string_actions}
 
 
