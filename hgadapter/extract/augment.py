@@ -1,9 +1,8 @@
 """Image transforms for feature extraction, in PIL and NumPy (no torchvision).
 
 The evaluation transform is the checkpoint's own image processor
-(:class:`hgadapter.extract.images.ImageProcessing`); :class:`Preprocess` is CLIP's (resize the
-shorter side, centre-crop, scale to [0, 1], normalise per channel), the record caches made
-before encoder families keep. The training transform is the one Tip-Adapter and GraphAdapter use to
+(:class:`hgadapter.extract.images.ImageProcessing`, which also reads the CLIP-only record of caches
+made before encoder families). The training transform is the one Tip-Adapter and GraphAdapter use to
 build their caches (paper Sec. 4.1 follows them): a random resized crop covering 50-100 % of
 the image area with aspect ratio in [3/4, 4/3], a horizontal flip with probability 1/2, then
 the same normalisation. Each augmented view draws from its own seeded generator, so a view
@@ -32,64 +31,6 @@ _RESAMPLE = {
     4: Image.Resampling.BOX,
     5: Image.Resampling.HAMMING,
 }
-
-
-@dataclass(frozen=True)
-class Preprocess:
-    """CLIP's evaluation preprocessing, as a processor config describes it.
-
-    Attributes:
-        resize: target length of the shorter image side, in pixels.
-        crop: (height, width) of the centre crop, in pixels.
-        mean: per-channel mean subtracted after scaling to [0, 1].
-        std: per-channel standard deviation divided by after subtracting the mean.
-        resample: PIL resampling code (3 = bicubic, CLIP's).
-    """
-
-    resize: int
-    crop: tuple[int, int]
-    mean: tuple[float, float, float]
-    std: tuple[float, float, float]
-    resample: int = 3
-
-    def to_dict(self) -> dict:
-        return asdict(self)
-
-    @classmethod
-    def from_dict(cls, data: dict) -> "Preprocess":
-        """The inverse of :meth:`to_dict` (e.g. a cache sidecar's ``encoder.preprocess``)."""
-        return cls(
-            resize=int(data["resize"]), crop=tuple(data["crop"]), mean=tuple(data["mean"]), std=tuple(data["std"]),
-            resample=int(data.get("resample", 3)),
-        )
-
-    def normalise(self, image: Image.Image) -> np.ndarray:
-        """RGB PIL image of the crop size -> float32 array, shape ``(3, H, W)``."""
-        arr = np.asarray(image, dtype=np.float32) / 255.0  # (H, W, 3)
-        arr = (arr - np.asarray(self.mean, dtype=np.float32)) / np.asarray(self.std, dtype=np.float32)
-        return np.ascontiguousarray(arr.transpose(2, 0, 1))  # (3, H, W)
-
-    def __call__(self, image: Image.Image) -> np.ndarray:
-        """Resize the shorter side, centre-crop and normalise: ``(3, H, W)`` float32."""
-        image = image.convert("RGB")
-        w, h = image.size
-        # Same integer arithmetic as Hugging Face's CLIP processor (shorter side exact, longer
-        # side floored, crop offsets floored), so features match the reference pipeline.
-        if w <= h:
-            new_w, new_h = self.resize, max(1, int(self.resize * h / w))
-        else:
-            new_w, new_h = max(1, int(self.resize * w / h)), self.resize
-        if (new_w, new_h) != (w, h):
-            image = image.resize((new_w, new_h), _RESAMPLE[self.resample])
-        ch, cw = self.crop
-        if new_w < cw or new_h < ch:
-            # A crop larger than the image: pad with black around it, as HF's processor does.
-            canvas = Image.new("RGB", (max(new_w, cw), max(new_h, ch)))
-            canvas.paste(image, ((canvas.width - new_w) // 2, (canvas.height - new_h) // 2))
-            image, new_w, new_h = canvas, canvas.width, canvas.height
-        left, top = (new_w - cw) // 2, (new_h - ch) // 2
-        image = image.crop((left, top, left + cw, top + ch))
-        return self.normalise(image)
 
 
 @dataclass(frozen=True)
@@ -148,10 +89,6 @@ class Augment:
         if rng.random() < self.flip_p:
             view = view.transpose(Image.Transpose.FLIP_LEFT_RIGHT)
         return view
-
-    def __call__(self, image: Image.Image, pre: Preprocess, rng: np.random.Generator) -> np.ndarray:
-        """One augmented view, resized to ``pre.crop`` and normalised: ``(3, H, W)`` float32."""
-        return pre.normalise(self.view(image, pre.crop, pre.resample, rng))
 
 
 def view_rng(aug_seed: int, shots: int, seed: int, index: int) -> np.random.Generator:

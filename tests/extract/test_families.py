@@ -190,7 +190,7 @@ def test_processing_record_round_trips_and_reads_pre_family_caches():
     legacy = ImageProcessing.from_dict({"resize": 32, "crop": [32, 32], "mean": [0.5] * 3, "std": [0.25] * 3, "resample": 3})
     assert legacy.processor_class == "CLIPImageProcessorPil" and legacy.view_size == (32, 32)
     image = cf.make_image(np.random.default_rng(1), 2, (50, 40))
-    from hgadapter.extract.augment import Preprocess
+    from clip_preprocess_reference import Preprocess
 
     old = Preprocess(resize=32, crop=(32, 32), mean=(0.5,) * 3, std=(0.25,) * 3)(image)
     np.testing.assert_allclose(legacy(image)["pixel_values"], old, atol=1e-5)

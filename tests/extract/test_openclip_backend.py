@@ -46,7 +46,7 @@ def test_shortest_resize_mode_is_clip_processing():
         {"size": 32, "mode": "RGB", "mean": mean, "std": std, "interpolation": "bicubic", "resize_mode": "shortest"}
     )
     assert proc.processor_class == "CLIPImageProcessorPil" and proc.view_size == (32, 32) and proc.resample == 3
-    from hgadapter.extract.augment import Preprocess
+    from clip_preprocess_reference import Preprocess
 
     image = cf.make_image(np.random.default_rng(0), 1, (50, 37))
     np.testing.assert_allclose(proc(image)["pixel_values"], Preprocess(32, (32, 32), mean, std)(image), atol=1e-5)
